@@ -1,0 +1,128 @@
+"""Parse shard bytes into documents, one reject row per document that cannot be read. Pure: no ray or vllm.
+
+Every line of a jsonl shard, row of a parquet shard or text file becomes either a document or a reject
+with a reason; nothing is dropped without a trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema as s
+from pipeline.settings import InputSettings
+
+JSONL_EXTENSIONS = (".jsonl", ".ndjson")
+PARQUET_EXTENSIONS = (".parquet",)
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    """Path on the shard's filesystem, as Ray reports it."""
+    source: str
+    """What the user named: a local path or a URI; stored with every chunk."""
+    format: str
+    text_doc_id: str
+    """Document id when the shard is a single text document: its path relative to the input root."""
+
+
+def shard_format(path: str, cfg: InputSettings) -> str | None:
+    if cfg.format != "auto":
+        return cfg.format
+    lower = path.lower()
+    if lower.endswith(JSONL_EXTENSIONS):
+        return "jsonl"
+    if lower.endswith(PARQUET_EXTENSIONS):
+        return "parquet"
+    if lower.endswith(tuple(ext.lower() for ext in cfg.text_extensions)):
+        return "text"
+    return None
+
+
+def parse_shard(shard: Shard, data: bytes, cfg: InputSettings) -> pa.Table:
+    parse = {"jsonl": _parse_jsonl, "parquet": _parse_parquet, "text": _parse_text}[shard.format]
+    return pa.Table.from_pylist(list(parse(shard, data, cfg)), schema=s.DOC_SCHEMA)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _document(shard: Shard, doc_id: object, text: object, line: int | None, cfg: InputSettings) -> dict:
+    row = {s.DOC_ID: None if doc_id is None else str(doc_id), s.SOURCE: shard.source, s.LINE: line}
+    if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
+        return _reject(row, "missing_id", f"no {cfg.id_field!r} value (set input.id_field to the id key)")
+    if isinstance(doc_id, (dict, list)):
+        return _reject(row, "bad_id", f"{cfg.id_field!r} is a {type(doc_id).__name__}, not a string or number")
+    if text is None:
+        return _reject(row, "missing_text", f"no {cfg.text_field!r} value (set input.text_field to the text key)")
+    if not isinstance(text, str):
+        return _reject(row, "bad_text", f"{cfg.text_field!r} is a {type(text).__name__}, not a string")
+    if not text.strip():
+        return _reject(row, "empty_text", "the text is empty or only whitespace")
+    return {**row, s.TEXT: text, s.DOC_HASH: text_hash(text)}
+
+
+def _reject(row: dict, reason: str, detail: str) -> dict:
+    return {**row, s.REJECT_REASON: reason, s.REJECT_DETAIL: detail}
+
+
+def _parse_jsonl(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        row = {s.DOC_ID: None, s.SOURCE: shard.source, s.LINE: number}
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            yield _reject(row, "not_utf8", f"line is not valid UTF-8: {exc}")
+            continue
+        except ValueError as exc:
+            yield _reject(row, "invalid_json", f"line is not valid JSON: {exc}")
+            continue
+        if not isinstance(record, dict):
+            yield _reject(row, "invalid_json", f"line holds a JSON {type(record).__name__}, not an object")
+            continue
+        yield _document(shard, record.get(cfg.id_field), record.get(cfg.text_field), number, cfg)
+
+
+def _parse_parquet(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
+    row = {s.DOC_ID: None, s.SOURCE: shard.source, s.LINE: None}
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        yield _reject(row, "unreadable_parquet", f"cannot read the parquet file: {exc}")
+        return
+    missing = [c for c in (cfg.id_field, cfg.text_field) if c not in pf.schema_arrow.names]
+    if missing:
+        detail = f"no column {missing} (has {pf.schema_arrow.names}); set input.id_field / input.text_field"
+        yield _reject(row, "missing_column", detail)
+        return
+    number = 0
+    try:
+        for batch in pf.iter_batches(columns=[cfg.id_field, cfg.text_field], batch_size=4096):
+            for doc_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+                yield _document(shard, doc_id, text, number, cfg)
+                number += 1
+    except (pa.ArrowException, OSError) as exc:
+        yield _reject(row, "unreadable_parquet", f"parquet file is corrupt after row {number}: {exc}")
+
+
+def _parse_text(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
+    row = {s.DOC_ID: shard.text_doc_id, s.SOURCE: shard.source, s.LINE: None}
+    if b"\x00" in data:
+        yield _reject(row, "binary", "the file holds NUL bytes: it is binary, not text")
+        return
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield _reject(row, "not_utf8", f"the file is not valid UTF-8: {exc}")
+        return
+    yield _document(shard, shard.text_doc_id, text, None, cfg)

@@ -1,0 +1,236 @@
+"""Embedders and the embed step around them. vllm is imported only inside VllmEmbedder.__init__."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import structlog
+
+from pipeline import schema as s
+from pipeline.errors import ChunkBudgetError, EngineError
+from pipeline.settings import ModelSettings
+from pipeline.stats import BatchStats
+
+log = structlog.get_logger(__name__)
+
+
+class Embedder(Protocol):
+    dim: int
+
+    def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """One float32 row per sequence of token ids (special tokens included)."""
+        ...
+
+    def info(self) -> dict: ...
+
+
+class FakeEmbedder:
+    """Deterministic unit vectors from a hash of the token ids; for tests of the logic around an engine."""
+
+    def __init__(self, dim: int = 8):
+        self.dim = dim
+        self.tokens_seen = 0
+
+    def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.empty((len(token_ids), self.dim), dtype=np.float32)
+        for row, ids in enumerate(token_ids):
+            seed = int.from_bytes(hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).digest()[:8], "little")
+            vec = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out[row] = vec / np.linalg.norm(vec)
+            self.tokens_seen += len(ids)
+        return out
+
+    def info(self) -> dict:
+        return {"engine": "fake", "dim": self.dim}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine needs, resolved on the driver."""
+
+    model_dir: str
+    model: ModelSettings
+    max_model_len: int
+    device: str
+    cpu_threads: int
+    allow_long_max_model_len: bool
+    engine_log_level: str
+
+
+def engine_environment(spec: EngineSpec) -> dict[str, str]:
+    """Environment vLLM reads at import: one process per engine, CPU threads and core binding, offline hub."""
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_LOGGING_LEVEL": spec.engine_log_level,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if spec.allow_long_max_model_len:
+        env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    if spec.device == "cpu":
+        env |= {
+            "VLLM_CPU_OMP_THREADS_BIND": cpu_bind(spec.cpu_threads),
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "OMP_NUM_THREADS": str(spec.cpu_threads),
+        }
+    return env
+
+
+def cpu_bind(threads: int) -> str:
+    """Pin the engine to this process's cores when it uses all of them; otherwise let the OS place threads."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if threads == len(cores) and cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return "nobind"
+
+
+class VllmEmbedder:
+    """One vllm.LLM with the pooling runner; receives token ids, never text."""
+
+    def __init__(self, spec: EngineSpec):
+        os.environ.update(engine_environment(spec))
+        from vllm import LLM  # only here: importing vllm is slow and needs its engine build
+        from vllm.inputs import TokensPrompt
+
+        self._prompt = TokensPrompt
+        self.max_model_len = spec.max_model_len
+        m = spec.model
+        started = time.perf_counter()
+        try:
+            self.llm = LLM(
+                model=spec.model_dir,
+                runner="pooling",
+                max_model_len=spec.max_model_len,
+                max_num_batched_tokens=m.max_num_batched_tokens,
+                tensor_parallel_size=m.tensor_parallel_size,
+                gpu_memory_utilization=m.gpu_memory_utilization,
+                dtype=m.dtype,
+                enforce_eager=m.enforce_eager,
+                trust_remote_code=m.trust_remote_code,
+                seed=0,
+            )
+        except ValueError as exc:
+            hint = " (set model.trust_remote_code = true if you trust this model)" if "trust_remote_code" in str(
+                exc
+            ) else ""
+            msg = f"vLLM refused the engine settings{hint}: {exc}"
+            raise EngineError(msg) from exc
+        self.start_s = time.perf_counter() - started
+        probe = self.llm.embed([self._prompt(prompt_token_ids=[0, 1])], use_tqdm=False)
+        self.dim = len(probe[0].outputs.embedding)
+        self._info = self._describe(spec)
+
+    def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        for ids in token_ids:
+            if len(ids) >= self.max_model_len:
+                msg = f"a chunk of {len(ids)} tokens reached the engine; the limit is max_model_len - 1 = "
+                raise ChunkBudgetError(msg + str(self.max_model_len - 1))
+        outputs = self.llm.embed([self._prompt(prompt_token_ids=list(ids)) for ids in token_ids], use_tqdm=False)
+        for ids, out in zip(token_ids, outputs, strict=True):
+            if len(out.prompt_token_ids) != len(ids):
+                msg = f"engine processed {len(out.prompt_token_ids)} tokens of a {len(ids)}-token chunk"
+                raise EngineError(msg)
+        return np.asarray([out.outputs.embedding for out in outputs], dtype=np.float32)
+
+    def info(self) -> dict:
+        return self._info
+
+    def _describe(self, spec: EngineSpec) -> dict:
+        import torch
+        import vllm
+
+        config = self.llm.llm_engine.vllm_config
+        return {
+            "engine": "vllm",
+            "vllm_version": vllm.__version__,
+            "torch_version": torch.__version__,
+            "device": spec.device,
+            "dim": self.dim,
+            "start_s": round(self.start_s, 3),
+            "max_model_len": config.model_config.max_model_len,
+            "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+            "max_num_seqs": config.scheduler_config.max_num_seqs,
+            "chunked_prefill": config.scheduler_config.enable_chunked_prefill,
+            "dtype": str(config.model_config.dtype),
+            "cpu_threads": spec.cpu_threads if spec.device == "cpu" else None,
+        }
+
+    def close(self) -> None:
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            engine.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+
+class EmbedStep:
+    """Chunk rows in, the same rows with vectors out; reject rows pass through without a vector.
+
+    The first row of each output batch carries the batch's stats as JSON, so stats travel with the rows
+    they describe and are committed with them.
+    """
+
+    def __init__(self, embedder: Embedder, actor: str):
+        self.embedder = embedder
+        self.actor = actor
+        self.batch_index = 0
+        self.idle_since = time.perf_counter()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started_at = datetime.now(timezone.utc)
+        wait_s = time.perf_counter() - self.idle_since
+        is_chunk = pa.compute.is_null(batch.column(s.REJECT_REASON)).to_pylist()
+        token_ids = [ids for ids, ok in zip(batch.column(s.TOKEN_IDS).to_pylist(), is_chunk, strict=True) if ok]
+        t0 = time.perf_counter()
+        vectors = self.embedder.embed(token_ids) if token_ids else np.empty((0, self.embedder.dim), np.float32)
+        embed_s = time.perf_counter() - t0
+        dim = self.embedder.dim
+        if vectors.shape != (len(token_ids), dim):
+            msg = f"engine returned vectors of shape {vectors.shape} for {len(token_ids)} chunks of dimension {dim}"
+            raise EngineError(msg)
+        rows_vectors: list[np.ndarray | None] = []
+        it = iter(vectors)
+        for ok in is_chunk:
+            rows_vectors.append(next(it) if ok else None)
+        n_tokens = sum(len(ids) for ids in token_ids)
+        stats = BatchStats(
+            actor=self.actor,
+            batch_index=self.batch_index,
+            n_chunks=len(token_ids),
+            n_tokens=n_tokens,
+            max_chunk_tokens=max((len(ids) for ids in token_ids), default=0),
+            embed_s=embed_s,
+            wait_s=wait_s,
+            started_at=started_at,
+        )
+        payload = {"batch": stats.to_json_dict()}
+        if self.batch_index == 0:
+            payload["engine"] = self.embedder.info()
+        self.batch_index += 1
+        out = batch.drop_columns([s.TOKEN_IDS])
+        out = out.append_column(s.VECTOR, _vector_array(rows_vectors, dim))
+        stats_col = [json.dumps(payload)] + [None] * (len(batch) - 1)
+        out = out.append_column(s.BATCH_STATS, pa.array(stats_col, pa.string()))
+        self.idle_since = time.perf_counter()
+        log.debug("batch_embedded", **asdict(stats))
+        return out.cast(s.embedded_schema(dim))
+
+
+def _vector_array(rows: list[np.ndarray | None], dim: int) -> pa.Array:
+    flat = np.zeros((len(rows), dim), dtype=np.float32)
+    mask = np.ones(len(rows), dtype=bool)
+    for i, vec in enumerate(rows):
+        if vec is not None:
+            flat[i] = vec
+            mask[i] = False
+    values = pa.array(flat.reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(mask))
+

@@ -1,0 +1,21 @@
+"""Exceptions the pipeline raises on purpose. No ray or vllm imports."""
+
+
+class PipelineError(Exception):
+    """Base class for errors the pipeline raises deliberately."""
+
+
+class ConfigError(PipelineError):
+    """Settings, paths or the model cannot work together; raised before any work starts."""
+
+
+class ChunkBudgetError(PipelineError):
+    """A chunk would exceed the engine's per-sequence limit."""
+
+
+class EngineError(PipelineError):
+    """The embedding engine failed or returned something unusable."""
+
+
+class StoreError(PipelineError):
+    """The vector store is unreachable or holds tables that do not match this run."""

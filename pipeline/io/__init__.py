@@ -1,0 +1,1 @@
+"""Adapters to storage: shard listing and reading (ray) and the LanceDB store."""

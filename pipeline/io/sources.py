@@ -1,0 +1,107 @@
+"""Find the shards the settings name. Uses pyarrow filesystems; no ray or vllm imports."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import PurePosixPath
+
+import pyarrow.fs as pafs
+
+from pipeline.documents import Shard, shard_format
+from pipeline.errors import ConfigError
+from pipeline.settings import InputSettings
+
+_GLOB_CHARS = "*?["
+
+
+def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
+    """All files the inputs name, sorted; raises ConfigError for paths that do not exist or match nothing."""
+    if not cfg.paths:
+        msg = "input.paths is empty; name at least one file, directory or glob (--input.paths or [input] paths)"
+        raise ConfigError(msg)
+    filesystem: pafs.FileSystem | None = None
+    shards: dict[str, Shard] = {}
+    for spec in cfg.paths:
+        fs, path, scheme = _filesystem(spec)
+        if filesystem is not None and fs.type_name != filesystem.type_name:
+            msg = f"input.paths mixes filesystems ({filesystem.type_name} and {fs.type_name} for {spec!r})"
+            raise ConfigError(msg)
+        filesystem = fs
+        for file_path, root in _expand(fs, path, spec):
+            fmt = shard_format(file_path, cfg)
+            if fmt is None:
+                if root is None:
+                    msg = (
+                        f"input {spec!r}: cannot tell the format of {file_path!r} from its extension; "
+                        f"set input.format to jsonl, parquet or text"
+                    )
+                    raise ConfigError(msg)
+                continue
+            relative = PurePosixPath(file_path).relative_to(root).as_posix() if root else PurePosixPath(file_path).name
+            source = f"{scheme}://{file_path}" if scheme else file_path
+            shards.setdefault(file_path, Shard(file_path, source, fmt, relative))
+    if not shards:
+        msg = f"input.paths {cfg.paths} matched no readable files (extensions: jsonl, parquet, {cfg.text_extensions})"
+        raise ConfigError(msg)
+    return filesystem, [shards[k] for k in sorted(shards)]
+
+
+def _filesystem(spec: str) -> tuple[pafs.FileSystem, str, str | None]:
+    if "://" in spec:
+        scheme = spec.split("://", 1)[0]
+        try:
+            fs, path = pafs.FileSystem.from_uri(spec.split("*", 1)[0] if _is_glob(spec) else spec)
+        except (pafs.ArrowInvalid, OSError, ValueError) as exc:
+            msg = f"input {spec!r}: cannot open its filesystem: {exc}"
+            raise ConfigError(msg) from None
+        if _is_glob(spec):
+            path = spec.split("://", 1)[1]
+        return fs, path, None if scheme == "file" else scheme
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(spec)), None
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in _GLOB_CHARS)
+
+
+def _expand(fs: pafs.FileSystem, path: str, spec: str) -> list[tuple[str, str | None]]:
+    """(file, root) pairs; root is None for a file named directly."""
+    if _is_glob(path):
+        parts = PurePosixPath(path).parts
+        base_parts = []
+        for part in parts:
+            if _is_glob(part):
+                break
+            base_parts.append(part)
+        base = str(PurePosixPath(*base_parts))
+        pattern = path
+        found = [
+            (info.path, base)
+            for info in _walk(fs, base)
+            if fnmatch.fnmatch(info.path, pattern) or fnmatch.fnmatch(info.path, pattern.replace("**/", ""))
+        ]
+        if not found:
+            msg = f"input {spec!r}: the glob matches no files"
+            raise ConfigError(msg)
+        return found
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        msg = f"input {spec!r} does not exist; fix input.paths"
+        raise ConfigError(msg)
+    if info.type == pafs.FileType.Directory:
+        return [(f.path, path) for f in _walk(fs, path)]
+    return [(path, None)]
+
+
+def _walk(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except (FileNotFoundError, OSError) as exc:
+        msg = f"cannot list {base!r}: {exc}"
+        raise ConfigError(msg) from None
+    return [
+        i for i in infos
+        if i.type == pafs.FileType.File
+        and not any(p.startswith(".") for p in PurePosixPath(i.path).relative_to(base).parts)
+    ]

@@ -1,0 +1,132 @@
+"""Resolve settings against the model's own limits and the machine, before any work starts. No ray or vllm.
+
+Every value the engine and the chunker will use is decided here, with the reason logged when it differs
+from what the settings say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.chunking import ChunkPlan
+from pipeline.embedding import EngineSpec
+from pipeline.errors import ConfigError
+from pipeline.model_dir import ModelLimits, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    model_id: str
+    engine: EngineSpec
+    chunk: ChunkPlan
+    actors: int
+    notes: list[str] = field(default_factory=list)
+    """Why a resolved value differs from the settings, one sentence each."""
+
+
+def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int) -> JobPlan:
+    """Check the settings against the model and the cluster's GPUs/CPUs; raise ConfigError with the fix."""
+    model_dir = resolve_model_dir(settings.model.path)
+    limits = read_model_limits(model_dir)
+    notes: list[str] = []
+    max_model_len = _max_model_len(settings, limits, notes)
+    chunk_tokens = _chunk_tokens(settings, max_model_len, num_special_tokens, notes)
+    m = settings.model
+    if m.max_num_batched_tokens < max_model_len:
+        msg = (
+            f"model.max_num_batched_tokens={m.max_num_batched_tokens} is below model.max_model_len={max_model_len}: "
+            f"vLLM cannot fit one whole sequence in a forward pass of a pooling model; "
+            f"raise max_num_batched_tokens to at least {max_model_len} or lower max_model_len"
+        )
+        raise ConfigError(msg)
+    device = m.device if m.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
+    if device == "cuda" and gpus < m.tensor_parallel_size:
+        msg = (
+            f"model.tensor_parallel_size={m.tensor_parallel_size} needs that many GPUs per engine but the cluster "
+            f"has {gpus:g}; lower tensor_parallel_size or add GPUs"
+        )
+        raise ConfigError(msg)
+    if device == "cpu" and m.tensor_parallel_size != 1:
+        msg = f"model.tensor_parallel_size={m.tensor_parallel_size} needs GPUs; set it to 1 on the CPU backend"
+        raise ConfigError(msg)
+    actors = settings.run.actors or (int(gpus // m.tensor_parallel_size) if device == "cuda" else 1)
+    if device == "cuda" and actors * m.tensor_parallel_size > gpus:
+        msg = (
+            f"run.actors={actors} x model.tensor_parallel_size={m.tensor_parallel_size} needs "
+            f"{actors * m.tensor_parallel_size} GPUs but the cluster has {gpus:g}; lower run.actors"
+        )
+        raise ConfigError(msg)
+    cpu_threads = m.cpu_threads or max(1, cpus // actors)
+    engine = EngineSpec(
+        model_dir=str(model_dir),
+        model=m,
+        max_model_len=max_model_len,
+        device=device,
+        cpu_threads=cpu_threads,
+        allow_long_max_model_len=_needs_long_len(m.allow_long_max_model_len, limits, max_model_len),
+        engine_log_level=settings.logging.engine_level,
+    )
+    model_id = model_id_for(m.path, m.name, model_dir)
+    chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
+    return JobPlan(model_id, engine, chunk, actors, notes)
+
+
+def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) -> int:
+    m = settings.model
+    limit = limits.position_limit
+    if m.max_model_len is not None:
+        if limit is not None and m.max_model_len > limit and not m.allow_long_max_model_len:
+            msg = (
+                f"model.max_model_len={m.max_model_len} exceeds the model's limit of {limit} positions "
+                f"(max_position_embeddings in config.json); lower it to at most {limit}, or set "
+                f"model.allow_long_max_model_len = true if the model really extrapolates"
+            )
+            raise ConfigError(msg)
+        return m.max_model_len
+    if limit is None:
+        msg = "config.json states no max_position_embeddings; set model.max_model_len explicitly"
+        raise ConfigError(msg)
+    wanted = settings.chunk.tokens + 1
+    if wanted < limit:
+        notes.append(
+            f"max_model_len set to {wanted} (chunk.tokens {settings.chunk.tokens} + 1) instead of the model's "
+            f"{limit} positions: longer sequences never reach the engine"
+        )
+        return wanted
+    notes.append(f"max_model_len set to the model's limit of {limit} positions")
+    return limit
+
+
+def _chunk_tokens(settings: Settings, max_model_len: int, num_special: int, notes: list[str]) -> int:
+    c = settings.chunk
+    ceiling = max_model_len - 1  # some pooling models hang on a prompt of exactly max_model_len tokens
+    tokens = c.tokens
+    if tokens > ceiling:
+        if "tokens" in c.model_fields_set:
+            msg = (
+                f"chunk.tokens={tokens} does not fit model.max_model_len={max_model_len}: a chunk, special tokens "
+                f"included, may hold at most max_model_len - 1 = {ceiling} tokens; lower chunk.tokens to {ceiling} "
+                f"or raise model.max_model_len to {tokens + 1}"
+            )
+            raise ConfigError(msg)
+        notes.append(
+            f"chunk.tokens lowered from {tokens} to {ceiling}: max_model_len is {max_model_len} and a chunk may "
+            f"hold at most max_model_len - 1 tokens"
+        )
+        tokens = ceiling
+    budget = tokens - num_special
+    if budget <= 2 * c.overlap_tokens:
+        msg = (
+            f"chunk.overlap_tokens={c.overlap_tokens} leaves no room: chunks hold {budget} tokens besides the "
+            f"{num_special} special tokens; lower chunk.overlap_tokens below {budget // 2}"
+        )
+        raise ConfigError(msg)
+    return tokens
+
+
+def _needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bool:
+    # vLLM caps max_model_len at sentence_bert_config.json's max_seq_length; positions beyond it are real.
+    serving_cap = limits.serving_limit is not None and max_model_len > limits.serving_limit
+    return allowed or serving_cap
+

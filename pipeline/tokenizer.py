@@ -1,0 +1,78 @@
+"""The model's own tokenizer, loaded from its directory with local files only. No ray or vllm imports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from pipeline.errors import ConfigError
+
+
+class Tokenizer(Protocol):
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+
+    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids without special tokens, and each token's character span in `text`."""
+        ...
+
+
+@dataclass
+class FastTokenizer:
+    """A Hugging Face fast tokenizer with truncation and padding switched off."""
+
+    backend: HFTokenizer
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+
+    def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.backend.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    @property
+    def num_special_tokens(self) -> int:
+        return len(self.prefix_ids) + len(self.suffix_ids)
+
+    def with_special_tokens(self, ids: list[int]) -> list[int]:
+        return [*self.prefix_ids, *ids, *self.suffix_ids]
+
+
+def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> FastTokenizer:
+    """Load the tokenizer the way vLLM and transformers do (tokenizer_config.json applied), offline."""
+    from transformers import AutoTokenizer  # heavy import, only where a tokenizer is needed
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        hint = " (it asks for trust_remote_code: set model.trust_remote_code = true if you trust it)" if (
+            "trust_remote_code" in str(exc)
+        ) else ""
+        msg = f"cannot load the tokenizer from {model_dir}{hint}: {exc}"
+        raise ConfigError(msg) from None
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        msg = f"the tokenizer in {model_dir} has no fast (tokenizers) backend; add a tokenizer.json to the directory"
+        raise ConfigError(msg)
+    backend = HFTokenizer.from_str(backend.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    prefix, suffix = _special_affixes(backend)
+    return FastTokenizer(backend, prefix, suffix)
+
+
+def _special_affixes(backend: HFTokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids the post-processor puts around a single sequence, found by encoding a probe both ways."""
+    probe = "probe text"
+    bare = backend.encode(probe, add_special_tokens=False).ids
+    full = backend.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            prefix, suffix = tuple(full[:start]), tuple(full[start + len(bare) :])
+            if len(prefix) + len(suffix) != backend.num_special_tokens_to_add(False):
+                break
+            return prefix, suffix
+    msg = "the tokenizer's post-processor does not wrap a sequence in fixed special tokens; it is not supported"
+    raise ConfigError(msg)

@@ -73,6 +73,7 @@ def run_ingest(settings: Settings) -> RunResult:
     )
     store = LanceStore(settings.store.uri, settings.store.table_prefix)
     store.start_run(_run_row(run_id, settings, plan))
+    store.ensure_side_tables()
     writer = RunWriter(store, run_id, plan.model_id, _table_metadata(plan), settings.run.commit_rows)
     status, error = "failed", None
     try:

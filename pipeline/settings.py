@@ -203,9 +203,20 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
     where = f" (config file {path})" if path else ""
     lines = [f"invalid settings{where}:"]
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        loc = _required_leaf(err["loc"]) if err["type"] == "missing" else err["loc"]
+        field = ".".join(str(p) for p in loc) or "settings"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
-        env = f"{ENV_PREFIX}{'__'.join(str(p) for p in err['loc']).upper()}"
+        env = f"{ENV_PREFIX}{'__'.join(str(p) for p in loc).upper()}"
         lines.append(f"  {field}{shown}: {err['msg']} (set it in the TOML file, as --{field.replace('_', '-')} or as {env})")
     return "\n".join(lines)
+
+
+def _required_leaf(loc: tuple) -> tuple:
+    """A whole missing section is reported as its first required field (model -> model.path)."""
+    if len(loc) == 1 and loc[0] in Settings.model_fields:
+        section = Settings.model_fields[loc[0]].annotation
+        required = [name for name, f in getattr(section, "model_fields", {}).items() if f.is_required()]
+        if required:
+            return (loc[0], required[0])
+    return loc

@@ -64,6 +64,10 @@ class LanceStore:
             return table
         return self.db.create_table(name, schema=s.chunks_table_schema(dim, metadata), exist_ok=True)
 
+    def ensure_side_tables(self) -> None:
+        self.table(self.names.batches, s.BATCHES_SCHEMA)
+        self.table(self.names.rejects, s.REJECTS_SCHEMA)
+
     def exists(self, name: str) -> bool:
         return name in self.db.list_tables().tables
 

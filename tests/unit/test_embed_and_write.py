@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as s
+from pipeline.chunking import ChunkPlan, Chunker
+from pipeline.documents import Shard, parse_shard
+from pipeline.embedding import EmbedStep, FakeEmbedder
+from pipeline.errors import StoreError
+from pipeline.io.lance_store import LanceStore, RunWriter
+from pipeline.settings import InputSettings
+from pipeline.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def chunk_batches(minilm_path, sample_texts):
+    lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(sample_texts[:12])]
+    lines += ["{broken", json.dumps({"id": "blank", "text": " "})]
+    docs = parse_shard(Shard("/s.jsonl", "/s.jsonl", "jsonl", "s.jsonl"), "\n".join(lines).encode(), InputSettings())
+    chunker = Chunker(load_tokenizer(minilm_path), ChunkPlan(200, 0, 0.15, "fake"))
+    table = chunker.chunk(docs)
+    return [table.slice(i, 16) for i in range(0, len(table), 16)]
+
+
+def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches):
+    step = EmbedStep(FakeEmbedder(dim=8), actor="a1")
+    out = [step(b) for b in chunk_batches]
+    table = pa.concat_tables(out)
+    assert table.schema.field(s.VECTOR).type == pa.list_(pa.float32(), 8)
+    is_reject = table.column(s.REJECT_REASON).is_valid().to_pylist()
+    vectors = table.column(s.VECTOR).to_pylist()
+    assert all((v is None) == r for v, r in zip(vectors, is_reject))
+    assert sum(is_reject) == 2
+    stats = [json.loads(b.column(s.BATCH_STATS)[0].as_py()) for b in out]
+    assert [st["batch"]["batch_index"] for st in stats] == list(range(len(out)))
+    assert "engine" in stats[0] and "engine" not in stats[1]
+    sent = sum(st["batch"]["n_tokens"] for st in stats)
+    assert sent == pa.compute.sum(pa.concat_tables(chunk_batches).column(s.N_TOKENS)).as_py()
+    assert all(b.column(s.BATCH_STATS).null_count == len(b) - 1 for b in out)
+
+
+def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chunk_batches):
+    step = EmbedStep(FakeEmbedder(dim=8), actor="a1")
+    store = LanceStore(str(tmp_path / "db"))
+    store.ensure_side_tables()
+    writer = RunWriter(store, "r1", "fake", {"model": "fake"}, commit_rows=40)
+    for batch in chunk_batches:
+        writer.add(step(batch))
+    writer.commit()
+    t = writer.totals
+    db = lancedb.connect(str(tmp_path / "db"))
+    chunks = db.open_table("chunks").to_arrow()
+    assert (t.docs, t.rejected, t.docs_in) == (12, 2, 14)
+    assert t.chunks == chunks.num_rows == pa.concat_tables(chunk_batches).filter(
+        pa.compute.is_null(pa.concat_tables(chunk_batches).column(s.REJECT_REASON))).num_rows
+    assert t.tokens == pa.compute.sum(chunks.column(s.N_TOKENS)).as_py()
+    assert len(set(chunks.column(s.DOC_ID).to_pylist())) == 12
+    assert sorted(db.open_table("rejects").to_arrow().column("reason").to_pylist()) == ["empty_text", "invalid_json"]
+    batches = db.open_table("batches").to_arrow()
+    assert pa.compute.sum(batches.column("n_chunks")).as_py() == t.chunks
+    assert len(db.open_table("chunks").list_versions()) >= 3  # create + at least two group commits
+    assert json.loads(chunks.schema.metadata[b"embedpipe"])["model"] == "fake"
+
+
+def test_chunks_table_of_another_model_is_refused(tmp_path, chunk_batches):
+    store = LanceStore(str(tmp_path / "db"))
+    for model, dim in (("fake", 8), ("other", 8)):
+        writer = RunWriter(store, "r", model, {"model": model}, commit_rows=10_000)
+        writer.add(EmbedStep(FakeEmbedder(dim=dim), actor="a")(chunk_batches[0]))
+        if model == "other":
+            with pytest.raises(StoreError, match="holds vectors of model 'fake'"):
+                writer.commit()
+        else:
+            writer.commit()
+
+
+def test_fake_vectors_are_deterministic_unit_vectors():
+    v = FakeEmbedder(4).embed([[1, 2, 3], [1, 2, 3], [4]])
+    assert np.allclose(v[0], v[1]) and not np.allclose(v[0], v[2])
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0)

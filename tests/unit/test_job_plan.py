@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.job_plan import plan_job
+from pipeline.settings import Settings
+
+
+def settings(model_path, chunk=None, **model):
+    return Settings(model={"path": str(model_path), **model}, chunk=chunk or {})
+
+
+def test_minilm_positions_lower_the_default_chunk_size_and_say_so(minilm_path):
+    plan = plan_job(settings(minilm_path), num_special_tokens=2, gpus=0, cpus=2)
+    assert plan.engine.max_model_len == 512  # config.json max_position_embeddings
+    assert plan.chunk.max_tokens == 511  # max_model_len - 1
+    assert any("lowered from 2000 to 511" in n for n in plan.notes)
+    # sentence_bert_config.json says 256; vLLM needs permission to go to the 512 positions the model has
+    assert plan.engine.allow_long_max_model_len
+    assert plan.engine.device == "cpu" and plan.actors == 1 and plan.engine.cpu_threads == 2
+
+
+def test_max_model_len_defaults_to_chunk_plus_one_below_the_model_limit(tiny_model_path):
+    plan = plan_job(settings(tiny_model_path), num_special_tokens=2, gpus=0, cpus=2)
+    assert (plan.engine.max_model_len, plan.chunk.max_tokens) == (2001, 2000)
+    assert any("instead of the model's 4096" in n for n in plan.notes)
+
+
+def test_explicit_chunk_size_that_does_not_fit_is_refused(minilm_path):
+    with pytest.raises(ConfigError, match=r"chunk.tokens=600 does not fit model.max_model_len=512.*lower chunk.tokens"):
+        plan_job(settings(minilm_path, chunk={"tokens": 600}), 2, 0, 2)
+
+
+def test_max_model_len_above_the_model_is_refused_unless_allowed(minilm_path):
+    with pytest.raises(ConfigError, match="exceeds the model's limit of 512"):
+        plan_job(settings(minilm_path, max_model_len=1024), 2, 0, 2)
+    plan = plan_job(settings(minilm_path, max_model_len=1024, allow_long_max_model_len=True), 2, 0, 2)
+    assert plan.engine.max_model_len == 1024
+
+
+def test_batched_tokens_below_max_model_len_is_refused(tiny_model_path):
+    with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model.max_model_len=2001"):
+        plan_job(settings(tiny_model_path, max_num_batched_tokens=1024), 2, 0, 2)
+
+
+def test_gpu_actors_follow_the_gpus_and_tensor_parallel_size(tiny_model_path):
+    plan = plan_job(settings(tiny_model_path, tensor_parallel_size=2), 2, gpus=8, cpus=64)
+    assert (plan.engine.device, plan.actors) == ("cuda", 4)
+    with pytest.raises(ConfigError, match="needs 8 GPUs but the cluster has 4"):
+        plan_job(Settings(model={"path": str(tiny_model_path), "tensor_parallel_size": 2}, run={"actors": 4}),
+                 2, gpus=4, cpus=64)
+
+
+def test_missing_model_directory_or_tokenizer(tmp_path):
+    with pytest.raises(ConfigError, match="has no config.json"):
+        plan_job(settings(tmp_path / "nope"), 2, 0, 2)
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 512}')
+    with pytest.raises(ConfigError, match="has no tokenizer files"):
+        plan_job(settings(tmp_path), 2, 0, 2)

@@ -1,0 +1,88 @@
+"""Check what a run wrote against an independent embedding of each chunk's text. No ray or vllm imports."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+
+from pipeline import schema as s
+from pipeline.io.lance_store import LanceStore
+from pipeline.reference_embedding import ReferenceEmbedder, cosine
+from pipeline.tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    run_id: str
+    checked: int
+    min_cosine: float
+    mean_cosine: float
+    token_mismatches: int
+    over_limit: int
+    self_found_first: int
+    accounting_ok: bool
+    accounting: dict
+
+    def lines(self) -> list[str]:
+        return [
+            f"run {self.run_id}: {self.checked} chunks re-embedded independently (transformers, same pooling)",
+            f"cosine to stored vectors: min {self.min_cosine:.6f}, mean {self.mean_cosine:.6f}",
+            f"chunks whose text re-tokenizes to a different length: {self.token_mismatches}",
+            f"chunks over the run's chunk limit (whole table): {self.over_limit}",
+            f"chunks whose own vector finds them first: {self.self_found_first}/{self.checked}",
+            f"accounting {'ok' if self.accounting_ok else 'MISMATCH'}: {self.accounting}",
+        ]
+
+
+def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | None = None) -> VerifyReport:
+    runs = store.db.open_table(store.names.runs).to_arrow()
+    run = runs.sort_by([("started_at", "descending")]).slice(0, 1).to_pylist()[0]
+    settings = json.loads(run["settings"])
+    model_dir = model_dir or settings["resolved"]["model_dir"]
+    chunks_table = store.db.open_table(store.names.chunks)
+    chunks = chunks_table.to_arrow()
+    run_chunks = chunks.filter(pc.equal(chunks.column(s.RUN_ID), run["run_id"]))
+    over_limit = pc.sum(pc.greater(chunks.column(s.N_TOKENS), run["chunk_tokens"])).as_py() or 0
+
+    batches = store.db.open_table(store.names.batches).to_arrow()
+    batches = batches.filter(pc.equal(batches.column(s.RUN_ID), run["run_id"]))
+    rejects = store.db.open_table(store.names.rejects).to_arrow()
+    rejects = rejects.filter(pc.equal(rejects.column(s.RUN_ID), run["run_id"]))
+    chunk_docs = len(set(run_chunks.column(s.DOC_ID).to_pylist()))
+    pairs = {
+        "runs.chunks = chunks rows": (run["chunks"], run_chunks.num_rows),
+        "runs.chunks = sum(batches.n_chunks)": (run["chunks"], pc.sum(batches.column("n_chunks")).as_py() or 0),
+        "runs.tokens = sum(chunks.n_tokens)": (run["tokens"], pc.sum(run_chunks.column(s.N_TOKENS)).as_py() or 0),
+        "runs.tokens = sum(batches.n_tokens)": (run["tokens"], pc.sum(batches.column(s.N_TOKENS)).as_py() or 0),
+        "runs.docs = distinct chunk doc ids": (run["docs"], chunk_docs),
+        "runs.rejected = rejects rows": (run["rejected"], rejects.num_rows),
+        "runs.docs_in = docs + rejected": (run["docs_in"], run["docs"] + run["rejected"]),
+    }
+    accounting = {name: list(values) for name, values in pairs.items()}
+    accounting_ok = all(x == y for x, y in pairs.values())
+
+    rows = run_chunks.select([s.CHUNK_ID, s.TEXT, s.N_TOKENS, s.VECTOR]).to_pylist()
+    picked = random.Random(seed).sample(rows, min(sample, len(rows)))
+    tokenizer = load_tokenizer(model_dir)
+    reference = ReferenceEmbedder(model_dir)
+    cosines, mismatches, found_first = [], 0, 0
+    for row in picked:
+        ids = tokenizer.with_special_tokens(tokenizer.encode(row[s.TEXT])[0])
+        mismatches += len(ids) != row[s.N_TOKENS]
+        cosines.append(cosine(reference.embed_ids(ids), row[s.VECTOR]))
+        hit = chunks_table.search(row[s.VECTOR]).limit(1).select([s.CHUNK_ID, "_distance"]).to_list()
+        found_first += bool(hit) and hit[0][s.CHUNK_ID] == row[s.CHUNK_ID]
+    return VerifyReport(
+        run_id=run["run_id"],
+        checked=len(picked),
+        min_cosine=min(cosines, default=float("nan")),
+        mean_cosine=sum(cosines) / len(cosines) if cosines else float("nan"),
+        token_mismatches=mismatches,
+        over_limit=over_limit,
+        self_found_first=found_first,
+        accounting_ok=accounting_ok,
+        accounting=accounting,
+    )

@@ -1,0 +1,77 @@
+"""The real vLLM engine (CPU build here) against a plain transformers forward pass with the same pooling."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as s
+from pipeline.chunking import Chunker
+from pipeline.documents import text_hash
+from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.errors import ChunkBudgetError
+from pipeline.job_plan import plan_job
+from pipeline.reference_embedding import ReferenceEmbedder, cosine
+from pipeline.settings import Settings
+from pipeline.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.engine
+
+
+def engine_for(model_path, **model):
+    settings = Settings(model={"path": str(model_path), "dtype": "float32", "gpu_memory_utilization": 0.1,
+                               "enforce_eager": True, **model})
+    tokenizer = load_tokenizer(model_path)
+    plan = plan_job(settings, tokenizer.num_special_tokens, gpus=0, cpus=2)
+    return plan, tokenizer, VllmEmbedder(plan.engine)
+
+
+def chunk_rows(tokenizer, plan, texts):
+    docs = pa.Table.from_pylist(
+        [{s.DOC_ID: f"d{i}", s.SOURCE: "t", s.TEXT: t, s.DOC_HASH: text_hash(t)} for i, t in enumerate(texts)],
+        schema=s.DOC_SCHEMA,
+    )
+    return Chunker(tokenizer, plan.chunk).chunk(docs)
+
+
+@pytest.fixture(scope="module")
+def long_texts(sample_texts):
+    return ["\n\n".join(sample_texts[i : i + 4]) for i in range(0, 16, 4)]
+
+
+def test_tiny_long_position_model_embeds_2000_token_chunks_like_transformers(tiny_model_path, long_texts):
+    plan, tokenizer, engine = engine_for(tiny_model_path, max_num_batched_tokens=8192)
+    try:
+        assert plan.engine.max_model_len == 2001 and plan.chunk.max_tokens == 2000
+        chunks = chunk_rows(tokenizer, plan, long_texts)
+        n_tokens = chunks.column(s.N_TOKENS).to_pylist()
+        assert max(n_tokens) > 1900, "the fixture should exercise near-2,000-token chunks"
+        out = EmbedStep(engine, "t")(chunks)
+        assert engine.info()["max_model_len"] == 2001
+        assert engine.info()["max_num_batched_tokens"] == 8192
+        reference = ReferenceEmbedder(tiny_model_path)
+        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), out.column(s.VECTOR).to_pylist()):
+            assert cosine(reference.embed_ids(ids), vec) >= 0.999
+        with pytest.raises(ChunkBudgetError, match="max_model_len - 1 = 2000"):
+            engine.embed([[101] + [2000] * 1999 + [102]])
+    finally:
+        engine.close()
+
+
+def test_packaged_minilm_matches_transformers_on_full_length_chunks(minilm_path, long_texts):
+    plan, tokenizer, engine = engine_for(minilm_path)
+    try:
+        chunks = chunk_rows(tokenizer, plan, long_texts[:2])
+        assert max(chunks.column(s.N_TOKENS).to_pylist()) > 480
+        vectors = engine.embed(chunks.column(s.TOKEN_IDS).to_pylist())
+        assert vectors.shape == (len(chunks), 384)
+        reference = ReferenceEmbedder(minilm_path)
+        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors):
+            assert cosine(reference.embed_ids(ids), vec) >= 0.999
+        # semantic sanity: a chunk is closer to a paraphrase of itself than to another chunk
+        a, b = engine.embed([tokenizer.with_special_tokens(tokenizer.encode(t)[0]) for t in
+                             ("How do I parse JSON in Python?", "Decoding a JSON document with Python")])
+        c = vectors[0]
+        assert cosine(a, b) > cosine(a, c)
+    finally:
+        engine.close()

@@ -1,0 +1,110 @@
+"""The ingestion job end to end as a user runs it: a real driver process, local Ray, the real vLLM engine
+(CPU build) on the packaged MiniLM, and a LanceDB directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import schema as s
+from pipeline.io.lance_store import LanceStore
+from pipeline.verify import verify_run
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sample_texts):
+    """A few dozen documents in all three formats, plus bad records the job must account for."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = [(f"doc-{i:03d}", t) for i, t in enumerate(sample_texts[:36])]
+    for shard in range(2):
+        lines = [json.dumps({"id": i, "text": t}) for i, t in docs[shard * 12 : shard * 12 + 12]]
+        if shard == 1:
+            lines += ["{this is not json", json.dumps({"id": "empty-doc", "text": "  "})]
+        (root / f"part-{shard}.jsonl").write_text("\n".join(lines) + "\n")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": [i for i, _ in docs[24:32]], "text": [t for _, t in docs[24:32]]}), buf)
+    (root / "part.parquet").write_bytes(buf.getvalue())
+    (root / "pages").mkdir()
+    for i, t in docs[32:]:
+        (root / "pages" / f"{i}.md").write_text(t)
+    (root / "pages" / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    expected_ids = {i for i, _ in docs[:32]} | {f"pages/{i}.md" for i, _ in docs[32:]}
+    return root, expected_ids
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory):
+    root, _ = corpus
+    db = tmp_path_factory.mktemp("db") / "lancedb"
+    env = {**os.environ, "EMBEDPIPE_RUN__NUM_CPUS": "2", "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml", "--inputs", str(root), "--db", str(db),
+         "--run.batch-rows", "16", "--run.commit-rows", "100"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return db, proc
+
+
+def test_summary_line_and_four_tables(run):
+    db, proc = run
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 3 rejected", last
+    ), last
+    assert set(lancedb.connect(str(db)).list_tables().tables) == {"chunks", "batches", "runs", "rejects"}
+
+
+def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
+    db, _ = run
+    _, expected_ids = corpus
+    conn = lancedb.connect(str(db))
+    chunks = conn.open_table("chunks").to_arrow()
+    rejects = conn.open_table("rejects").to_arrow().to_pylist()
+    [runrow] = conn.open_table("runs").to_arrow().to_pylist()
+    batches = conn.open_table("batches").to_arrow()
+
+    assert set(chunks.column(s.DOC_ID).to_pylist()) == expected_ids
+    assert sorted(r["reason"] for r in rejects) == ["binary", "empty_text", "invalid_json"]
+    assert {r["line"] for r in rejects if r["reason"] == "invalid_json"} == {13}
+    assert runrow["status"] == "succeeded"
+    assert (runrow["docs"], runrow["rejected"], runrow["docs_in"]) == (36, 3, 39)
+    assert runrow["chunks"] == chunks.num_rows == pc.sum(batches.column("n_chunks")).as_py()
+    assert runrow["tokens"] == pc.sum(chunks.column(s.N_TOKENS)).as_py() == pc.sum(batches.column(s.N_TOKENS)).as_py()
+    assert pc.max(chunks.column(s.N_TOKENS)).as_py() <= runrow["chunk_tokens"] == 511
+    assert runrow["max_model_len"] == 512
+    engine = json.loads(runrow["engine"])
+    assert (engine["engine"], engine["max_model_len"], engine["dim"]) == ("vllm", 512, 384)
+    assert runrow["vllm_version"] and runrow["ray_version"] and runrow["lancedb_version"]
+    assert len(chunks.column(s.CHUNK_ID).unique()) == chunks.num_rows
+    assert batches.num_rows >= 2 and min(batches.column("tokens_per_s").to_pylist()) > 0
+    # each document's chunks are complete and in order
+    per_doc = {}
+    for d, i, n in zip(*(chunks.column(c).to_pylist() for c in (s.DOC_ID, s.CHUNK_INDEX, s.DOC_CHUNKS))):
+        per_doc.setdefault(d, (n, set()))[1].add(i)
+    assert all(idx == set(range(n)) for n, idx in per_doc.values())
+
+
+def test_stored_vectors_match_an_independent_embedding_and_find_their_chunk(run):
+    db, _ = run
+    report = verify_run(LanceStore(str(db)), sample=12)
+    assert report.accounting_ok, report.accounting
+    assert report.min_cosine >= 0.999
+    assert report.self_found_first == report.checked == 12
+    assert report.token_mismatches == 0 and report.over_limit == 0

@@ -52,7 +52,7 @@ class InputSettings(_Section):
     paths: list[str] = Field(default_factory=list)
     """Files, directories or globs; local paths or filesystem URIs (s3://, gs://, file://)."""
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
-    """Shard format; 'auto' decides per file by extension (.jsonl/.json, .parquet, text extensions)."""
+    """Shard format; 'auto' decides per file by extension (.jsonl/.ndjson, .parquet, text extensions)."""
     id_field: str = "id"
     """Document id column (parquet) or key (jsonl)."""
     text_field: str = "text"

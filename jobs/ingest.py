@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dry_run(settings) -> int:
-    from pipeline.ingest import prepare
+    from pipeline.ingest import preflight
 
-    plan, _, shards = prepare(settings, gpus=0.0, cpus=1)
-    for note in plan.notes:
+    lengths, _, shards = preflight(settings)
+    for note in lengths.notes:
         print(f"note: {note}")
-    print(f"{len(shards)} shards; model {plan.model_id}; max_model_len {plan.engine.max_model_len}; "
-          f"chunk tokens {plan.chunk.max_tokens}; device {plan.engine.device}")
+    print(f"{len(shards)} shards; model {lengths.model_id} ({lengths.model_dir}); max_model_len "
+          f"{lengths.max_model_len}; chunk tokens {lengths.chunk.max_tokens}, overlap {lengths.chunk.overlap_tokens}")
     return 0
 
 

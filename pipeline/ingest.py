@@ -9,18 +9,21 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 
+import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
 from pipeline.io.lance_store import LanceStore, RunWriter
+from pipeline.documents import Shard
 from pipeline.io.sources import list_shards
-from pipeline.job_plan import JobPlan, plan_job
+from pipeline.job_plan import JobPlan, LengthPlan, place_engines, plan_lengths
 from pipeline.model_dir import resolve_model_dir
 from pipeline.settings import Settings
 from pipeline.stats import RunTotals
 from pipeline.tokenizer import load_tokenizer
 
 log = structlog.get_logger(__name__)
+PROGRESS_EVERY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -42,21 +45,21 @@ class RunResult:
         )
 
 
-def prepare(settings: Settings, gpus: float, cpus: int):
-    """Everything that can fail on settings, paths or the model, checked before any actor starts."""
+def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Shard]]:
+    """Everything that can fail on settings, paths or the model, checked before Ray or any engine starts."""
     tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
-    plan = plan_job(settings, tokenizer.num_special_tokens, gpus, cpus)
+    lengths = plan_lengths(settings, tokenizer.num_special_tokens)
     fs, shards = list_shards(settings.input)
-    return plan, fs, shards
+    return lengths, fs, shards
 
 
 def run_ingest(settings: Settings) -> RunResult:
     from pipeline import ray_stages  # keeps ray out of imports of this module's callers that only plan
 
     started = time.perf_counter()
+    lengths, fs, shards = preflight(settings)
     ray_stages.start_ray(settings)
-    gpus, cpus = ray_stages.cluster_resources()
-    plan, fs, shards = prepare(settings, gpus, cpus)
+    plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     structlog.contextvars.bind_contextvars(run_id=run_id)
     for note in plan.notes:
@@ -78,8 +81,16 @@ def run_ingest(settings: Settings) -> RunResult:
     status, error = "failed", None
     try:
         dataset = ray_stages.build_dataset(settings, plan, fs, shards)
+        last_report = time.perf_counter()
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(batch)
+            if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
+                last_report = time.perf_counter()
+                elapsed = last_report - started
+                r = writer.received
+                log.info("progress", chunks=r.chunks, tokens=r.tokens, rejected=r.rejected,
+                         committed_chunks=writer.totals.chunks, elapsed_s=round(elapsed, 1),
+                         tokens_per_s=round(r.tokens / elapsed))
         writer.commit()
         status = "succeeded"
     except BaseException as exc:  # noqa: BLE001 - recorded in the runs row, then re-raised

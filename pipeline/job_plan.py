@@ -16,17 +16,34 @@ from pipeline.settings import Settings
 
 
 @dataclass(frozen=True)
+class LengthPlan:
+    """The sequence and chunk lengths, fixed by the settings and the model alone."""
+
+    model_dir: str
+    model_id: str
+    max_model_len: int
+    chunk: ChunkPlan
+    allow_long_max_model_len: bool
+    notes: list[str] = field(default_factory=list)
+    """Why a resolved value differs from the settings, one sentence each."""
+
+
+@dataclass(frozen=True)
 class JobPlan:
     model_id: str
     engine: EngineSpec
     chunk: ChunkPlan
     actors: int
     notes: list[str] = field(default_factory=list)
-    """Why a resolved value differs from the settings, one sentence each."""
 
 
 def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int) -> JobPlan:
     """Check the settings against the model and the cluster's GPUs/CPUs; raise ConfigError with the fix."""
+    return place_engines(settings, plan_lengths(settings, num_special_tokens), gpus, cpus)
+
+
+def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
+    """max_model_len and chunk size against the model's own limits; needs no cluster."""
     model_dir = resolve_model_dir(settings.model.path)
     limits = read_model_limits(model_dir)
     notes: list[str] = []
@@ -40,6 +57,15 @@ def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int
             f"raise max_num_batched_tokens to at least {max_model_len} or lower max_model_len"
         )
         raise ConfigError(msg)
+    model_id = model_id_for(m.path, m.name, model_dir)
+    chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
+    allow_long = _needs_long_len(m.allow_long_max_model_len, limits, max_model_len)
+    return LengthPlan(str(model_dir), model_id, max_model_len, chunk, allow_long, notes)
+
+
+def place_engines(settings: Settings, lengths: LengthPlan, gpus: float, cpus: int) -> JobPlan:
+    """Device, number of engines and threads, from the cluster's GPUs and CPUs."""
+    m = settings.model
     device = m.device if m.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
     if device == "cuda" and gpus < m.tensor_parallel_size:
         msg = (
@@ -57,19 +83,16 @@ def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int
             f"{actors * m.tensor_parallel_size} GPUs but the cluster has {gpus:g}; lower run.actors"
         )
         raise ConfigError(msg)
-    cpu_threads = m.cpu_threads or max(1, cpus // actors)
     engine = EngineSpec(
-        model_dir=str(model_dir),
+        model_dir=lengths.model_dir,
         model=m,
-        max_model_len=max_model_len,
+        max_model_len=lengths.max_model_len,
         device=device,
-        cpu_threads=cpu_threads,
-        allow_long_max_model_len=_needs_long_len(m.allow_long_max_model_len, limits, max_model_len),
+        cpu_threads=m.cpu_threads or max(1, cpus // actors),
+        allow_long_max_model_len=lengths.allow_long_max_model_len,
         engine_log_level=settings.logging.engine_level,
     )
-    model_id = model_id_for(m.path, m.name, model_dir)
-    chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
-    return JobPlan(model_id, engine, chunk, actors, notes)
+    return JobPlan(lengths.model_id, engine, lengths.chunk, actors, lengths.notes)
 
 
 def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) -> int:

@@ -59,7 +59,7 @@ def build_dataset(settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards
         filesystem=fs,
         include_paths=True,
         override_num_blocks=min(len(shards), 256),
-        ray_remote_args={"num_cpus": 0.25},
+        num_cpus=0.25,
     )
     chunks = files.map_batches(
         ChunkActor,

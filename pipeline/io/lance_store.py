@@ -91,6 +91,7 @@ class RunWriter:
         self.metadata = metadata
         self.commit_rows = commit_rows
         self.totals = RunTotals()
+        self.received = RunTotals()
         self.engine_info: dict | None = None
         self._chunks: list[pa.Table] = []
         self._rejects: list[dict] = []
@@ -119,6 +120,8 @@ class RunWriter:
             if "engine" in record and self.engine_info is None:
                 self.engine_info = record["engine"]
         chunks = batch.filter(pc.invert(rejected))
+        self.received += RunTotals(chunks=len(chunks), tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
+                                   rejected=len(batch) - len(chunks))
         if len(chunks):
             self._chunks.append(chunks)
             self._buffered += len(chunks)

@@ -7,6 +7,7 @@ public classes and functions. No ray or vllm imports.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -88,5 +89,23 @@ def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool
     return counts
 
 
+_SKIP = {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "test", "lib2to3", "ensurepip",
+         "pydoc_data", "venv", "__main__"}
+
+
 def all_stdlib_modules() -> list[str]:
-    return sorted(m for m in sys.stdlib_module_names if not m.startswith("_") and m not in {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter"})
+    """Every importable standard-library module and the submodules of its packages, tests excluded."""
+    import pkgutil
+
+    names = set()
+    for name in sys.stdlib_module_names:
+        if name.startswith("_") or name in _SKIP:
+            continue
+        names.add(name)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            for info in pkgutil.iter_modules(spec.submodule_search_locations, prefix=f"{name}."):
+                leaf = info.name.rsplit(".", 1)[1]
+                if not leaf.startswith("_") and "test" not in leaf and leaf != "__main__":
+                    names.add(info.name)
+    return sorted(names)

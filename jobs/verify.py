@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = verify_run(LanceStore(args.db, args.table_prefix), args.sample, model_dir=args.model_dir)
     print("\n".join(report.lines()))
-    ok = (report.min_cosine >= args.min_cosine and report.over_limit == 0 and report.accounting_ok
-          and report.self_found_first == report.checked)
+    ok = (
+        report.min_cosine >= args.min_cosine
+        and report.over_limit == 0
+        and report.accounting_ok
+        and report.self_found_first == report.checked
+    )
     print("verify: ok" if ok else "verify: FAILED")
     return 0 if ok else 1
 

@@ -77,7 +77,7 @@ def split_spans(
         spans.append((start, end))
         nxt = end - overlap
         if overlap and strength(nxt) == BREAK_NONE:
-            for i in range(nxt - 1, max(start, nxt - window) , -1):
+            for i in range(nxt - 1, max(start, nxt - window), -1):
                 if strength(i) != BREAK_NONE:
                     nxt = i
                     break

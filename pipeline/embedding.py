@@ -119,9 +119,11 @@ class VllmEmbedder:
                 seed=0,
             )
         except ValueError as exc:
-            hint = " (set model.trust_remote_code = true if you trust this model)" if "trust_remote_code" in str(
-                exc
-            ) else ""
+            hint = (
+                " (set model.trust_remote_code = true if you trust this model)"
+                if "trust_remote_code" in str(exc)
+                else ""
+            )
             msg = f"vLLM refused the engine settings{hint}: {exc}"
             raise EngineError(msg) from exc
         self.start_s = time.perf_counter() - started
@@ -233,4 +235,3 @@ def _vector_array(rows: list[np.ndarray | None], dim: int) -> pa.Array:
             mask[i] = False
     values = pa.array(flat.reshape(-1), pa.float32())
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(mask))
-

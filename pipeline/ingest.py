@@ -13,8 +13,8 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
-from pipeline.io.lance_store import LanceStore, RunWriter
 from pipeline.documents import Shard
+from pipeline.io.lance_store import LanceStore, RunWriter
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, place_engines, plan_lengths
 from pipeline.model_dir import resolve_model_dir
@@ -88,12 +88,18 @@ def run_ingest(settings: Settings) -> RunResult:
                 last_report = time.perf_counter()
                 elapsed = last_report - started
                 r = writer.received
-                log.info("progress", chunks=r.chunks, tokens=r.tokens, rejected=r.rejected,
-                         committed_chunks=writer.totals.chunks, elapsed_s=round(elapsed, 1),
-                         tokens_per_s=round(r.tokens / elapsed))
+                log.info(
+                    "progress",
+                    chunks=r.chunks,
+                    tokens=r.tokens,
+                    rejected=r.rejected,
+                    committed_chunks=writer.totals.chunks,
+                    elapsed_s=round(elapsed, 1),
+                    tokens_per_s=round(r.tokens / elapsed),
+                )
         writer.commit()
         status = "succeeded"
-    except BaseException as exc:  # noqa: BLE001 - recorded in the runs row, then re-raised
+    except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"[:4000]
         raise
     finally:

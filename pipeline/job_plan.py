@@ -152,4 +152,3 @@ def _needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> b
     # vLLM caps max_model_len at sentence_bert_config.json's max_seq_length; positions beyond it are real.
     serving_cap = limits.serving_limit is not None and max_model_len > limits.serving_limit
     return allowed or serving_cap
-

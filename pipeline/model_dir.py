@@ -18,7 +18,7 @@ _PADDED_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "bge-m3", "mpne
 def resolve_model_dir(spec: str) -> Path:
     """A directory path, or 'package:<module>' for a model shipped in a package with get_model_path()."""
     if spec.startswith(PACKAGE_PREFIX):
-        module_name = spec[len(PACKAGE_PREFIX):]
+        module_name = spec[len(PACKAGE_PREFIX) :]
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -47,7 +47,7 @@ def model_id_for(path_spec: str, name: str | None, model_dir: Path) -> str:
     if name:
         return name
     if path_spec.startswith(PACKAGE_PREFIX):
-        return path_spec[len(PACKAGE_PREFIX):]
+        return path_spec[len(PACKAGE_PREFIX) :]
     return model_dir.name
 
 

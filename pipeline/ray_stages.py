@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -34,7 +35,9 @@ class ChunkActor:
     def __call__(self, files: pa.Table) -> pa.Table:
         parts = [
             self.chunker.chunk(parse_shard(self.shards[path], data, self.input))
-            for path, data in zip(files.column(PATH_COLUMN).to_pylist(), files.column(BYTES_COLUMN).to_pylist())
+            for path, data in zip(
+                files.column(PATH_COLUMN).to_pylist(), files.column(BYTES_COLUMN).to_pylist(), strict=False
+            )
         ]
         return pa.concat_tables(parts)
 
@@ -84,6 +87,8 @@ def start_ray(settings: Settings) -> None:
     """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine."""
     if ray.is_initialized():
         return
+    # Ray starts its processes with fork+exec; lancedb's at-fork hook warns about fork alone.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return

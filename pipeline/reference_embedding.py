@@ -42,7 +42,7 @@ class ReferenceEmbedder:
         self.torch = torch
         self.model_dir = Path(model_dir)
         self.model = AutoModel.from_pretrained(
-            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, torch_dtype=torch.float32
+            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
         ).eval()
         self.mode, self.normalize = pooling_of(self.model_dir)
 

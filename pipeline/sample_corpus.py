@@ -67,8 +67,11 @@ def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool
     if jsonl_only:
         groups = {"jsonl": docs}
     else:
-        groups = {"jsonl": docs[: len(docs) * 6 // 10], "parquet": docs[len(docs) * 6 // 10 : len(docs) * 9 // 10],
-                  "text": docs[len(docs) * 9 // 10 :]}
+        groups = {
+            "jsonl": docs[: len(docs) * 6 // 10],
+            "parquet": docs[len(docs) * 6 // 10 : len(docs) * 9 // 10],
+            "text": docs[len(docs) * 9 // 10 :],
+        }
     counts = {}
     jsonl = groups["jsonl"]
     n_shards = max(1, min(8, len(jsonl) // 20))
@@ -89,8 +92,20 @@ def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool
     return counts
 
 
-_SKIP = {"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "test", "lib2to3", "ensurepip",
-         "pydoc_data", "venv", "__main__"}
+_SKIP = {
+    "antigravity",
+    "this",
+    "idlelib",
+    "turtle",
+    "turtledemo",
+    "tkinter",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "venv",
+    "__main__",
+}
 
 
 def all_stdlib_modules() -> list[str]:

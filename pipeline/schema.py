@@ -74,7 +74,17 @@ def vector_type(dim: int) -> pa.DataType:
 
 
 STORED_CHUNK_COLUMNS = [
-    CHUNK_ID, DOC_ID, SOURCE, CHUNK_INDEX, DOC_CHUNKS, TEXT, CHAR_START, CHAR_END, N_TOKENS, DOC_HASH, VECTOR,
+    CHUNK_ID,
+    DOC_ID,
+    SOURCE,
+    CHUNK_INDEX,
+    DOC_CHUNKS,
+    TEXT,
+    CHAR_START,
+    CHAR_END,
+    N_TOKENS,
+    DOC_HASH,
+    VECTOR,
 ]
 
 

@@ -208,7 +208,9 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         env = f"{ENV_PREFIX}{'__'.join(str(p) for p in loc).upper()}"
-        lines.append(f"  {field}{shown}: {err['msg']} (set it in the TOML file, as --{field.replace('_', '-')} or as {env})")
+        lines.append(
+            f"  {field}{shown}: {err['msg']} (set it in the TOML file, as --{field.replace('_', '-')} or as {env})"
+        )
     return "\n".join(lines)
 
 

@@ -47,9 +47,11 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> Fa
     try:
         hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        hint = " (it asks for trust_remote_code: set model.trust_remote_code = true if you trust it)" if (
-            "trust_remote_code" in str(exc)
-        ) else ""
+        hint = (
+            " (it asks for trust_remote_code: set model.trust_remote_code = true if you trust it)"
+            if ("trust_remote_code" in str(exc))
+            else ""
+        )
         msg = f"cannot load the tokenizer from {model_dir}{hint}: {exc}"
         raise ConfigError(msg) from None
     backend = getattr(hf, "backend_tokenizer", None)

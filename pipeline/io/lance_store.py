@@ -102,7 +102,9 @@ class RunWriter:
     def add(self, batch: pa.Table) -> None:
         rejected = pc.is_valid(batch.column(s.REJECT_REASON))
         now = datetime.now(timezone.utc)
-        for row in batch.filter(rejected).select([s.DOC_ID, s.SOURCE, s.LINE, s.REJECT_REASON, s.REJECT_DETAIL]).to_pylist():
+        for row in (
+            batch.filter(rejected).select([s.DOC_ID, s.SOURCE, s.LINE, s.REJECT_REASON, s.REJECT_DETAIL]).to_pylist()
+        ):
             self._rejects.append(
                 {
                     s.RUN_ID: self.run_id,
@@ -120,8 +122,11 @@ class RunWriter:
             if "engine" in record and self.engine_info is None:
                 self.engine_info = record["engine"]
         chunks = batch.filter(pc.invert(rejected))
-        self.received += RunTotals(chunks=len(chunks), tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
-                                   rejected=len(batch) - len(chunks))
+        self.received += RunTotals(
+            chunks=len(chunks),
+            tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
+            rejected=len(batch) - len(chunks),
+        )
         if len(chunks):
             self._chunks.append(chunks)
             self._buffered += len(chunks)

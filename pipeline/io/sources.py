@@ -101,7 +101,8 @@ def _walk(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
         msg = f"cannot list {base!r}: {exc}"
         raise ConfigError(msg) from None
     return [
-        i for i in infos
+        i
+        for i in infos
         if i.type == pafs.FileType.File
         and not any(p.startswith(".") for p in PurePosixPath(i.path).relative_to(base).parts)
     ]

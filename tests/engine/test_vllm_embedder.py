@@ -19,8 +19,15 @@ pytestmark = pytest.mark.engine
 
 
 def engine_for(model_path, **model):
-    settings = Settings(model={"path": str(model_path), "dtype": "float32", "gpu_memory_utilization": 0.1,
-                               "enforce_eager": True, **model})
+    settings = Settings(
+        model={
+            "path": str(model_path),
+            "dtype": "float32",
+            "gpu_memory_utilization": 0.1,
+            "enforce_eager": True,
+            **model,
+        }
+    )
     tokenizer = load_tokenizer(model_path)
     plan = plan_job(settings, tokenizer.num_special_tokens, gpus=0, cpus=2)
     return plan, tokenizer, VllmEmbedder(plan.engine)
@@ -50,7 +57,7 @@ def test_tiny_long_position_model_embeds_2000_token_chunks_like_transformers(tin
         assert engine.info()["max_model_len"] == 2001
         assert engine.info()["max_num_batched_tokens"] == 8192
         reference = ReferenceEmbedder(tiny_model_path)
-        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), out.column(s.VECTOR).to_pylist()):
+        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), out.column(s.VECTOR).to_pylist(), strict=False):
             assert cosine(reference.embed_ids(ids), vec) >= 0.999
         with pytest.raises(ChunkBudgetError, match="max_model_len - 1 = 2000"):
             engine.embed([[101] + [2000] * 1999 + [102]])
@@ -66,11 +73,15 @@ def test_packaged_minilm_matches_transformers_on_full_length_chunks(minilm_path,
         vectors = engine.embed(chunks.column(s.TOKEN_IDS).to_pylist())
         assert vectors.shape == (len(chunks), 384)
         reference = ReferenceEmbedder(minilm_path)
-        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors):
+        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors, strict=False):
             assert cosine(reference.embed_ids(ids), vec) >= 0.999
         # semantic sanity: a chunk is closer to a paraphrase of itself than to another chunk
-        a, b = engine.embed([tokenizer.with_special_tokens(tokenizer.encode(t)[0]) for t in
-                             ("How do I parse JSON in Python?", "Decoding a JSON document with Python")])
+        a, b = engine.embed(
+            [
+                tokenizer.with_special_tokens(tokenizer.encode(t)[0])
+                for t in ("How do I parse JSON in Python?", "Decoding a JSON document with Python")
+            ]
+        )
         c = vectors[0]
         assert cosine(a, b) > cosine(a, c)
     finally:

@@ -50,13 +50,34 @@ def corpus(tmp_path_factory, sample_texts):
 def run(corpus, tmp_path_factory):
     root, _ = corpus
     db = tmp_path_factory.mktemp("db") / "lancedb"
-    env = {**os.environ, "EMBEDPIPE_RUN__NUM_CPUS": "2", "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = {
+        **os.environ,
+        "EMBEDPIPE_RUN__NUM_CPUS": "2",
+        "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml", "--inputs", str(root), "--db", str(db),
-         "--run.batch-rows", "16", "--run.commit-rows", "100"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "jobs.ingest",
+            "--config",
+            "conf/local.toml",
+            "--inputs",
+            str(root),
+            "--db",
+            str(db),
+            "--run.batch-rows",
+            "16",
+            "--run.commit-rows",
+            "100",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return db, proc
@@ -96,7 +117,7 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     assert batches.num_rows >= 2 and min(batches.column("tokens_per_s").to_pylist()) > 0
     # each document's chunks are complete and in order
     per_doc = {}
-    for d, i, n in zip(*(chunks.column(c).to_pylist() for c in (s.DOC_ID, s.CHUNK_INDEX, s.DOC_CHUNKS))):
+    for d, i, n in zip(*(chunks.column(c).to_pylist() for c in (s.DOC_ID, s.CHUNK_INDEX, s.DOC_CHUNKS)), strict=False):
         per_doc.setdefault(d, (n, set()))[1].add(i)
     assert all(idx == set(range(n)) for n, idx in per_doc.values())
 

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import itertools
+
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.chunking import BREAK_NONE, BREAK_PARAGRAPH, ChunkPlan, Chunker, split_spans
+from pipeline.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, ChunkPlan, split_spans
 from pipeline.documents import text_hash
 from pipeline.tokenizer import load_tokenizer
 
 WORDS = st.sampled_from(
-    "the engine embeds chunks of tokens ; naïve café Straße 3.14 x2 -- (parenthesis) \"quoted\" don't "
+    'the engine embeds chunks of tokens ; naïve café Straße 3.14 x2 -- (parenthesis) "quoted" don\'t '
     "Übermaß internationalization tokenizer's ⟨angle⟩ 東京 emoji🙂 foo_bar".split()
 )
 SENTENCE = st.lists(WORDS, min_size=1, max_size=25).map(lambda ws: " ".join(ws) + st_choice_end(ws))
@@ -69,7 +71,7 @@ def test_chunks_are_exact_bounded_ordered_and_cover_the_document(tokenizer, text
         spans.append((start, start + len(content)))
 
     assert spans[0][0] == 0 and spans[-1][1] == len(doc_ids)
-    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+    for (s0, e0), (s1, e1) in itertools.pairwise(spans):
         assert s0 < s1 <= e0 < e1
         assert e0 - s1 >= overlap
         if overlap == 0:
@@ -84,7 +86,9 @@ def test_chunk_ids_are_stable_and_depend_on_content_and_settings(minilm_path, sa
     assert first == again.to_pylist()
     assert len(set(first)) == len(first)
     other_plan = ChunkPlan(max_tokens=129, overlap_tokens=0, boundary_window=0.15, model_id="m")
-    assert set(first).isdisjoint(Chunker(tok, other_plan).chunk(docs_table(sample_texts[:3])).column(s.CHUNK_ID).to_pylist())
+    assert set(first).isdisjoint(
+        Chunker(tok, other_plan).chunk(docs_table(sample_texts[:3])).column(s.CHUNK_ID).to_pylist()
+    )
 
 
 def test_short_document_is_one_chunk_with_specials(minilm_path):
@@ -114,7 +118,7 @@ def test_text_the_tokenizer_cannot_see_is_rejected_not_dropped(minilm_path):
 def test_split_spans_never_stalls_on_text_without_breaks():
     spans = split_spans(1000, budget=50, overlap=20, window=7, strength=lambda i: BREAK_NONE)
     assert all(e - b <= 50 for b, e in spans)
-    assert spans[-1][1] == 1000 and all(b1 > b0 for (b0, _), (b1, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] == 1000 and all(b1 > b0 for (b0, _), (b1, _) in itertools.pairwise(spans))
 
 
 def test_split_spans_takes_the_latest_strongest_break():

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunking import ChunkPlan, Chunker
+from pipeline.chunking import Chunker, ChunkPlan
 from pipeline.documents import Shard, parse_shard
 from pipeline.embedding import EmbedStep, FakeEmbedder
 from pipeline.errors import StoreError
@@ -34,7 +34,7 @@ def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches)
     assert table.schema.field(s.VECTOR).type == pa.list_(pa.float32(), 8)
     is_reject = table.column(s.REJECT_REASON).is_valid().to_pylist()
     vectors = table.column(s.VECTOR).to_pylist()
-    assert all((v is None) == r for v, r in zip(vectors, is_reject))
+    assert all((v is None) == r for v, r in zip(vectors, is_reject, strict=False))
     assert sum(is_reject) == 2
     stats = [json.loads(b.column(s.BATCH_STATS)[0].as_py()) for b in out]
     assert [st["batch"]["batch_index"] for st in stats] == list(range(len(out)))
@@ -56,8 +56,13 @@ def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chun
     db = lancedb.connect(str(tmp_path / "db"))
     chunks = db.open_table("chunks").to_arrow()
     assert (t.docs, t.rejected, t.docs_in) == (12, 2, 14)
-    assert t.chunks == chunks.num_rows == pa.concat_tables(chunk_batches).filter(
-        pa.compute.is_null(pa.concat_tables(chunk_batches).column(s.REJECT_REASON))).num_rows
+    assert (
+        t.chunks
+        == chunks.num_rows
+        == pa.concat_tables(chunk_batches)
+        .filter(pa.compute.is_null(pa.concat_tables(chunk_batches).column(s.REJECT_REASON)))
+        .num_rows
+    )
     assert t.tokens == pa.compute.sum(chunks.column(s.N_TOKENS)).as_py()
     assert len(set(chunks.column(s.DOC_ID).to_pylist())) == 12
     assert sorted(db.open_table("rejects").to_arrow().column("reason").to_pylist()) == ["empty_text", "invalid_json"]

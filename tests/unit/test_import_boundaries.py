@@ -2,9 +2,18 @@ import subprocess
 import sys
 
 PURE_MODULES = [
-    "pipeline.settings", "pipeline.schema", "pipeline.chunking", "pipeline.embedding", "pipeline.stats",
-    "pipeline.documents", "pipeline.job_plan", "pipeline.tokenizer", "pipeline.io.sources",
-    "pipeline.io.lance_store", "pipeline.ingest", "pipeline.reference_embedding",
+    "pipeline.settings",
+    "pipeline.schema",
+    "pipeline.chunking",
+    "pipeline.embedding",
+    "pipeline.stats",
+    "pipeline.documents",
+    "pipeline.job_plan",
+    "pipeline.tokenizer",
+    "pipeline.io.sources",
+    "pipeline.io.lance_store",
+    "pipeline.ingest",
+    "pipeline.reference_embedding",
 ]
 
 

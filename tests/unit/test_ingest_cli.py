@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ingest(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.ingest", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.ingest", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_missing_input_fails_with_exit_2_and_the_fix(tmp_path):

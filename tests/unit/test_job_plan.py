@@ -28,7 +28,9 @@ def test_max_model_len_defaults_to_chunk_plus_one_below_the_model_limit(tiny_mod
 
 
 def test_explicit_chunk_size_that_does_not_fit_is_refused(minilm_path):
-    with pytest.raises(ConfigError, match=r"chunk.tokens=600 does not fit model.max_model_len=512.*lower chunk.tokens"):
+    with pytest.raises(
+        ConfigError, match=r"chunk.tokens=600 does not fit model.max_model_len=512.*lower chunk.tokens"
+    ):
         plan_job(settings(minilm_path, chunk={"tokens": 600}), 2, 0, 2)
 
 
@@ -48,12 +50,16 @@ def test_gpu_actors_follow_the_gpus_and_tensor_parallel_size(tiny_model_path):
     plan = plan_job(settings(tiny_model_path, tensor_parallel_size=2), 2, gpus=8, cpus=64)
     assert (plan.engine.device, plan.actors) == ("cuda", 4)
     with pytest.raises(ConfigError, match="needs 8 GPUs but the cluster has 4"):
-        plan_job(Settings(model={"path": str(tiny_model_path), "tensor_parallel_size": 2}, run={"actors": 4}),
-                 2, gpus=4, cpus=64)
+        plan_job(
+            Settings(model={"path": str(tiny_model_path), "tensor_parallel_size": 2}, run={"actors": 4}),
+            2,
+            gpus=4,
+            cpus=64,
+        )
 
 
 def test_missing_model_directory_or_tokenizer(tmp_path):
-    with pytest.raises(ConfigError, match="has no config.json"):
+    with pytest.raises(ConfigError, match=r"has no config\.json"):
         plan_job(settings(tmp_path / "nope"), 2, 0, 2)
     (tmp_path / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 512}')
     with pytest.raises(ConfigError, match="has no tokenizer files"):

@@ -26,8 +26,20 @@ def test_precedence_is_kwargs_cli_env_toml_defaults(toml, monkeypatch):
 
 
 def test_cli_names_map_onto_the_settings_fields(toml):
-    s = load_settings(toml, ["--inputs", "a.jsonl,b/", "--db", "/tmp/x", "--chunk-overlap-tokens", "20",
-                             "--max-num-batched-tokens", "16384", "--model.enforce-eager"])
+    s = load_settings(
+        toml,
+        [
+            "--inputs",
+            "a.jsonl,b/",
+            "--db",
+            "/tmp/x",
+            "--chunk-overlap-tokens",
+            "20",
+            "--max-num-batched-tokens",
+            "16384",
+            "--model.enforce-eager",
+        ],
+    )
     assert s.input.paths == ["a.jsonl", "b/"]
     assert (s.store.uri, s.chunk.overlap_tokens, s.model.max_num_batched_tokens) == ("/tmp/x", 20, 16384)
     assert s.model.enforce_eager is True
@@ -49,7 +61,7 @@ def test_unknown_keys_in_the_file_are_refused(tmp_path):
 
 
 def test_missing_model_and_missing_file_fail_clearly(tmp_path):
-    with pytest.raises(ConfigError, match="model.path: Field required"):
+    with pytest.raises(ConfigError, match=r"model\.path: Field required"):
         load_settings()
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")

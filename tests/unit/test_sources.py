@@ -23,7 +23,9 @@ def tree(tmp_path):
 def test_directory_lists_known_formats_with_ids_relative_to_the_root(tree):
     _, shards = list_shards(InputSettings(paths=[str(tree / "a")]))
     assert [(sh.format, sh.text_doc_id) for sh in shards] == [
-        ("jsonl", "one.jsonl"), ("text", "sub/note.md"), ("parquet", "two.parquet"),
+        ("jsonl", "one.jsonl"),
+        ("text", "sub/note.md"),
+        ("parquet", "two.parquet"),
     ]
 
 

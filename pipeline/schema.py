@@ -90,22 +90,12 @@ STORED_CHUNK_COLUMNS = [
 
 def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> pa.Schema:
     """The `chunks` table; metadata records the model and limits the vectors were made with."""
-    fields = [
-        pa.field(CHUNK_ID, pa.string(), nullable=False),
-        pa.field(DOC_ID, pa.string(), nullable=False),
-        pa.field(SOURCE, pa.string()),
-        pa.field(CHUNK_INDEX, pa.int32()),
-        pa.field(DOC_CHUNKS, pa.int32()),
-        pa.field(TEXT, pa.large_string()),
-        pa.field(CHAR_START, pa.int64()),
-        pa.field(CHAR_END, pa.int64()),
-        pa.field(N_TOKENS, pa.int32()),
-        pa.field(DOC_HASH, pa.string()),
-        pa.field(VECTOR, vector_type(dim)),
-        pa.field(MODEL, pa.string()),
-        pa.field(RUN_ID, pa.string()),
-        pa.field(INGESTED_AT, TIMESTAMP),
+    chunk_fields = {f.name: f for f in _CHUNK_FIELDS}
+    stored = [
+        pa.field(VECTOR, vector_type(dim)) if name == VECTOR else chunk_fields[name] for name in STORED_CHUNK_COLUMNS
     ]
+    stored = [f.with_nullable(False) if f.name in (CHUNK_ID, DOC_ID) else f for f in stored]
+    fields = [*stored, pa.field(MODEL, pa.string()), pa.field(RUN_ID, pa.string()), pa.field(INGESTED_AT, TIMESTAMP)]
     meta = {"embedpipe": json.dumps(metadata, sort_keys=True)} if metadata else None
     return pa.schema(fields, metadata=meta)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import structlog
 
 from pipeline import schema as s
-from pipeline.errors import ChunkBudgetError, EngineError
+from pipeline.errors import ChunkBudgetError, EngineError, InputRejected
 from pipeline.settings import ModelSettings
 from pipeline.stats import BatchStats
 
@@ -36,11 +36,15 @@ class Embedder(Protocol):
 class FakeEmbedder:
     """Deterministic unit vectors from a hash of the token ids; for tests of the logic around an engine."""
 
-    def __init__(self, dim: int = 8):
+    def __init__(self, dim: int = 8, refuse_token: int | None = None):
         self.dim = dim
+        self.refuse_token = refuse_token
         self.tokens_seen = 0
 
     def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        if self.refuse_token is not None and any(self.refuse_token in ids for ids in token_ids):
+            msg = f"Token id {self.refuse_token} is out of vocabulary"
+            raise InputRejected(msg)
         out = np.empty((len(token_ids), self.dim), dtype=np.float32)
         for row, ids in enumerate(token_ids):
             seed = int.from_bytes(hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).digest()[:8], "little")
@@ -99,9 +103,11 @@ class VllmEmbedder:
     def __init__(self, spec: EngineSpec):
         os.environ.update(engine_environment(spec))
         from vllm import LLM  # only here: importing vllm is slow and needs its engine build
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         self._prompt = TokensPrompt
+        self._client_error = VLLMClientError
         self.max_model_len = spec.max_model_len
         m = spec.model
         started = time.perf_counter()
@@ -136,7 +142,10 @@ class VllmEmbedder:
             if len(ids) >= self.max_model_len:
                 msg = f"a chunk of {len(ids)} tokens reached the engine; the limit is max_model_len - 1 = "
                 raise ChunkBudgetError(msg + str(self.max_model_len - 1))
-        outputs = self.llm.embed([self._prompt(prompt_token_ids=list(ids)) for ids in token_ids], use_tqdm=False)
+        try:
+            outputs = self.llm.embed([self._prompt(prompt_token_ids=list(ids)) for ids in token_ids], use_tqdm=False)
+        except self._client_error as exc:
+            raise InputRejected(str(exc)) from exc
         for ids, out in zip(token_ids, outputs, strict=True):
             if len(out.prompt_token_ids) != len(ids):
                 msg = f"engine processed {len(out.prompt_token_ids)} tokens of a {len(ids)}-token chunk"
@@ -174,10 +183,11 @@ class VllmEmbedder:
 
 
 class EmbedStep:
-    """Chunk rows in, the same rows with vectors out; reject rows pass through without a vector.
+    """Chunk rows in, the same rows with vectors out; other rows pass through without a vector.
 
-    The first row of each output batch carries the batch's stats as JSON, so stats travel with the rows
-    they describe and are committed with them.
+    A chunk the engine refuses for a reason tied to its data becomes a reject row with the engine's message
+    (the batch is bisected to find it); any other engine failure raises. The first row of each output batch
+    carries the batch's stats as JSON, so stats travel with the rows they describe and commit with them.
     """
 
     def __init__(self, embedder: Embedder, actor: str):
@@ -189,26 +199,27 @@ class EmbedStep:
     def __call__(self, batch: pa.Table) -> pa.Table:
         started_at = datetime.now(timezone.utc)
         wait_s = time.perf_counter() - self.idle_since
-        is_chunk = pa.compute.is_null(batch.column(s.REJECT_REASON)).to_pylist()
-        token_ids = [ids for ids, ok in zip(batch.column(s.TOKEN_IDS).to_pylist(), is_chunk, strict=True) if ok]
+        rows = [i for i, ok in enumerate(pa.compute.is_valid(batch.column(s.CHUNK_ID)).to_pylist()) if ok]
+        all_ids = batch.column(s.TOKEN_IDS).to_pylist()
+        token_ids = [all_ids[i] for i in rows]
         t0 = time.perf_counter()
-        vectors = self.embedder.embed(token_ids) if token_ids else np.empty((0, self.embedder.dim), np.float32)
+        vectors, errors = self._embed_isolating(token_ids)
         embed_s = time.perf_counter() - t0
         dim = self.embedder.dim
-        if vectors.shape != (len(token_ids), dim):
-            msg = f"engine returned vectors of shape {vectors.shape} for {len(token_ids)} chunks of dimension {dim}"
-            raise EngineError(msg)
-        rows_vectors: list[np.ndarray | None] = []
-        it = iter(vectors)
-        for ok in is_chunk:
-            rows_vectors.append(next(it) if ok else None)
-        n_tokens = sum(len(ids) for ids in token_ids)
+        row_vectors: list[np.ndarray | None] = [None] * len(batch)
+        reasons = batch.column(s.REJECT_REASON).to_pylist()
+        details = batch.column(s.REJECT_DETAIL).to_pylist()
+        for i, vec, err in zip(rows, vectors, errors, strict=True):
+            row_vectors[i] = vec
+            if err is not None:
+                reasons[i], details[i] = "engine_rejected", err
+        embedded = [ids for ids, err in zip(token_ids, errors, strict=True) if err is None]
         stats = BatchStats(
             actor=self.actor,
             batch_index=self.batch_index,
-            n_chunks=len(token_ids),
-            n_tokens=n_tokens,
-            max_chunk_tokens=max((len(ids) for ids in token_ids), default=0),
+            n_chunks=len(embedded),
+            n_tokens=sum(len(ids) for ids in embedded),
+            max_chunk_tokens=max((len(ids) for ids in embedded), default=0),
             embed_s=embed_s,
             wait_s=wait_s,
             started_at=started_at,
@@ -217,13 +228,33 @@ class EmbedStep:
         if self.batch_index == 0:
             payload["engine"] = self.embedder.info()
         self.batch_index += 1
-        out = batch.drop_columns([s.TOKEN_IDS])
-        out = out.append_column(s.VECTOR, _vector_array(rows_vectors, dim))
+        out = batch.drop_columns([s.TOKEN_IDS, s.REJECT_REASON, s.REJECT_DETAIL])
+        out = out.append_column(s.REJECT_REASON, pa.array(reasons, pa.string()))
+        out = out.append_column(s.REJECT_DETAIL, pa.array(details, pa.string()))
+        out = out.append_column(s.VECTOR, _vector_array(row_vectors, dim))
         stats_col = [json.dumps(payload)] + [None] * (len(batch) - 1)
         out = out.append_column(s.BATCH_STATS, pa.array(stats_col, pa.string()))
         self.idle_since = time.perf_counter()
         log.debug("batch_embedded", **asdict(stats))
-        return out.cast(s.embedded_schema(dim))
+        return out.select(s.embedded_schema(dim).names).cast(s.embedded_schema(dim))
+
+    def _embed_isolating(self, token_ids: list[list[int]]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Vectors, and for each chunk the engine refused, its message (vector None)."""
+        if not token_ids:
+            return [], []
+        try:
+            vectors = self.embedder.embed(token_ids)
+        except InputRejected as exc:
+            if len(token_ids) == 1:
+                log.warning("chunk_rejected_by_engine", error=str(exc), n_tokens=len(token_ids[0]))
+                return [None], [str(exc)]
+            half = len(token_ids) // 2
+            left, right = self._embed_isolating(token_ids[:half]), self._embed_isolating(token_ids[half:])
+            return left[0] + right[0], left[1] + right[1]
+        if vectors.shape != (len(token_ids), self.embedder.dim):
+            msg = f"engine returned vectors of shape {vectors.shape} for {len(token_ids)} chunks of dimension "
+            raise EngineError(msg + str(self.embedder.dim))
+        return list(vectors), [None] * len(token_ids)
 
 
 def _vector_array(rows: list[np.ndarray | None], dim: int) -> pa.Array:

@@ -19,3 +19,7 @@ class EngineError(PipelineError):
 
 class StoreError(PipelineError):
     """The vector store is unreachable or holds tables that do not match this run."""
+
+
+class InputRejected(PipelineError):
+    """The engine refused an input for a reason tied to the data (not to the engine's health)."""

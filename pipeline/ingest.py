@@ -14,7 +14,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.documents import Shard
-from pipeline.io.lance_store import LanceStore, RunWriter
+from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, store_lock
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, place_engines, plan_lengths
 from pipeline.model_dir import resolve_model_dir
@@ -31,17 +31,22 @@ class RunResult:
     run_id: str
     status: str
     wall_s: float
-    totals: RunTotals
+    outcome: RunOutcome
+
+    @property
+    def totals(self) -> RunTotals:
+        return self.outcome.totals
 
     @property
     def tokens_per_s(self) -> float:
         return self.totals.tokens / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary_line(self) -> str:
-        t = self.totals
+        t, o = self.totals, self.outcome
         return (
             f"Ingestion took {self.wall_s:.2f} s: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
-            f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected"
+            f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
+            f"{o.skipped:,} unchanged, {o.removed:,} removed"
         )
 
 
@@ -58,56 +63,64 @@ def run_ingest(settings: Settings) -> RunResult:
 
     started = time.perf_counter()
     lengths, fs, shards = preflight(settings)
-    ray_stages.start_ray(settings)
-    plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    for note in plan.notes:
-        log.warning("setting_adjusted", note=note)
-    log.info(
-        "run_planned",
-        shards=len(shards),
-        model=plan.model_id,
-        device=plan.engine.device,
-        actors=plan.actors,
-        max_model_len=plan.engine.max_model_len,
-        max_num_batched_tokens=settings.model.max_num_batched_tokens,
-        chunk_tokens=plan.chunk.max_tokens,
-    )
     store = LanceStore(settings.store.uri, settings.store.table_prefix)
-    store.start_run(_run_row(run_id, settings, plan))
-    store.ensure_side_tables()
-    writer = RunWriter(store, run_id, plan.model_id, _table_metadata(plan), settings.run.commit_rows)
-    status, error = "failed", None
-    try:
-        dataset = ray_stages.build_dataset(settings, plan, fs, shards)
-        last_report = time.perf_counter()
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(batch)
-            if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
-                last_report = time.perf_counter()
-                elapsed = last_report - started
-                r = writer.received
-                log.info(
-                    "progress",
-                    chunks=r.chunks,
-                    tokens=r.tokens,
-                    rejected=r.rejected,
-                    committed_chunks=writer.totals.chunks,
-                    elapsed_s=round(elapsed, 1),
-                    tokens_per_s=round(r.tokens / elapsed),
-                )
-        writer.commit()
-        status = "succeeded"
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"[:4000]
-        raise
-    finally:
-        wall_s = time.perf_counter() - started
-        result = RunResult(run_id, status, wall_s, writer.totals)
-        store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
-        log.info("run_finished", status=status, wall_s=round(wall_s, 2), **asdict(writer.totals))
+    with store_lock(settings.store.uri, settings.store.table_prefix, run_id):
+        ray_stages.start_ray(settings)
+        plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
+        for note in plan.notes:
+            log.warning("setting_adjusted", note=note)
+        log.info(
+            "run_planned",
+            shards=len(shards),
+            model=plan.model_id,
+            device=plan.engine.device,
+            actors=plan.actors,
+            max_model_len=plan.engine.max_model_len,
+            max_num_batched_tokens=settings.model.max_num_batched_tokens,
+            chunk_tokens=plan.chunk.max_tokens,
+        )
+        store.start_run(_run_row(run_id, settings, plan))
+        store.ensure_side_tables()
+        stored = store.stored_documents(plan.chunk.fingerprint)
+        log.info("store_read", documents=len(stored.present), complete=len(stored.complete))
+        writer = RunWriter(
+            store, run_id, plan.model_id, plan.chunk.fingerprint, _table_metadata(plan), settings.run.commit_rows
+        )
+        outcome, status, error = None, "failed", None
+        try:
+            dataset = ray_stages.build_dataset(settings, plan, fs, shards, stored.complete)
+            last_report = time.perf_counter()
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                writer.add(batch)
+                if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
+                    last_report = time.perf_counter()
+                    _log_progress(writer, last_report - started)
+            outcome = writer.finish(stored, settings.run.delete_missing)
+            status = "succeeded"
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"[:4000]
+            raise
+        finally:
+            outcome = outcome or writer.outcome(stored)
+            result = RunResult(run_id, status, time.perf_counter() - started, outcome)
+            store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
+            log.info("run_finished", status=status, wall_s=round(result.wall_s, 2), **asdict(outcome.totals))
     return result
+
+
+def _log_progress(writer: RunWriter, elapsed_s: float) -> None:
+    r = writer.received
+    log.info(
+        "progress",
+        chunks=r.chunks,
+        tokens=r.tokens,
+        rejected=r.rejected,
+        unchanged=len(writer.skipped),
+        elapsed_s=round(elapsed_s, 1),
+        tokens_per_s=round(r.tokens / elapsed_s),
+    )
 
 
 def _table_metadata(plan: JobPlan) -> dict:
@@ -158,6 +171,10 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "chunks": t.chunks,
         "tokens": t.tokens,
         "rejected": t.rejected,
+        "added": result.outcome.added,
+        "replaced": result.outcome.replaced,
+        "skipped": result.outcome.skipped,
+        "removed": result.outcome.removed,
         "embed_s": t.embed_s,
         "tokens_per_s": result.tokens_per_s,
         "engine": json.dumps(engine_info) if engine_info else None,

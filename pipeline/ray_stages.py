@@ -10,8 +10,9 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 
+from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
-from pipeline.documents import Shard, parse_shard
+from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
 from pipeline.job_plan import JobPlan
 from pipeline.log import configure_logging
@@ -19,27 +20,21 @@ from pipeline.settings import Settings
 from pipeline.tokenizer import load_tokenizer
 
 PATH_COLUMN = "path"
-BYTES_COLUMN = "bytes"
 
 
 class ChunkActor:
-    """Parses shard files and chunks their documents with the model's tokenizer."""
+    """Reads shard files, parses them and chunks their documents with the model's tokenizer."""
 
-    def __init__(self, settings: Settings, plan: JobPlan, shards: dict[str, Shard]):
+    def __init__(
+        self, settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: dict[str, Shard], unchanged: list
+    ):
         configure_logging(settings.logging.level, settings.logging.json_format)
-        self.input = settings.input
-        self.shards = shards
         tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
-        self.chunker = Chunker(tokenizer, plan.chunk)
+        unchanged_docs = ray.get(unchanged[0])  # a ref inside a list, so Ray hands it over unresolved
+        self.step = ChunkStep(Chunker(tokenizer, plan.chunk), settings.input, fs, shards, unchanged_docs)
 
     def __call__(self, files: pa.Table) -> pa.Table:
-        parts = [
-            self.chunker.chunk(parse_shard(self.shards[path], data, self.input))
-            for path, data in zip(
-                files.column(PATH_COLUMN).to_pylist(), files.column(BYTES_COLUMN).to_pylist(), strict=False
-            )
-        ]
-        return pa.concat_tables(parts)
+        return self.step(files.column(PATH_COLUMN).to_pylist())
 
 
 class EmbedActor:
@@ -54,19 +49,26 @@ class EmbedActor:
         return self.step(batch)
 
 
-def build_dataset(settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
-    """read shard files -> parse + chunk (CPU actors) -> embed (one engine per actor)."""
+def build_dataset(
+    settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], unchanged: dict[str, str]
+) -> Dataset:
+    """shard paths -> read + parse + chunk (CPU actors) -> embed (one engine per actor).
+
+    `unchanged` (doc_id -> doc_hash of documents already stored whole) travels as one object-store ref.
+    """
     on_gpu = plan.engine.device == "cuda"
-    files = ray.data.read_binary_files(
-        [shard.path for shard in shards],
-        filesystem=fs,
-        include_paths=True,
-        override_num_blocks=min(len(shards), 256),
-        num_cpus=0.25,
+    files = ray.data.from_items(
+        [{PATH_COLUMN: shard.path} for shard in shards], override_num_blocks=min(len(shards), 256)
     )
     chunks = files.map_batches(
         ChunkActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan, "shards": {sh.path: sh for sh in shards}},
+        fn_constructor_kwargs={
+            "settings": settings,
+            "plan": plan,
+            "fs": fs,
+            "shards": {sh.path: sh for sh in shards},
+            "unchanged": [ray.put(unchanged)],
+        },
         batch_size=1,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),

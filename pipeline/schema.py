@@ -14,6 +14,7 @@ TEXT = "text"
 DOC_HASH = "doc_hash"
 REJECT_REASON = "reject_reason"
 REJECT_DETAIL = "reject_detail"
+UNCHANGED = "unchanged"
 
 # chunks
 CHUNK_ID = "chunk_id"
@@ -28,6 +29,7 @@ BATCH_STATS = "batch_stats"
 MODEL = "model"
 RUN_ID = "run_id"
 INGESTED_AT = "ingested_at"
+CHUNKING = "chunking"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -43,9 +45,9 @@ DOC_SCHEMA = pa.schema(
     ]
 )
 
-# Rows between the chunk stage and the writer. A row with REJECT_REASON set carries a rejected
-# document (no chunk fields); every other row is one chunk. TOKEN_IDS include the model's special
-# tokens: they are exactly what the engine receives.
+# Rows between the chunk stage and the writer, one of three kinds: a chunk (CHUNK_ID set), a rejected
+# document (REJECT_REASON set) or a document already in the table with the same content (UNCHANGED true).
+# TOKEN_IDS include the model's special tokens: they are exactly what the engine receives.
 _CHUNK_FIELDS = [
     pa.field(CHUNK_ID, pa.string()),
     pa.field(DOC_ID, pa.string()),
@@ -60,6 +62,7 @@ _CHUNK_FIELDS = [
     pa.field(DOC_HASH, pa.string()),
     pa.field(REJECT_REASON, pa.string()),
     pa.field(REJECT_DETAIL, pa.string()),
+    pa.field(UNCHANGED, pa.bool_()),
 ]
 CHUNK_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field(TOKEN_IDS, pa.list_(pa.int32()))])
 
@@ -95,7 +98,13 @@ def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> 
         pa.field(VECTOR, vector_type(dim)) if name == VECTOR else chunk_fields[name] for name in STORED_CHUNK_COLUMNS
     ]
     stored = [f.with_nullable(False) if f.name in (CHUNK_ID, DOC_ID) else f for f in stored]
-    fields = [*stored, pa.field(MODEL, pa.string()), pa.field(RUN_ID, pa.string()), pa.field(INGESTED_AT, TIMESTAMP)]
+    fields = [
+        *stored,
+        pa.field(MODEL, pa.string()),
+        pa.field(CHUNKING, pa.string()),
+        pa.field(RUN_ID, pa.string()),
+        pa.field(INGESTED_AT, TIMESTAMP),
+    ]
     meta = {"embedpipe": json.dumps(metadata, sort_keys=True)} if metadata else None
     return pa.schema(fields, metadata=meta)
 
@@ -136,6 +145,10 @@ RUNS_SCHEMA = pa.schema(
         pa.field("status", pa.string()),
         pa.field("docs_in", pa.int64()),
         pa.field("docs", pa.int64()),
+        pa.field("added", pa.int64()),
+        pa.field("replaced", pa.int64()),
+        pa.field("skipped", pa.int64()),
+        pa.field("removed", pa.int64()),
         pa.field("chunks", pa.int64()),
         pa.field("tokens", pa.int64()),
         pa.field("rejected", pa.int64()),

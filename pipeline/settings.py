@@ -116,7 +116,9 @@ class RunSettings(_Section):
     batch_rows: int = Field(default=64, ge=1)
     """Chunks handed to an engine per call; the engine batches them by max_num_batched_tokens."""
     commit_rows: int = Field(default=20_000, ge=1)
-    """Chunk rows buffered before one commit to LanceDB."""
+    """Chunk rows buffered before one commit to LanceDB: the most work a crash can lose."""
+    delete_missing: bool = False
+    """Remove the chunks of documents that are no longer in the inputs (skipped when a shard is unreadable)."""
     num_cpus: int | None = Field(default=None, ge=1)
     """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
     object_store_mb: int | None = Field(default=None, ge=64)

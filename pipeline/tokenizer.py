@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,9 +29,23 @@ class FastTokenizer:
     prefix_ids: tuple[int, ...]
     suffix_ids: tuple[int, ...]
 
+    segment_chars: int = 200_000
+    """Longer texts are tokenized in pieces cut at whitespace, which bounds the tokenizer's memory."""
+
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        enc = self.backend.encode(text, add_special_tokens=False)
-        return enc.ids, enc.offsets
+        if len(text) <= self.segment_chars:
+            enc = self.backend.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for start, end in _segments(text, self.segment_chars):
+            enc = self.backend.encode(text[start:end], add_special_tokens=False)
+            piece = [(a + start, b + start) for a, b in enc.offsets]
+            if piece and start > 0:
+                piece[0] = _trim_leading_space(text, *piece[0])
+            ids.extend(enc.ids)
+            offsets.extend(piece)
+        return ids, offsets
 
     @property
     def num_special_tokens(self) -> int:
@@ -38,6 +53,38 @@ class FastTokenizer:
 
     def with_special_tokens(self, ids: list[int]) -> list[int]:
         return [*self.prefix_ids, *ids, *self.suffix_ids]
+
+
+def _trim_leading_space(text: str, a: int, b: int) -> tuple[int, int]:
+    """A piece starts at whitespace, which offset trimming keeps out of a word token (or puts after an empty
+    one) inside a whole text; whitespace tokens keep it."""
+    if a == b or text[a:b].strip():
+        while a < len(text) and text[a].isspace():
+            a += 1
+        b = max(a, b)
+    return a, b
+
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def _segments(text: str, size: int) -> list[tuple[int, int]]:
+    """Pieces of about `size` characters, cut where a run of whitespace starts (a paragraph break if there is
+    one in the last tenth): tokenizers split words at whitespace, so the pieces tokenize as the whole does."""
+    spans, start = [], 0
+    while len(text) - start > size:
+        lo, hi = start + size - size // 10, start + size
+        cut = paragraph = None
+        for run in _WHITESPACE_RUN.finditer(text, lo, hi):
+            if not text[run.start() - 1].isspace():
+                cut = run.start()
+                if "\n\n" in run.group():
+                    paragraph = run.start()
+        cut = paragraph or cut or hi  # no whitespace in the window: a cut inside a word, the only choice left
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, len(text)))
+    return spans
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> FastTokenizer:

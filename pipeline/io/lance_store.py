@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Sequence
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import lancedb
 import pyarrow as pa
@@ -29,6 +34,38 @@ class TableNames:
     @classmethod
     def with_prefix(cls, prefix: str) -> TableNames:
         return cls(f"{prefix}chunks", f"{prefix}batches", f"{prefix}runs", f"{prefix}rejects")
+
+
+@contextmanager
+def store_lock(uri: str, prefix: str, run_id: str) -> Iterator[None]:
+    """Serialize runs on one set of tables. A local store uses an OS file lock (released if the process dies);
+    an object store is not locked: upserts on chunk_id keep concurrent runs from duplicating rows."""
+    if "://" in uri and not uri.startswith("file://"):
+        log.warning("store_not_locked", uri=uri, reason="object stores have no lock; avoid concurrent runs")
+        yield
+        return
+    root = Path(uri.removeprefix("file://"))
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".{prefix}embedpipe.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            msg = (
+                f"another ingestion run ({holder}) is writing to store.uri={uri!r} with table prefix {prefix!r}; "
+                f"wait for it to finish, or use another store.table_prefix"
+            )
+            raise StoreError(msg) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"run {run_id}, pid {os.getpid()}, host {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LanceStore:
@@ -72,27 +109,97 @@ class LanceStore:
         return name in self.db.list_tables().tables
 
     def start_run(self, row: dict) -> None:
-        self.table(self.names.runs, s.RUNS_SCHEMA).add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
+        runs = self.table(self.names.runs, s.RUNS_SCHEMA)
+        # Only one run holds the store's lock, so any run still marked running died without finishing.
+        runs.update(where="status = 'running'", values={"status": "interrupted"})
+        runs.add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
 
     def finish_run(self, run_id: str, values: dict) -> None:
-        self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = '{run_id}'", values=values)
+        self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = {sql_str(run_id)}", values=values)
+
+    def stored_documents(self, chunking: str) -> StoredDocuments:
+        """What the chunks table holds per document, read before a run decides what to embed."""
+        if not self.exists(self.names.chunks):
+            return StoredDocuments({}, set())
+        table = self.db.open_table(self.names.chunks)
+        cols = [s.DOC_ID, s.DOC_HASH, s.DOC_CHUNKS, s.CHUNKING, s.CHUNK_INDEX]
+        rows = table.search().select(cols).limit(None).to_arrow()
+        groups = rows.group_by(cols[:4]).aggregate([(s.CHUNK_INDEX, "count_distinct")]).to_pylist()
+        versions: dict[str, list[dict]] = {}
+        for g in groups:
+            versions.setdefault(g[s.DOC_ID], []).append(g)
+        complete = {
+            doc_id: v[0][s.DOC_HASH]
+            for doc_id, v in versions.items()
+            if len(v) == 1
+            and v[0][s.CHUNKING] == chunking
+            and v[0][f"{s.CHUNK_INDEX}_count_distinct"] == v[0][s.DOC_CHUNKS]
+        }
+        return StoredDocuments(complete, set(versions))
+
+    def run_chunk_summary(self, run_id: str) -> pa.Table:
+        if not self.exists(self.names.chunks):
+            return pa.table({s.DOC_ID: pa.array([], pa.string()), s.N_TOKENS: pa.array([], pa.int32())})
+        table = self.db.open_table(self.names.chunks)
+        return (
+            table.search()
+            .where(f"{s.RUN_ID} = {sql_str(run_id)}")
+            .select([s.DOC_ID, s.N_TOKENS])
+            .limit(None)
+            .to_arrow()
+        )
+
+    def delete_documents(self, doc_ids: Sequence[str], batch: int = 1000) -> None:
+        table = self.db.open_table(self.names.chunks)
+        ids = sorted(doc_ids)
+        for i in range(0, len(ids), batch):
+            table.delete(f"{s.DOC_ID} IN ({sql_list(ids[i : i + batch])})")
+
+
+@dataclass(frozen=True)
+class StoredDocuments:
+    complete: dict[str, str]
+    """doc_id -> doc_hash of documents whose chunks are all stored, made with this run's chunking."""
+    present: set[str]
+    """Every doc_id with at least one stored chunk."""
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_list(values: Sequence[str]) -> str:
+    return ", ".join(sql_str(v) for v in values)
 
 
 class RunWriter:
     """Takes embedded batches from the pipeline, buffers them and commits in groups of about commit_rows.
 
-    Reject rows go to `rejects`, batch stats to `batches`, chunks to `chunks`; totals count what was committed.
+    Chunks are upserted on chunk_id; the same commit deletes the chunks this run replaces (older chunks of
+    the documents it writes), so a crash never leaves duplicates and a rerun completes what was cut short.
+    Within one run a document id is taken once: the first copy the writer receives decides (ingested,
+    unchanged or rejected); later copies go to `rejects` as duplicate_id. A document the engine rejects
+    loses every chunk this run wrote for it.
     """
 
-    def __init__(self, store: LanceStore, run_id: str, model_id: str, metadata: dict, commit_rows: int):
+    def __init__(self, store: LanceStore, run_id: str, model_id: str, chunking: str, metadata: dict, commit_rows: int):
         self.store = store
         self.run_id = run_id
         self.model_id = model_id
+        self.chunking = chunking
         self.metadata = metadata
         self.commit_rows = commit_rows
-        self.totals = RunTotals()
         self.received = RunTotals()
         self.engine_info: dict | None = None
+        self.embed_s = 0.0
+        self.skipped: set[str] = set()
+        self.rejected_ids: set[str] = set()
+        self.rejected_count = 0
+        self.shard_rejects = 0
+        self._origin: dict[str, tuple] = {}
+        self._failed: set[str] = set()
+        self._failed_pending: set[str] = set()
+        self._reject_keys: set[tuple] = set()
         self._chunks: list[pa.Table] = []
         self._rejects: list[dict] = []
         self._stats: list[dict] = []
@@ -100,32 +207,29 @@ class RunWriter:
         self._chunks_table = None
 
     def add(self, batch: pa.Table) -> None:
-        rejected = pc.is_valid(batch.column(s.REJECT_REASON))
         now = datetime.now(timezone.utc)
-        for row in (
-            batch.filter(rejected).select([s.DOC_ID, s.SOURCE, s.LINE, s.REJECT_REASON, s.REJECT_DETAIL]).to_pylist()
-        ):
-            self._rejects.append(
-                {
-                    s.RUN_ID: self.run_id,
-                    s.DOC_ID: row[s.DOC_ID],
-                    s.SOURCE: row[s.SOURCE],
-                    s.LINE: row[s.LINE],
-                    "reason": row[s.REJECT_REASON],
-                    "detail": row[s.REJECT_DETAIL],
-                    "rejected_at": now,
-                }
-            )
         for payload in batch.column(s.BATCH_STATS).drop_null().to_pylist():
             record = json.loads(payload)
             self._stats.append(BatchStats.from_json_dict(record["batch"]).to_row(self.run_id))
             if "engine" in record and self.engine_info is None:
                 self.engine_info = record["engine"]
-        chunks = batch.filter(pc.invert(rejected))
+        is_reject = pc.is_valid(batch.column(s.REJECT_REASON))
+        is_unchanged = pc.fill_null(batch.column(s.UNCHANGED), False)
+        for row in (
+            batch.filter(is_reject).select([s.DOC_ID, s.SOURCE, s.LINE, s.REJECT_REASON, s.REJECT_DETAIL]).to_pylist()
+        ):
+            self._reject(row, row[s.REJECT_REASON], row[s.REJECT_DETAIL], now)
+        for row in batch.filter(is_unchanged).select([s.DOC_ID, s.SOURCE, s.LINE]).to_pylist():
+            if self._claim(row, now):
+                self.skipped.add(row[s.DOC_ID])
+        chunks = batch.filter(pc.and_(pc.invert(is_reject), pc.invert(is_unchanged)))
+        if len(chunks):
+            keep = [self._claim(row, now) for row in chunks.select([s.DOC_ID, s.SOURCE, s.LINE]).to_pylist()]
+            chunks = chunks.filter(pa.array(keep, pa.bool_()))
         self.received += RunTotals(
             chunks=len(chunks),
             tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
-            rejected=len(batch) - len(chunks),
+            rejected=int(pc.sum(is_reject).as_py() or 0),
         )
         if len(chunks):
             self._chunks.append(chunks)
@@ -133,47 +237,126 @@ class RunWriter:
         if self._buffered >= self.commit_rows:
             self.commit()
 
+    def _claim(self, row: dict, now: datetime) -> bool:
+        """True if this copy of the document is the one the run ingests."""
+        doc_id, where = row[s.DOC_ID], (row[s.SOURCE], row[s.LINE])
+        first = self._origin.setdefault(doc_id, where)
+        if first == where:
+            return doc_id not in self._failed
+        line = f" line {first[1]}" if first[1] is not None else ""
+        self._reject(row, "duplicate_id", f"document id also at {first[0]}{line}, which came first", now)
+        return False
+
+    def _reject(self, row: dict, reason: str, detail: str | None, now: datetime) -> None:
+        doc_id = row[s.DOC_ID]
+        key = (doc_id, row[s.SOURCE], row[s.LINE], reason)
+        if key in self._reject_keys:
+            return
+        self._reject_keys.add(key)
+        if doc_id is None:
+            self.shard_rejects += 1
+        else:
+            self.rejected_ids.add(doc_id)
+            if self._origin.setdefault(doc_id, (row[s.SOURCE], row[s.LINE])) == (row[s.SOURCE], row[s.LINE]):
+                self._failed.add(doc_id)
+                self._failed_pending.add(doc_id)
+        self.rejected_count += 1
+        self._rejects.append(
+            {
+                s.RUN_ID: self.run_id,
+                s.DOC_ID: doc_id,
+                s.SOURCE: row[s.SOURCE],
+                s.LINE: row[s.LINE],
+                "reason": reason,
+                "detail": detail,
+                "rejected_at": now,
+            }
+        )
+
     def commit(self) -> None:
-        """One append per table for everything buffered."""
-        totals = RunTotals(rejected=len(self._rejects), docs_in=len(self._rejects))
-        if self._chunks:
-            chunks = pa.concat_tables(self._chunks)
+        """One upsert of the buffered chunks, one append each of rejects and batch stats."""
+        chunks = pa.concat_tables(self._chunks) if self._chunks else None
+        if chunks is not None and self._failed:
+            chunks = chunks.filter(pc.invert(pc.is_in(chunks.column(s.DOC_ID), pa.array(sorted(self._failed)))))
+        if chunks is not None and len(chunks):
             dim = chunks.schema.field(s.VECTOR).type.list_size
             if self._chunks_table is None:
                 self._chunks_table = self.store.chunks_table(dim, self.metadata)
-            rows = _stored_chunks(chunks, self.model_id, self.run_id, dim)
-            self._chunks_table.add(rows)
-            first_chunks = pc.sum(pc.equal(chunks.column(s.CHUNK_INDEX), 0)).as_py() or 0
-            totals += RunTotals(
-                docs_in=first_chunks,
-                docs=first_chunks,
-                chunks=len(chunks),
-                tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
+            docs = sorted(set(chunks.column(s.DOC_ID).to_pylist()))
+            replaced = f"{s.RUN_ID} != {sql_str(self.run_id)} AND {s.DOC_ID} IN ({sql_list(docs)})"
+            (
+                self._chunks_table.merge_insert(s.CHUNK_ID)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .when_not_matched_by_source_delete(replaced)
+                .execute(_stored_chunks(chunks, self.model_id, self.chunking, self.run_id, dim))
             )
+        if self._failed_pending and self._chunks_table is not None:
+            failed = sorted(self._failed_pending)
+            self._chunks_table.delete(f"{s.RUN_ID} = {sql_str(self.run_id)} AND {s.DOC_ID} IN ({sql_list(failed)})")
+        self._failed_pending = set()
         if self._rejects:
             self.store.table(self.store.names.rejects, s.REJECTS_SCHEMA).add(
                 pa.Table.from_pylist(self._rejects, schema=s.REJECTS_SCHEMA)
             )
         if self._stats:
-            totals += RunTotals(embed_s=sum(r["embed_s"] for r in self._stats))
+            self.embed_s += sum(r["embed_s"] for r in self._stats)
             self.store.table(self.store.names.batches, s.BATCHES_SCHEMA).add(
                 pa.Table.from_pylist(self._stats, schema=s.BATCHES_SCHEMA)
             )
-        self.totals += totals
-        if self._chunks or self._rejects:
-            log.info("rows_committed", chunks=totals.chunks, rejected=totals.rejected, total_chunks=self.totals.chunks)
+        if chunks is not None or self._rejects:
+            log.info("rows_committed", chunks=0 if chunks is None else len(chunks), rejected=len(self._rejects))
         self._chunks, self._rejects, self._stats, self._buffered = [], [], [], 0
 
+    def finish(self, stored: StoredDocuments, delete_missing: bool) -> RunOutcome:
+        """Commit what is left, remove documents gone from the inputs if asked, and count from the table."""
+        self.commit()
+        removed: set[str] = set()
+        if delete_missing:
+            if self.shard_rejects:
+                log.warning("removal_skipped", reason=f"{self.shard_rejects} shards could not be read whole")
+            else:
+                ingested = set(self.store.run_chunk_summary(self.run_id).column(s.DOC_ID).to_pylist())
+                removed = stored.present - ingested - self.skipped - self.rejected_ids
+                if removed:
+                    self.store.delete_documents(removed)
+        return self.outcome(stored, len(removed))
 
-def _stored_chunks(chunks: pa.Table, model_id: str, run_id: str, dim: int) -> pa.Table:
+    def outcome(self, stored: StoredDocuments, removed: int = 0) -> RunOutcome:
+        """What this run committed, counted from the chunks table itself."""
+        summary = self.store.run_chunk_summary(self.run_id)
+        ingested = set(summary.column(s.DOC_ID).to_pylist())
+        return RunOutcome(
+            totals=RunTotals(
+                docs_in=len(ingested) + len(self.skipped - ingested) + self.rejected_count,
+                docs=len(ingested),
+                chunks=summary.num_rows,
+                tokens=pc.sum(summary.column(s.N_TOKENS)).as_py() or 0,
+                rejected=self.rejected_count,
+                embed_s=self.embed_s,
+            ),
+            added=len(ingested - stored.present),
+            replaced=len(ingested & stored.present),
+            skipped=len(self.skipped - ingested),
+            removed=removed,
+        )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    totals: RunTotals
+    added: int
+    replaced: int
+    skipped: int
+    removed: int
+
+
+def _stored_chunks(chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int) -> pa.Table:
     n = len(chunks)
     now = datetime.now(timezone.utc)
     table = chunks.select(s.STORED_CHUNK_COLUMNS)
     table = table.append_column(s.MODEL, pa.array([model_id] * n, pa.string()))
+    table = table.append_column(s.CHUNKING, pa.array([chunking] * n, pa.string()))
     table = table.append_column(s.RUN_ID, pa.array([run_id] * n, pa.string()))
     table = table.append_column(s.INGESTED_AT, pa.array([now] * n, s.TIMESTAMP))
     return table.cast(s.chunks_table_schema(dim))
-
-
-def table_counts(store: LanceStore, names: Sequence[str]) -> dict[str, int]:
-    return {n: store.db.open_table(n).count_rows() if store.exists(n) else 0 for n in names}

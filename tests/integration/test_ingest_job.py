@@ -87,7 +87,9 @@ def test_summary_line_and_four_tables(run):
     db, proc = run
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 3 rejected", last
+        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 3 rejected; "
+        r"36 added, 0 replaced, 0 unchanged, 0 removed",
+        last,
     ), last
     assert set(lancedb.connect(str(db)).list_tables().tables) == {"chunks", "batches", "runs", "rejects"}
 

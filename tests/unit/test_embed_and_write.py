@@ -48,21 +48,17 @@ def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chun
     step = EmbedStep(FakeEmbedder(dim=8), actor="a1")
     store = LanceStore(str(tmp_path / "db"))
     store.ensure_side_tables()
-    writer = RunWriter(store, "r1", "fake", {"model": "fake"}, commit_rows=40)
+    stored = store.stored_documents("fp")
+    writer = RunWriter(store, "r1", "fake", "fp", {"model": "fake"}, commit_rows=40)
     for batch in chunk_batches:
         writer.add(step(batch))
-    writer.commit()
-    t = writer.totals
+    outcome = writer.finish(stored, delete_missing=False)
+    t = outcome.totals
     db = lancedb.connect(str(tmp_path / "db"))
     chunks = db.open_table("chunks").to_arrow()
-    assert (t.docs, t.rejected, t.docs_in) == (12, 2, 14)
-    assert (
-        t.chunks
-        == chunks.num_rows
-        == pa.concat_tables(chunk_batches)
-        .filter(pa.compute.is_null(pa.concat_tables(chunk_batches).column(s.REJECT_REASON)))
-        .num_rows
-    )
+    assert (t.docs, t.rejected, t.docs_in, outcome.added) == (12, 2, 14, 12)
+    all_rows = pa.concat_tables(chunk_batches)
+    assert t.chunks == chunks.num_rows == all_rows.filter(pa.compute.is_valid(all_rows.column(s.CHUNK_ID))).num_rows
     assert t.tokens == pa.compute.sum(chunks.column(s.N_TOKENS)).as_py()
     assert len(set(chunks.column(s.DOC_ID).to_pylist())) == 12
     assert sorted(db.open_table("rejects").to_arrow().column("reason").to_pylist()) == ["empty_text", "invalid_json"]
@@ -74,9 +70,9 @@ def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chun
 
 def test_chunks_table_of_another_model_is_refused(tmp_path, chunk_batches):
     store = LanceStore(str(tmp_path / "db"))
-    for model, dim in (("fake", 8), ("other", 8)):
-        writer = RunWriter(store, "r", model, {"model": model}, commit_rows=10_000)
-        writer.add(EmbedStep(FakeEmbedder(dim=dim), actor="a")(chunk_batches[0]))
+    for model in ("fake", "other"):
+        writer = RunWriter(store, "r", model, "fp", {"model": model}, commit_rows=10_000)
+        writer.add(EmbedStep(FakeEmbedder(dim=8), actor="a")(chunk_batches[0]))
         if model == "other":
             with pytest.raises(StoreError, match="holds vectors of model 'fake'"):
                 writer.commit()

@@ -103,7 +103,7 @@ def test_partly_committed_document_is_completed_not_duplicated(tokenizer, corpus
     full = chunk_table(db)
     long_doc = max(set(full.column(s.DOC_ID).to_pylist()), key=full.column(s.DOC_ID).to_pylist().count)
     lancedb.connect(str(db)).open_table("chunks").delete(f"doc_id = '{long_doc}' AND chunk_index > 0")
-    outcome, embed = run_once(tokenizer, inputs, db, "r2")
+    outcome, _embed = run_once(tokenizer, inputs, db, "r2")
     assert (outcome.replaced, outcome.skipped) == (1, 9)
     assert chunk_table(db).column(s.CHUNK_ID) == full.column(s.CHUNK_ID)
 

@@ -1,0 +1,177 @@
+"""Nothing lost, nothing twice: real driver processes killed with SIGKILL, a killed engine actor, and two
+jobs on one store, each checked against a clean run. Local Ray, the real CPU engine on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as s
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
+REPO = Path(__file__).resolve().parents[2]
+
+
+class IngestProcess:
+    """`python -m jobs.ingest` in its own process, its JSON log events collected as they come."""
+
+    def __init__(self, model: Path, inputs: Path, db: Path, *extra: str):
+        args = [
+            sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml",
+            "--model-path", str(model), "--model.name", "tiny", "--model.enforce-eager",
+            "--model.gpu-memory-utilization", "0.1", "--chunk-tokens", "128",
+            "--inputs", str(inputs), "--db", str(db), "--run.commit-rows", "16", "--run.batch-rows", "8",
+            "--logging.json-format", "true", *extra,
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "EMBEDPIPE_RUN__NUM_CPUS": "2",
+            "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        }
+        env.pop("RAY_ADDRESS", None)
+        self.events: list[dict] = []
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                if line.startswith("{"):
+                    try:
+                        self.events.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except ValueError:  # the pipe closes under the reader when the process is killed
+            return
+
+    def wait_for(self, event: str, count: int = 1, timeout_s: float = 300) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum(e.get("event") == event for e in self.events) >= count:
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        raise TimeoutError(f"no {event} event within {timeout_s} s:\n{''.join(self.stderr[-40:])}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def finish(self, timeout_s: float = 600) -> str:
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        assert self.proc.returncode == 0, "".join(self.stderr[-60:])
+        return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sample_texts) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    for shard in range(3):
+        docs = sample_texts[shard * 12 : shard * 12 + 12]
+        (root / f"part-{shard}.jsonl").write_text(
+            "".join(json.dumps({"id": f"s{shard}-{i}", "text": t}) + "\n" for i, t in enumerate(docs))
+        )
+    return root
+
+
+def chunks(db: Path) -> pa.Table:
+    return lancedb.connect(str(db)).open_table("chunks").to_arrow()
+
+
+def runs(db: Path) -> list[dict]:
+    return lancedb.connect(str(db)).open_table("runs").to_arrow().sort_by("started_at").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def clean(tiny_model_path, corpus, tmp_path_factory) -> pa.Table:
+    db = tmp_path_factory.mktemp("clean") / "db"
+    IngestProcess(tiny_model_path, corpus, db).finish()
+    table = chunks(db)
+    assert table.num_rows > 60
+    return table
+
+
+def assert_same_as_clean(db: Path, clean: pa.Table) -> None:
+    table = chunks(db)
+    ids = table.column(s.CHUNK_ID).to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate chunks"
+    assert set(ids) == set(clean.column(s.CHUNK_ID).to_pylist())
+    got = {r[s.CHUNK_ID]: r[s.VECTOR] for r in table.select([s.CHUNK_ID, s.VECTOR]).to_pylist()}
+    want = {r[s.CHUNK_ID]: r[s.VECTOR] for r in clean.select([s.CHUNK_ID, s.VECTOR]).to_pylist()}
+    assert max(max(abs(a - b) for a, b in zip(got[k], want[k], strict=True)) for k in want) < 1e-4
+
+
+def test_driver_killed_at_several_points_then_rerun_equals_one_clean_run(tiny_model_path, corpus, clean, tmp_path):
+    db = tmp_path / "db"
+    kill_points = [("run_planned", 1), ("store_read", 1), ("rows_committed", 2)]
+    for event, count in kill_points:
+        job = IngestProcess(tiny_model_path, corpus, db)
+        assert job.wait_for(event, count), f"run ended before {event}"
+        job.kill()
+    committed_before = chunks(db).num_rows
+    assert committed_before > 0, "the last kill came after commits"
+    out = IngestProcess(tiny_model_path, corpus, db).finish()
+    assert_same_as_clean(db, clean)
+    history = runs(db)
+    assert [r["status"] for r in history] == ["interrupted"] * (len(history) - 1) + ["succeeded"]
+    last = history[-1]
+    assert last["skipped"] > 0, "documents committed before the crash were embedded again"
+    assert last["docs_in"] == last["docs"] + last["skipped"] + last["rejected"] == 36
+    assert "unchanged" in out
+
+
+def test_second_run_embeds_nothing(tiny_model_path, corpus, clean, tmp_path):
+    db = tmp_path / "db"
+    IngestProcess(tiny_model_path, corpus, db).finish()
+    before = chunks(db).sort_by(s.CHUNK_ID)
+    IngestProcess(tiny_model_path, corpus, db).finish()
+    after = chunks(db).sort_by(s.CHUNK_ID)
+    assert after.column(s.CHUNK_ID) == before.column(s.CHUNK_ID)
+    assert after.column(s.VECTOR) == before.column(s.VECTOR)
+    last = runs(db)[-1]
+    assert (last["skipped"], last["added"], last["replaced"], last["chunks"], last["tokens"]) == (36, 0, 0, 0, 0)
+
+
+def test_killed_engine_actor_is_restarted_and_every_chunk_lands_once(tiny_model_path, corpus, clean, tmp_path):
+    db = tmp_path / "db"
+    job = IngestProcess(tiny_model_path, corpus, db)
+    assert job.wait_for("rows_committed", 1)
+    found = subprocess.run(["pgrep", "-f", "MapBatches\\(EmbedActor\\)"], capture_output=True, text=True)
+    pids = [int(p) for p in found.stdout.split()]
+    assert pids, "no engine actor process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    job.finish()
+    assert_same_as_clean(db, clean)
+    assert runs(db)[-1]["status"] == "succeeded"
+
+
+def test_a_second_job_on_the_same_store_is_refused_while_the_first_runs(tiny_model_path, corpus, clean, tmp_path):
+    db = tmp_path / "db"
+    first = IngestProcess(tiny_model_path, corpus, db)
+    assert first.wait_for("run_planned")
+    second = IngestProcess(tiny_model_path, corpus, db)
+    second.proc.wait(timeout=120)
+    second._reader.join(timeout=5)
+    assert second.proc.returncode == 2
+    assert "another ingestion run" in "".join(second.stderr)
+    first.finish()
+    assert_same_as_clean(db, clean)

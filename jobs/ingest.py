@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.settings import load_settings
 
@@ -32,9 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.ingest import run_ingest
 
         result = run_ingest(settings)
-    except PipelineError as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(result.summary_line())
     return 0
 

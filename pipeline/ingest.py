@@ -65,7 +65,8 @@ def run_ingest(settings: Settings) -> RunResult:
     lengths, fs, shards = preflight(settings)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    store = LanceStore(settings.store.uri, settings.store.table_prefix)
+    options = {k: v.get_secret_value() for k, v in settings.store.storage_options.items()}
+    store = LanceStore(settings.store.uri, settings.store.table_prefix, options)
     with store_lock(settings.store.uri, settings.store.table_prefix, run_id):
         ray_stages.start_ray(settings)
         plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
@@ -92,7 +93,7 @@ def run_ingest(settings: Settings) -> RunResult:
         try:
             dataset = ray_stages.build_dataset(settings, plan, fs, shards, stored.complete)
             last_report = time.perf_counter()
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for batch in ray_stages.iter_embedded(dataset):
                 writer.add(batch)
                 if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
                     last_report = time.perf_counter()
@@ -175,6 +176,8 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "replaced": result.outcome.replaced,
         "skipped": result.outcome.skipped,
         "removed": result.outcome.removed,
+        "chunks_discarded": result.outcome.chunks_discarded,
+        "tokens_discarded": result.outcome.tokens_discarded,
         "embed_s": t.embed_s,
         "tokens_per_s": result.tokens_per_s,
         "engine": json.dumps(engine_info) if engine_info else None,

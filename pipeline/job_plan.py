@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pipeline.chunking import ChunkPlan
 from pipeline.embedding import EngineSpec
 from pipeline.errors import ConfigError
-from pipeline.model_dir import ModelLimits, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.settings import Settings
 
 
@@ -45,6 +45,7 @@ def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int
 def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
     """max_model_len and chunk size against the model's own limits; needs no cluster."""
     model_dir = resolve_model_dir(settings.model.path)
+    check_remote_code(model_dir, settings.model.trust_remote_code)
     limits = read_model_limits(model_dir)
     notes: list[str] = []
     max_model_len = _max_model_len(settings, limits, notes)

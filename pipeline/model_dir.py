@@ -51,6 +51,24 @@ def model_id_for(path_spec: str, name: str | None, model_dir: Path) -> str:
     return model_dir.name
 
 
+def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
+    """Refuse, before any engine starts, a model that can only run with its own shipped code."""
+    if trust_remote_code:
+        return
+    config = _read_json(model_dir / "config.json")
+    if not config.get("auto_map"):
+        return
+    from transformers import CONFIG_MAPPING  # heavy import, only for models that ship code
+
+    if config.get("model_type") not in CONFIG_MAPPING:
+        msg = (
+            f"the model in {model_dir} ships its own code (auto_map in config.json, model_type "
+            f"{config.get('model_type')!r} unknown to transformers); set model.trust_remote_code = true "
+            f"only if you trust that code"
+        )
+        raise ConfigError(msg)
+
+
 @dataclass(frozen=True)
 class ModelLimits:
     model_type: str

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, Dataset
+from ray.exceptions import RayError
 
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.errors import EngineError, PipelineError
 from pipeline.job_plan import JobPlan
 from pipeline.log import configure_logging
 from pipeline.settings import Settings
@@ -107,3 +110,23 @@ def start_ray(settings: Settings) -> None:
 def cluster_resources() -> tuple[float, int]:
     resources = ray.cluster_resources()
     return float(resources.get("GPU", 0.0)), int(resources.get("CPU", 1))
+
+
+def iter_embedded(dataset: Dataset) -> Iterator[pa.Table]:
+    """The pipeline's output batches; a worker's failure surfaces as the PipelineError it raised."""
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    except RayError as exc:
+        raise _pipeline_error(exc) from exc
+
+
+def _pipeline_error(exc: BaseException) -> PipelineError:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, PipelineError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return EngineError(f"a pipeline worker failed after Ray's retries: {first_line}")

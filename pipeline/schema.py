@@ -149,6 +149,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("replaced", pa.int64()),
         pa.field("skipped", pa.int64()),
         pa.field("removed", pa.int64()),
+        pa.field("chunks_discarded", pa.int64()),
+        pa.field("tokens_discarded", pa.int64()),
         pa.field("chunks", pa.int64()),
         pa.field("tokens", pa.int64()),
         pa.field("rejected", pa.int64()),

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -130,6 +130,9 @@ class StoreSettings(_Section):
     """LanceDB URI: a local directory or an object-store URI."""
     table_prefix: str = ""
     """Prefix for the four tables (chunks, batches, runs, rejects)."""
+    storage_options: dict[str, SecretStr] = Field(default_factory=dict)
+    """Object-store options for LanceDB (endpoint, region, keys); kept secret in logs and the runs table.
+    Usually left empty: the standard AWS_* / GOOGLE_* / AZURE_* environment variables are read as well."""
 
 
 class LoggingSettings(_Section):

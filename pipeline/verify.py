@@ -55,12 +55,18 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
     chunk_docs = len(set(run_chunks.column(s.DOC_ID).to_pylist()))
     pairs = {
         "runs.chunks = chunks rows": (run["chunks"], run_chunks.num_rows),
-        "runs.chunks = sum(batches.n_chunks)": (run["chunks"], pc.sum(batches.column("n_chunks")).as_py() or 0),
+        "runs.chunks + chunks_discarded = sum(batches.n_chunks)": (
+            run["chunks"] + run["chunks_discarded"],
+            pc.sum(batches.column("n_chunks")).as_py() or 0,
+        ),
         "runs.tokens = sum(chunks.n_tokens)": (run["tokens"], pc.sum(run_chunks.column(s.N_TOKENS)).as_py() or 0),
-        "runs.tokens = sum(batches.n_tokens)": (run["tokens"], pc.sum(batches.column(s.N_TOKENS)).as_py() or 0),
+        "runs.tokens + tokens_discarded = sum(batches.n_tokens)": (
+            run["tokens"] + run["tokens_discarded"],
+            pc.sum(batches.column(s.N_TOKENS)).as_py() or 0,
+        ),
         "runs.docs = distinct chunk doc ids": (run["docs"], chunk_docs),
         "runs.rejected = rejects rows": (run["rejected"], rejects.num_rows),
-        "runs.docs_in = docs + rejected": (run["docs_in"], run["docs"] + run["rejected"]),
+        "runs.docs_in = docs + skipped + rejected": (run["docs_in"], run["docs"] + run["skipped"] + run["rejected"]),
     }
     accounting = {name: list(values) for name, values in pairs.items()}
     accounting_ok = all(x == y for x, y in pairs.values())

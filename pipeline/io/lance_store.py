@@ -69,11 +69,11 @@ def store_lock(uri: str, prefix: str, run_id: str) -> Iterator[None]:
 
 
 class LanceStore:
-    def __init__(self, uri: str, prefix: str = ""):
+    def __init__(self, uri: str, prefix: str = "", storage_options: dict[str, str] | None = None):
         self.uri = uri
         self.names = TableNames.with_prefix(prefix)
         try:
-            self.db = lancedb.connect(uri)
+            self.db = lancedb.connect(uri, storage_options=storage_options or None)
         except (OSError, ValueError) as exc:
             msg = f"cannot open LanceDB at store.uri={uri!r}: {exc}"
             raise StoreError(msg) from None
@@ -190,6 +190,7 @@ class RunWriter:
         self.metadata = metadata
         self.commit_rows = commit_rows
         self.received = RunTotals()
+        self.embedded = RunTotals()
         self.engine_info: dict | None = None
         self.embed_s = 0.0
         self.skipped: set[str] = set()
@@ -223,6 +224,7 @@ class RunWriter:
             if self._claim(row, now):
                 self.skipped.add(row[s.DOC_ID])
         chunks = batch.filter(pc.and_(pc.invert(is_reject), pc.invert(is_unchanged)))
+        self.embedded += RunTotals(chunks=len(chunks), tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0)
         if len(chunks):
             keep = [self._claim(row, now) for row in chunks.select([s.DOC_ID, s.SOURCE, s.LINE]).to_pylist()]
             chunks = chunks.filter(pa.array(keep, pa.bool_()))
@@ -339,6 +341,8 @@ class RunWriter:
             replaced=len(ingested & stored.present),
             skipped=len(self.skipped - ingested),
             removed=removed,
+            chunks_discarded=self.embedded.chunks - summary.num_rows,
+            tokens_discarded=self.embedded.tokens - (pc.sum(summary.column(s.N_TOKENS)).as_py() or 0),
         )
 
 
@@ -349,6 +353,9 @@ class RunOutcome:
     replaced: int
     skipped: int
     removed: int
+    chunks_discarded: int = 0
+    """Embedded but not stored: chunks of duplicate copies and of documents the engine refused in part."""
+    tokens_discarded: int = 0
 
 
 def _stored_chunks(chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int) -> pa.Table:

@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, sample_texts):
-    """A few dozen documents in all three formats, plus bad records the job must account for."""
+    """A few dozen documents in all three formats, plus bad records the job must account for: invalid JSON,
+    whitespace-only text, non-UTF-8 bytes, a binary file, a duplicate id, a truncated parquet file and a
+    parquet file without the text column."""
     root = tmp_path_factory.mktemp("corpus")
     docs = [(f"doc-{i:03d}", t) for i, t in enumerate(sample_texts[:36])]
     for shard in range(2):
@@ -42,6 +44,13 @@ def corpus(tmp_path_factory, sample_texts):
     for i, t in docs[32:]:
         (root / "pages" / f"{i}.md").write_text(t)
     (root / "pages" / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    with (root / "part-1.jsonl").open("ab") as f:
+        f.write(b'{"id": "latin1", "text": "caf\xe9"}\n')
+    (root / "dup.jsonl").write_text(json.dumps({"id": docs[0][0], "text": "Another text under a taken id."}) + "\n")
+    (root / "truncated.parquet").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    no_text = io.BytesIO()
+    pq.write_table(pa.table({"id": ["x1"], "body": ["no text column here"]}), no_text)
+    (root / "no-text.parquet").write_bytes(no_text.getvalue())
     expected_ids = {i for i, _ in docs[:32]} | {f"pages/{i}.md" for i, _ in docs[32:]}
     return root, expected_ids
 
@@ -87,7 +96,7 @@ def test_summary_line_and_four_tables(run):
     db, proc = run
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 3 rejected; "
+        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 7 rejected; "
         r"36 added, 0 replaced, 0 unchanged, 0 removed",
         last,
     ), last
@@ -104,12 +113,17 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     batches = conn.open_table("batches").to_arrow()
 
     assert set(chunks.column(s.DOC_ID).to_pylist()) == expected_ids
-    assert sorted(r["reason"] for r in rejects) == ["binary", "empty_text", "invalid_json"]
+    assert sorted(r["reason"] for r in rejects) == [
+        "binary", "duplicate_id", "empty_text", "invalid_json", "missing_column", "not_utf8", "unreadable_parquet",
+    ]  # fmt: skip
     assert {r["line"] for r in rejects if r["reason"] == "invalid_json"} == {13}
     assert runrow["status"] == "succeeded"
-    assert (runrow["docs"], runrow["rejected"], runrow["docs_in"]) == (36, 3, 39)
-    assert runrow["chunks"] == chunks.num_rows == pc.sum(batches.column("n_chunks")).as_py()
-    assert runrow["tokens"] == pc.sum(chunks.column(s.N_TOKENS)).as_py() == pc.sum(batches.column(s.N_TOKENS)).as_py()
+    assert (runrow["docs"], runrow["rejected"], runrow["docs_in"]) == (36, 7, 43)
+    assert runrow["chunks"] == chunks.num_rows
+    assert runrow["chunks"] + runrow["chunks_discarded"] == pc.sum(batches.column("n_chunks")).as_py()
+    assert runrow["chunks_discarded"] <= 2  # the losing copy of the duplicate id
+    assert runrow["tokens"] == pc.sum(chunks.column(s.N_TOKENS)).as_py()
+    assert runrow["tokens"] + runrow["tokens_discarded"] == pc.sum(batches.column(s.N_TOKENS)).as_py()
     assert pc.max(chunks.column(s.N_TOKENS)).as_py() <= runrow["chunk_tokens"] == 511
     assert runrow["max_model_len"] == 512
     engine = json.loads(runrow["engine"])

@@ -175,3 +175,15 @@ def test_a_second_job_on_the_same_store_is_refused_while_the_first_runs(tiny_mod
     assert "another ingestion run" in "".join(second.stderr)
     first.finish()
     assert_same_as_clean(db, clean)
+
+
+def test_engine_that_cannot_start_fails_the_job_with_a_clear_message(tiny_model_path, corpus, tmp_path):
+    db = tmp_path / "db"
+    job = IngestProcess(tiny_model_path, corpus, db, "--gpu-memory-utilization", "0.99")
+    job.proc.wait(timeout=300)
+    job._reader.join(timeout=5)
+    assert job.proc.returncode == 1
+    assert "error: a pipeline worker failed after Ray's retries" in "".join(job.stderr)
+    assert "gpu-memory-utilization" in job.stderr[-1]
+    [run] = runs(db)
+    assert run["status"] == "failed" and "EngineError" in run["error"]

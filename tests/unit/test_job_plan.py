@@ -64,3 +64,18 @@ def test_missing_model_directory_or_tokenizer(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 512}')
     with pytest.raises(ConfigError, match="has no tokenizer files"):
         plan_job(settings(tmp_path), 2, 0, 2)
+
+
+def test_model_that_ships_its_own_code_needs_trust_remote_code(tiny_model_path, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "remote"
+    shutil.copytree(tiny_model_path, model)
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="acme-embedder", architectures=["AcmeModel"], auto_map={"AutoModel": "acme.AcmeModel"})
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "acme.py").write_text("raise RuntimeError('remote code ran')\n")
+    with pytest.raises(ConfigError, match=r"ships its own code .* set model.trust_remote_code = true"):
+        plan_job(settings(model), 2, 0, 2)
+    assert settings(model).model.trust_remote_code is False  # off unless a config turns it on

@@ -77,3 +77,17 @@ def test_shipped_configs_load(monkeypatch):
 
     for conf in sorted(Path("conf").glob("*.toml")):
         assert load_settings(conf).model.path, conf
+
+
+def test_store_credentials_never_appear_in_dumps_or_logs(toml, capsys):
+    from pipeline.log import configure_logging
+
+    s = load_settings(toml, ["--store.storage-options", '{"aws_secret_access_key": "s3cr3t-value"}'])
+    assert s.store.storage_options["aws_secret_access_key"].get_secret_value() == "s3cr3t-value"
+    dumped = s.model_dump_json()
+    assert "s3cr3t-value" not in dumped and "**********" in dumped
+    configure_logging("INFO", json_format=True)
+    import structlog
+
+    structlog.get_logger("t").info("settings_resolved", settings=s.model_dump(mode="json"))
+    assert "s3cr3t-value" not in capsys.readouterr().err

@@ -77,9 +77,9 @@ def _expand(fs: pafs.FileSystem, path: str, spec: str) -> list[tuple[str, str | 
         base = str(PurePosixPath(*base_parts))
         pattern = path
         found = [
-            (info.path, base)
-            for info in _walk(fs, base)
-            if fnmatch.fnmatch(info.path, pattern) or fnmatch.fnmatch(info.path, pattern.replace("**/", ""))
+            (path, base)
+            for path in _walk(fs, base)
+            if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.replace("**/", ""))
         ]
         if not found:
             msg = f"input {spec!r}: the glob matches no files"
@@ -90,18 +90,26 @@ def _expand(fs: pafs.FileSystem, path: str, spec: str) -> list[tuple[str, str | 
         msg = f"input {spec!r} does not exist; fix input.paths"
         raise ConfigError(msg)
     if info.type == pafs.FileType.Directory:
-        return [(f.path, path) for f in _walk(fs, path)]
+        return [(f, path) for f in _walk(fs, path)]
     return [(path, None)]
 
 
-def _walk(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+def _walk(fs: pafs.FileSystem, base: str) -> list[str]:
+    """Files below `base`, hidden ones left out. Locally, entries that cannot be opened (dangling links) are
+    listed too, so that reading them records a reject instead of their silently not being there."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        found = []
+        for root, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+        return found
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except (FileNotFoundError, OSError) as exc:
         msg = f"cannot list {base!r}: {exc}"
         raise ConfigError(msg) from None
     return [
-        i
+        i.path
         for i in infos
         if i.type == pafs.FileType.File
         and not any(p.startswith(".") for p in PurePosixPath(i.path).relative_to(base).parts)

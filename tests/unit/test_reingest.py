@@ -145,6 +145,15 @@ def test_unreadable_shard_is_rejected_and_blocks_removal(tokenizer, corpus):
     assert outcome.removed == 0 and chunk_table(db).num_rows > 0
 
 
+def test_dangling_link_among_the_inputs_is_rejected_not_ignored(tokenizer, corpus):
+    inputs, db, _ = corpus
+    (inputs / "gone.jsonl").symlink_to(inputs / "no-such-target.jsonl")
+    outcome, _ = run_once(tokenizer, inputs, db, "r1")
+    [reject] = lancedb.connect(str(db)).open_table("rejects").to_arrow().to_pylist()
+    assert (reject["reason"], reject["source"]) == ("unreadable", str(inputs / "gone.jsonl"))
+    assert outcome.totals.docs_in == 11
+
+
 def test_file_gone_between_listing_and_reading_is_rejected(tokenizer, corpus):
     inputs, _, _ = corpus
     cfg = InputSettings(paths=[str(inputs)])

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, StoreBusyError
 from pipeline.log import configure_logging
 from pipeline.settings import load_settings
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.ingest import run_ingest
 
         result = run_ingest(settings)
-    except ConfigError as exc:
+    except (ConfigError, StoreBusyError) as exc:  # refused before any work started
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PipelineError as exc:

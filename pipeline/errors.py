@@ -23,3 +23,7 @@ class StoreError(PipelineError):
 
 class InputRejected(PipelineError):
     """The engine refused an input for a reason tied to the data (not to the engine's health)."""
+
+
+class StoreBusyError(StoreError):
+    """Another run holds the store's lock; nothing was started."""

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import structlog
 
 from pipeline import schema as s
-from pipeline.errors import StoreError
+from pipeline.errors import StoreBusyError, StoreError
 from pipeline.stats import BatchStats, RunTotals
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ def store_lock(uri: str, prefix: str, run_id: str) -> Iterator[None]:
                 f"another ingestion run ({holder}) is writing to store.uri={uri!r} with table prefix {prefix!r}; "
                 f"wait for it to finish, or use another store.table_prefix"
             )
-            raise StoreError(msg) from None
+            raise StoreBusyError(msg) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"run {run_id}, pid {os.getpid()}, host {socket.gethostname()}")

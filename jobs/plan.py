@@ -1,0 +1,67 @@
+"""python -m jobs.plan MODEL_DIR_OR_CONFIG [--dtype ...] [--max-model-len N] [--max-num-batched-tokens N]
+[--tensor-parallel-size N] [--engines-per-device N] [--device-memory-gib G] [--device cuda|cpu] [--json]
+
+What a model costs on a device at the given engine limits, by component, with advice. Works offline on a
+config.json alone; reads safetensors headers (never the weights) when the directory has them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipeline.errors import ConfigError
+from pipeline.memory_plan import GIB, PlanRequest, load_config, plan_memory, render_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__)
+    parser.add_argument("model", help="model directory or config.json")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--engines-per-device", type=int, default=1)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--device-memory-gib", type=float, help="default: read from the device when there is one")
+    parser.add_argument("--chunk-tokens", type=int, default=2000)
+    parser.add_argument("--batch-rows", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config, model_dir = load_config(args.model)
+        memory = args.device_memory_gib * GIB if args.device_memory_gib else device_memory(args.device)
+        request = PlanRequest(
+            dtype=args.dtype,
+            max_model_len=args.max_model_len,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            tensor_parallel_size=args.tensor_parallel_size,
+            engines_per_device=args.engines_per_device,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            device=args.device,
+            device_memory_bytes=int(memory) if memory else None,
+            chunk_tokens=args.chunk_tokens,
+            batch_rows=args.batch_rows,
+        )
+        plan = plan_memory(config, request, model_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.to_json() if args.json else render_table(plan))
+    return 0
+
+
+def device_memory(device: str) -> int | None:
+    """Total memory of the first GPU (through torch, if it is installed and sees one) or of this host."""
+    if device == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

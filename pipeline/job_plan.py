@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pipeline.chunking import ChunkPlan
 from pipeline.embedding import EngineSpec
 from pipeline.errors import ConfigError
+from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, load_config, plan_memory
 from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.settings import Settings
 
@@ -153,3 +154,35 @@ def _needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> b
     # vLLM caps max_model_len at sentence_bert_config.json's max_seq_length; positions beyond it are real.
     serving_cap = limits.serving_limit is not None and max_model_len > limits.serving_limit
     return allowed or serving_cap
+
+
+def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | None) -> MemoryPlan:
+    """The memory planner's verdict for this job; ConfigError, with its advice, when the model cannot fit."""
+    config, model_dir = load_config(plan.engine.model_dir)
+    m = settings.model
+    on_cpu = plan.engine.device == "cpu"
+    request = PlanRequest(
+        dtype=m.dtype,
+        max_model_len=plan.engine.max_model_len,
+        max_num_batched_tokens=m.max_num_batched_tokens,
+        tensor_parallel_size=m.tensor_parallel_size,
+        engines_per_device=plan.actors if on_cpu else 1,
+        gpu_memory_utilization=m.gpu_memory_utilization,
+        device=plan.engine.device,
+        device_memory_bytes=device_memory_bytes,
+        chunk_tokens=plan.chunk.max_tokens,
+        batch_rows=settings.run.batch_rows,
+    )
+    memory = plan_memory(config, request, model_dir)
+    if memory.fits is False:
+        needed, budget = memory.per_rank["needed"] / GIB, memory.per_rank["budget"] / GIB
+        msg = (
+            f"the model does not fit: each engine needs {needed:.2f} GiB (weights, activations at "
+            f"max_num_batched_tokens={m.max_num_batched_tokens}, KV cache, runtime) but gets {budget:.2f} GiB "
+            f"(device memory x model.gpu_memory_utilization={m.gpu_memory_utilization}"
+            f"{f' / {request.engines_per_device} engines' if request.engines_per_device > 1 else ''}). "
+            + " ".join(a for a in memory.advice if a.startswith(("largest", "smallest")))
+            + "; see python -m jobs.plan"
+        )
+        raise ConfigError(msg)
+    return memory

@@ -161,6 +161,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("max_num_batched_tokens", pa.int64()),
         pa.field("chunk_tokens", pa.int64()),
         pa.field("settings", pa.string()),
+        pa.field("plan", pa.string()),
         pa.field("engine", pa.string()),
         pa.field("vllm_version", pa.string()),
         pa.field("ray_version", pa.string()),

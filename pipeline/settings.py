@@ -85,6 +85,9 @@ class ModelSettings(_Section):
     """Run Python code shipped with the model. Off unless the model needs it and you trust it."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses GPUs when the Ray cluster has them, else vLLM's CPU backend."""
+    device_memory_gib: float | None = Field(default=None, gt=0)
+    """Memory of one GPU, for the fit check before launch. Unset: host memory on the CPU backend; on GPUs the
+    check is skipped (with a warning) unless the driver itself sees a GPU."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """CPU backend: threads per engine. Unset: the machine's cores divided among the actors."""
 

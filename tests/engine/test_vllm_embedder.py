@@ -86,3 +86,18 @@ def test_packaged_minilm_matches_transformers_on_full_length_chunks(minilm_path,
         assert cosine(a, b) > cosine(a, c)
     finally:
         engine.close()
+
+
+def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(tiny_model_path):
+    """Why the job refuses max_num_batched_tokens < max_model_len: this vLLM version does too, for encoder
+    pooling models (no chunked prefill), rather than splitting long prompts."""
+    from pipeline.errors import ConfigError
+    from pipeline.job_plan import plan_lengths
+
+    with pytest.raises(ConfigError, match="max_num_batched_tokens=1024 is below model.max_model_len=2001"):
+        plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}), 2)
+    spec = plan_job(Settings(model={"path": str(tiny_model_path), "dtype": "float32", "enforce_eager": True,
+                                    "gpu_memory_utilization": 0.1}), 2, gpus=0, cpus=2).engine  # fmt: skip
+    too_small = spec.model.model_copy(update={"max_num_batched_tokens": 1024})
+    with pytest.raises(Exception, match="max_num_batched_tokens \\(1024\\) is smaller than max_model_len \\(2001\\)"):
+        VllmEmbedder(type(spec)(**{**spec.__dict__, "model": too_small}))

@@ -126,6 +126,8 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     assert runrow["tokens"] + runrow["tokens_discarded"] == pc.sum(batches.column(s.N_TOKENS)).as_py()
     assert pc.max(chunks.column(s.N_TOKENS)).as_py() <= runrow["chunk_tokens"] == 511
     assert runrow["max_model_len"] == 512
+    plan = json.loads(runrow["plan"])
+    assert plan["fits"] is True and plan["max_model_len"] == 512 and plan["params_source"] == "safetensors headers"
     engine = json.loads(runrow["engine"])
     assert (engine["engine"], engine["max_model_len"], engine["dim"]) == ("vllm", 512, 384)
     assert runrow["vllm_version"] and runrow["ray_version"] and runrow["lancedb_version"]

@@ -79,3 +79,17 @@ def test_model_that_ships_its_own_code_needs_trust_remote_code(tiny_model_path, 
     with pytest.raises(ConfigError, match=r"ships its own code .* set model.trust_remote_code = true"):
         plan_job(settings(model), 2, 0, 2)
     assert settings(model).model.trust_remote_code is False  # off unless a config turns it on
+
+
+def test_a_model_that_cannot_fit_the_device_is_refused_with_advice(tiny_model_path):
+    from pipeline.job_plan import check_memory
+    from pipeline.memory_plan import GIB
+
+    s = Settings(model={"path": str(tiny_model_path), "device": "cuda", "dtype": "float32"})
+    plan = plan_job(s, 2, gpus=1, cpus=8)
+    memory = check_memory(s, plan, device_memory_bytes=2 * GIB)
+    assert memory.fits is True and memory.weight_bytes == 4_713_088 * 4
+    with pytest.raises(ConfigError, match=r"does not fit: each engine needs 0\.\d\d GiB .* gets 0\.\d\d GiB"):
+        check_memory(s, plan, device_memory_bytes=GIB // 2)
+    unknown = check_memory(s, plan, device_memory_bytes=None)
+    assert unknown.fits is None and any("device memory unknown" in w for w in unknown.warnings)

@@ -6,12 +6,16 @@ from what the settings say.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.chunking import ChunkPlan
 from pipeline.embedding import EngineSpec
 from pipeline.errors import ConfigError
 from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, load_config, plan_memory
+from pipeline.model_params import shape_from_config
+from pipeline.reference_embedding import pooling_of
 from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.settings import Settings
 
@@ -52,7 +56,12 @@ def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
     max_model_len = _max_model_len(settings, limits, notes)
     chunk_tokens = _chunk_tokens(settings, max_model_len, num_special_tokens, notes)
     m = settings.model
-    if m.max_num_batched_tokens < max_model_len:
+    if m.max_num_batched_tokens < max_model_len and splits_long_prompts(model_dir):
+        notes.append(
+            f"max_num_batched_tokens {m.max_num_batched_tokens} is below max_model_len {max_model_len}: vLLM splits "
+            f"longer prompts over several forward passes (chunked prefill, for last-token pooling on a causal model)"
+        )
+    elif m.max_num_batched_tokens < max_model_len:
         msg = (
             f"model.max_num_batched_tokens={m.max_num_batched_tokens} is below model.max_model_len={max_model_len}: "
             f"vLLM cannot fit one whole sequence in a forward pass of a pooling model; "
@@ -63,6 +72,15 @@ def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
     chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
     allow_long = _needs_long_len(m.allow_long_max_model_len, limits, max_model_len)
     return LengthPlan(str(model_dir), model_id, max_model_len, chunk, allow_long, notes)
+
+
+def splits_long_prompts(model_dir: Path) -> bool:
+    """Whether vLLM runs chunked prefill for this pooling model: causal attention with last-token pooling.
+    (Checked against vLLM 0.32: a Qwen3-style decoder accepts a budget below max_model_len, a BERT refuses.)"""
+    config = json.loads((model_dir / "config.json").read_text())
+    if shape_from_config(config).kind != "decoder":
+        return False
+    return pooling_of(model_dir)[0] == "last" or not (model_dir / "modules.json").is_file()
 
 
 def place_engines(settings: Settings, lengths: LengthPlan, gpus: float, cpus: int) -> JobPlan:

@@ -196,11 +196,19 @@ def _advise(plan: MemoryPlan, shape: ModelShape, request: PlanRequest) -> None:
         if shape.max_positions > 4 * wanted:
             default_act = activation_bytes(shape, shape.max_positions, b)
             kv_default = kv_bytes(shape, shape.max_positions, b)
+            if shape.kind == "decoder":
+                cost = (
+                    f"vLLM must find KV cache for one {shape.max_positions:,}-token sequence at start-up "
+                    f"({gib(kv_default)}) on top of the weights"
+                )
+            else:
+                cost = (
+                    f"vLLM schedules at least {shape.max_positions:,} tokens per forward pass (max_num_batched_tokens "
+                    f">= max_model_len without chunked prefill): activation peak {gib(default_act['peak'])}"
+                )
             plan.advice.append(
-                f"leaving max_model_len at the model's {shape.max_positions:,} positions makes vLLM schedule at least "
-                f"{shape.max_positions:,} tokens per forward pass (max_num_batched_tokens >= max_model_len without "
-                f"chunked prefill): activation peak {gib(default_act['peak'])} + KV cache {gib(kv_default)} for one "
-                f"sequence, against {gib(plan.activation['peak'] + plan.kv_cache_needed_bytes)} at "
+                f"leaving max_model_len at the model's {shape.max_positions:,} positions: {cost}, against "
+                f"{gib(plan.activation['peak'] + plan.kv_cache_needed_bytes)} of activation and KV at "
                 f"{plan.max_num_batched_tokens:,} tokens"
             )
     if plan.per_rank["budget"] is None:

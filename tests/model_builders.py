@@ -75,3 +75,32 @@ def build_bpe_tokenizer(out: Path, corpus: list[str], vocab_size: int = 2000) ->
     )
     (out / "config.json").write_text(json.dumps({"model_type": "roberta", "max_position_embeddings": 4098}))
     return out
+
+
+def build_tiny_qwen3(out: Path, max_positions: int = 4096) -> Path:
+    """Random-weight Qwen3 decoder (hidden 128, 2 layers, GQA) with last-token pooling and MiniLM's tokenizer."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=32, intermediate_size=256, max_position_embeddings=max_positions, tie_word_embeddings=True,
+    )  # fmt: skip
+    config.architectures = ["Qwen3Model"]
+    torch.manual_seed(0)
+    Qwen3Model(config).eval().save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_dir() / name, out / name)
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {"word_embedding_dimension": 128, "pooling_mode_lasttoken": True, "pooling_mode_mean_tokens": False}
+        )
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (out / "modules.json").write_text(json.dumps(modules))
+    return out

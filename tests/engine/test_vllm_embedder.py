@@ -101,3 +101,23 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
     too_small = spec.model.model_copy(update={"max_num_batched_tokens": 1024})
     with pytest.raises(Exception, match="max_num_batched_tokens \\(1024\\) is smaller than max_model_len \\(2001\\)"):
         VllmEmbedder(type(spec)(**{**spec.__dict__, "model": too_small}))
+
+
+def test_last_token_decoder_embeds_prompts_longer_than_its_batch_budget(tmp_path, long_texts):
+    """A Qwen3-style decoder with last-token pooling: vLLM 0.32 runs chunked prefill, so a 512-token budget
+    serves 2,000-token chunks; vectors still equal a transformers forward pass."""
+    from tests.model_builders import build_tiny_qwen3
+
+    model = build_tiny_qwen3(tmp_path / "qwen")
+    plan, tokenizer, engine = engine_for(model, max_model_len=2048, max_num_batched_tokens=512)
+    try:
+        assert engine.info()["chunked_prefill"] is True and engine.info()["max_num_batched_tokens"] == 512
+        chunks = chunk_rows(tokenizer, plan, long_texts[:1])
+        assert max(chunks.column(s.N_TOKENS).to_pylist()) > 1500
+        vectors = engine.embed(chunks.column(s.TOKEN_IDS).to_pylist())
+        reference = ReferenceEmbedder(model)
+        assert reference.mode == "last"
+        for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors, strict=True):
+            assert cosine(reference.embed_ids(ids), vec) >= 0.999
+    finally:
+        engine.close()

@@ -93,3 +93,12 @@ def test_a_model_that_cannot_fit_the_device_is_refused_with_advice(tiny_model_pa
         check_memory(s, plan, device_memory_bytes=GIB // 2)
     unknown = check_memory(s, plan, device_memory_bytes=None)
     assert unknown.fits is None and any("device memory unknown" in w for w in unknown.warnings)
+
+
+def test_a_last_token_pooling_decoder_may_have_a_budget_below_max_model_len(tmp_path):
+    from tests.model_builders import build_tiny_qwen3
+
+    model = build_tiny_qwen3(tmp_path / "qwen")
+    plan = plan_job(settings(model, max_model_len=2048, max_num_batched_tokens=512), 2, 0, 2)
+    assert plan.engine.max_model_len == 2048
+    assert any("splits longer prompts" in n for n in plan.notes)

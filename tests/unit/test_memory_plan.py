@@ -72,7 +72,7 @@ def test_phi3_plan_for_2000_token_chunks_on_an_80_gib_gpu():
     assert plan.fits is True
     text = "\n".join(plan.advice)
     assert "max_model_len: use 2001" in text
-    assert "131,072 positions makes vLLM schedule at least 131,072 tokens" in text
+    assert "131,072 positions: vLLM must find KV cache for one 131,072-token sequence at start-up (48.00 GiB)" in text
     assert "smallest tensor_parallel_size that fits: 1" in text
     # 131,072-token passes need 16x the activation and KV of 8,192-token ones
     big = plan_memory(PHI3V, PlanRequest(max_num_batched_tokens=131072, device="cuda", device_memory_bytes=80 * GIB))

@@ -7,11 +7,10 @@ config.json alone; reads safetensors headers (never the weights) when the direct
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pipeline.errors import ConfigError
-from pipeline.memory_plan import GIB, PlanRequest, load_config, plan_memory, render_table
+from pipeline.memory_plan import GIB, PlanRequest, detect_device_memory, load_config, plan_memory, render_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config, model_dir = load_config(args.model)
-        memory = args.device_memory_gib * GIB if args.device_memory_gib else device_memory(args.device)
+        memory = args.device_memory_gib * GIB if args.device_memory_gib else detect_device_memory(args.device)
         request = PlanRequest(
             dtype=args.dtype,
             max_model_len=args.max_model_len,
@@ -50,17 +49,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(plan.to_json() if args.json else render_table(plan))
     return 0
-
-
-def device_memory(device: str) -> int | None:
-    """Total memory of the first GPU (through torch, if it is installed and sees one) or of this host."""
-    if device == "cpu":
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 if __name__ == "__main__":

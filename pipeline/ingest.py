@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from pipeline.documents import Shard
 from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, store_lock
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
-from pipeline.memory_plan import GIB, MemoryPlan
+from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import resolve_model_dir
 from pipeline.settings import Settings
 from pipeline.stats import RunTotals
@@ -140,16 +139,10 @@ def _table_metadata(plan: JobPlan) -> dict:
 
 
 def device_memory_bytes(settings: Settings, device: str) -> int | None:
-    """Memory one engine's device has: the setting, the host's on the CPU backend, or a GPU the driver sees."""
+    """Memory one engine's device has: the setting, else what this machine can tell."""
     if settings.model.device_memory_gib:
         return int(settings.model.device_memory_gib * GIB)
-    if device == "cpu":
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    return detect_device_memory(device)
 
 
 def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:

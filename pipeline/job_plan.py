@@ -14,9 +14,9 @@ from pipeline.chunking import ChunkPlan
 from pipeline.embedding import EngineSpec
 from pipeline.errors import ConfigError
 from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, load_config, plan_memory
+from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.model_params import shape_from_config
 from pipeline.reference_embedding import pooling_of
-from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.settings import Settings
 
 

@@ -19,6 +19,7 @@ activations + about 128 MiB. The GPU overhead (CUDA context, workspaces) is an e
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,17 @@ def load_config(path: str | Path) -> tuple[dict, Path | None]:
         msg = f"no config.json at {path}; give a model directory or a config.json file"
         raise ConfigError(msg)
     return json.loads(config_file.read_text()), (p if p.is_dir() else None)
+
+
+def detect_device_memory(device: str) -> int | None:
+    """Total memory of this host (CPU backend) or of the first GPU torch sees here; None when there is none."""
+    if device == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import torch  # only to ask the driver's GPU, when there is one
+    except ImportError:
+        return None
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 def resolve_dtype(dtype: str, shape: ModelShape, device: str) -> str:
@@ -233,7 +245,8 @@ def _advise(plan: MemoryPlan, shape: ModelShape, request: PlanRequest) -> None:
         )
         if plan.fits is False:
             plan.warnings.append(
-                f"does not fit: needs {gib(plan.per_rank['needed'])} per rank, budget is {gib(plan.per_rank['budget'])}"
+                f"does not fit: needs {gib(plan.per_rank['needed'])} per rank, "
+                f"budget is {gib(plan.per_rank['budget'])}"
             )
     if request.batch_rows and request.chunk_tokens:
         in_flight = request.batch_rows * request.chunk_tokens

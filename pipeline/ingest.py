@@ -47,8 +47,16 @@ class RunResult:
         return (
             f"Ingestion took {self.wall_s:.2f} s: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
             f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
-            f"{o.skipped:,} unchanged, {o.removed:,} removed"
+            f"{o.skipped:,} unchanged, {o.removed:,} removed; busy s: " + _stage_text(o.stages)
         )
+
+
+STAGE_LABELS = {"read_s": "read", "parse_s": "parse", "chunk_s": "chunk", "embed_s": "engine",
+                "wait_s": "engine idle", "write_s": "write"}  # fmt: skip
+
+
+def _stage_text(stages: dict[str, float]) -> str:
+    return ", ".join(f"{label} {stages.get(key, 0.0):.2f}" for key, label in STAGE_LABELS.items())
 
 
 def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Shard]]:
@@ -191,6 +199,7 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "chunks_discarded": result.outcome.chunks_discarded,
         "tokens_discarded": result.outcome.tokens_discarded,
         "embed_s": t.embed_s,
+        **{k: v for k, v in result.outcome.stages.items() if k != "embed_s"},
         "tokens_per_s": result.tokens_per_s,
         "engine": json.dumps(engine_info) if engine_info else None,
         "error": error,

@@ -26,6 +26,7 @@ N_TOKENS = "n_tokens"
 TOKEN_IDS = "token_ids"
 VECTOR = "vector"
 BATCH_STATS = "batch_stats"
+SHARD_STATS = "shard_stats"
 MODEL = "model"
 RUN_ID = "run_id"
 INGESTED_AT = "ingested_at"
@@ -63,6 +64,7 @@ _CHUNK_FIELDS = [
     pa.field(REJECT_REASON, pa.string()),
     pa.field(REJECT_DETAIL, pa.string()),
     pa.field(UNCHANGED, pa.bool_()),
+    pa.field(SHARD_STATS, pa.string()),
 ]
 CHUNK_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field(TOKEN_IDS, pa.list_(pa.int32()))])
 
@@ -156,6 +158,11 @@ RUNS_SCHEMA = pa.schema(
         pa.field("rejected", pa.int64()),
         pa.field("tokens_per_s", pa.float64()),
         pa.field("embed_s", pa.float64()),
+        pa.field("read_s", pa.float64()),
+        pa.field("parse_s", pa.float64()),
+        pa.field("chunk_s", pa.float64()),
+        pa.field("wait_s", pa.float64()),
+        pa.field("write_s", pa.float64()),
         pa.field("model", pa.string()),
         pa.field("max_model_len", pa.int64()),
         pa.field("max_num_batched_tokens", pa.int64()),

@@ -6,9 +6,10 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline.errors import StoreBusyError, StoreError
 from pipeline.stats import BatchStats, RunTotals
 
 log = structlog.get_logger(__name__)
+STAGES = ("read_s", "parse_s", "chunk_s", "wait_s", "write_s")
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class RunWriter:
         self.embedded = RunTotals()
         self.engine_info: dict | None = None
         self.embed_s = 0.0
+        self.stages = dict.fromkeys(STAGES, 0.0)
         self.skipped: set[str] = set()
         self.rejected_ids: set[str] = set()
         self.rejected_count = 0
@@ -209,9 +212,14 @@ class RunWriter:
 
     def add(self, batch: pa.Table) -> None:
         now = datetime.now(timezone.utc)
+        for payload in batch.column(s.SHARD_STATS).drop_null().to_pylist():
+            for stage, seconds in json.loads(payload).items():
+                if stage.endswith("_s"):
+                    self.stages[stage] += seconds
         for payload in batch.column(s.BATCH_STATS).drop_null().to_pylist():
             record = json.loads(payload)
             self._stats.append(BatchStats.from_json_dict(record["batch"]).to_row(self.run_id))
+            self.stages["wait_s"] += record["batch"]["wait_s"]
             if "engine" in record and self.engine_info is None:
                 self.engine_info = record["engine"]
         is_reject = pc.is_valid(batch.column(s.REJECT_REASON))
@@ -277,6 +285,13 @@ class RunWriter:
 
     def commit(self) -> None:
         """One upsert of the buffered chunks, one append each of rejects and batch stats."""
+        started = time.perf_counter()
+        try:
+            self._commit()
+        finally:
+            self.stages["write_s"] += time.perf_counter() - started
+
+    def _commit(self) -> None:
         chunks = pa.concat_tables(self._chunks) if self._chunks else None
         if chunks is not None and self._failed:
             chunks = chunks.filter(pc.invert(pc.is_in(chunks.column(s.DOC_ID), pa.array(sorted(self._failed)))))
@@ -341,6 +356,7 @@ class RunWriter:
             replaced=len(ingested & stored.present),
             skipped=len(self.skipped - ingested),
             removed=removed,
+            stages={**self.stages, "embed_s": self.embed_s},
             chunks_discarded=self.embedded.chunks - summary.num_rows,
             tokens_discarded=self.embedded.tokens - (pc.sum(summary.column(s.N_TOKENS)).as_py() or 0),
         )
@@ -353,6 +369,8 @@ class RunOutcome:
     replaced: int
     skipped: int
     removed: int
+    stages: dict[str, float] = field(default_factory=dict)
+    """Busy seconds per stage, summed over workers: read_s, parse_s, chunk_s, embed_s, wait_s, write_s."""
     chunks_discarded: int = 0
     """Embedded but not stored: chunks of duplicate copies and of documents the engine refused in part."""
     tokens_discarded: int = 0

@@ -109,7 +109,11 @@ def test_last_token_decoder_embeds_prompts_longer_than_its_batch_budget(tmp_path
     from tests.model_builders import build_tiny_qwen3
 
     model = build_tiny_qwen3(tmp_path / "qwen")
-    plan, tokenizer, engine = engine_for(model, max_model_len=2048, max_num_batched_tokens=512)
+    # a decoder needs KV cache: on the CPU backend it comes out of gpu_memory_utilization x host memory, after
+    # what this test process already holds, so 0.1 (enough for encoders) is too little here
+    plan, tokenizer, engine = engine_for(
+        model, max_model_len=2048, max_num_batched_tokens=512, gpu_memory_utilization=0.3
+    )
     try:
         assert engine.info()["chunked_prefill"] is True and engine.info()["max_num_batched_tokens"] == 512
         chunks = chunk_rows(tokenizer, plan, long_texts[:1])

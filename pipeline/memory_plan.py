@@ -201,10 +201,17 @@ def _advise(plan: MemoryPlan, shape: ModelShape, request: PlanRequest) -> None:
     b = plan.dtype_bytes
     if request.chunk_tokens:
         wanted = request.chunk_tokens + 1
-        plan.advice.append(
-            f"max_model_len: use {wanted} (chunks of {request.chunk_tokens} tokens + 1; a prompt of exactly "
-            f"max_model_len tokens can hang some pooling models)"
-        )
+        if wanted > shape.max_positions:
+            plan.advice.append(
+                f"max_model_len: use {shape.max_positions} (the model has {shape.max_positions} positions, so chunks "
+                f"hold at most {shape.max_positions - 1} tokens, not {request.chunk_tokens}; a prompt of exactly "
+                f"max_model_len tokens can hang some pooling models)"
+            )
+        else:
+            plan.advice.append(
+                f"max_model_len: use {wanted} (chunks of {request.chunk_tokens} tokens + 1; a prompt of exactly "
+                f"max_model_len tokens can hang some pooling models)"
+            )
         if shape.max_positions > 4 * wanted:
             default_act = activation_bytes(shape, shape.max_positions, b)
             kv_default = kv_bytes(shape, shape.max_positions, b)

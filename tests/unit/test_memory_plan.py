@@ -145,3 +145,18 @@ def test_plan_command_prints_a_table_and_json(tmp_path):
                          cwd=repo, capture_output=True, text=True, check=True)  # fmt: skip
     data = json.loads(out.stdout)
     assert data["params"]["token_embedding"] == 98_500_608 and data["kind"] == "decoder"
+
+
+def test_advice_for_2000_token_chunks_on_each_shape():
+    def advice(config):
+        return "\n".join(plan_memory(config, PlanRequest(device="cuda", chunk_tokens=2000)).advice)
+
+    # BERT-base has 512 learned positions: 2,000-token chunks cannot be served
+    assert "max_model_len: use 512 (the model has 512 positions, so chunks hold at most 511 tokens" in advice(
+        BERT_BASE
+    )
+    # the decoders take 2,001 and say what their default length would cost in KV cache
+    assert "max_model_len: use 2001" in advice(QWEN3)
+    # Qwen3: 32,768 x 28 layers x 2 x 1,024 (8 KV heads x 128) x 2 bytes = 3.5 GiB
+    assert "one 32,768-token sequence at start-up (3.50 GiB)" in advice(QWEN3)
+    assert "one 131,072-token sequence at start-up (48.00 GiB)" in advice(PHI3V)

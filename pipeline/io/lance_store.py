@@ -23,7 +23,7 @@ from pipeline.errors import StoreBusyError, StoreError
 from pipeline.stats import BatchStats, RunTotals
 
 log = structlog.get_logger(__name__)
-STAGES = ("read_s", "parse_s", "chunk_s", "wait_s", "write_s")
+STAGES = ("read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,6 @@ class RunWriter:
         self.received = RunTotals()
         self.embedded = RunTotals()
         self.engine_info: dict | None = None
-        self.embed_s = 0.0
         self.stages = dict.fromkeys(STAGES, 0.0)
         self.skipped: set[str] = set()
         self.rejected_ids: set[str] = set()
@@ -220,6 +219,7 @@ class RunWriter:
             record = json.loads(payload)
             self._stats.append(BatchStats.from_json_dict(record["batch"]).to_row(self.run_id))
             self.stages["wait_s"] += record["batch"]["wait_s"]
+            self.stages["embed_s"] += record["batch"]["embed_s"]
             if "engine" in record and self.engine_info is None:
                 self.engine_info = record["engine"]
         is_reject = pc.is_valid(batch.column(s.REJECT_REASON))
@@ -317,7 +317,6 @@ class RunWriter:
                 pa.Table.from_pylist(self._rejects, schema=s.REJECTS_SCHEMA)
             )
         if self._stats:
-            self.embed_s += sum(r["embed_s"] for r in self._stats)
             self.store.table(self.store.names.batches, s.BATCHES_SCHEMA).add(
                 pa.Table.from_pylist(self._stats, schema=s.BATCHES_SCHEMA)
             )
@@ -350,13 +349,13 @@ class RunWriter:
                 chunks=summary.num_rows,
                 tokens=pc.sum(summary.column(s.N_TOKENS)).as_py() or 0,
                 rejected=self.rejected_count,
-                embed_s=self.embed_s,
+                embed_s=self.stages["embed_s"],
             ),
             added=len(ingested - stored.present),
             replaced=len(ingested & stored.present),
             skipped=len(self.skipped - ingested),
             removed=removed,
-            stages={**self.stages, "embed_s": self.embed_s},
+            stages=dict(self.stages),
             chunks_discarded=self.embedded.chunks - summary.num_rows,
             tokens_discarded=self.embedded.tokens - (pc.sum(summary.column(s.N_TOKENS)).as_py() or 0),
         )

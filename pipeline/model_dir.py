@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.model_params import usable_positions
 
 PACKAGE_PREFIX = "package:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
-# Encoders in the RoBERTa family offset positions by padding_idx + 1.
-_PADDED_POSITION_TYPES = {"roberta", "xlm-roberta", "camembert", "bge-m3", "mpnet"}
 
 
 def resolve_model_dir(spec: str) -> Path:
@@ -83,13 +82,10 @@ def read_model_limits(model_dir: Path) -> ModelLimits:
     config = _read_json(model_dir / "config.json")
     text_config = config.get("text_config") or config
     model_type = str(config.get("model_type", "unknown"))
-    positions = text_config.get("max_position_embeddings") or text_config.get("n_positions")
-    if positions is not None and model_type in _PADDED_POSITION_TYPES:
-        positions -= int(text_config.get("pad_token_id", 1)) + 1
     sbert = model_dir / "sentence_bert_config.json"
     serving = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
     hidden = text_config.get("hidden_size") or text_config.get("d_model")
-    return ModelLimits(model_type, int(positions) if positions else None, int(serving) if serving else None, hidden)
+    return ModelLimits(model_type, usable_positions(config), int(serving) if serving else None, hidden)
 
 
 def _read_json(path: Path) -> dict:

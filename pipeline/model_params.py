@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError
 
 COMPONENTS = ("token_embedding", "positional", "embedding_other", "attention", "mlp", "norms", "heads", "other")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet"}
-_PADDED_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+_PADDED_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8,
                "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 
@@ -51,18 +51,24 @@ class ModelShape:
         return self.num_kv_heads * self.head_dim
 
 
+def usable_positions(config: dict) -> int | None:
+    """Longest sequence the model's positions allow; RoBERTa-family tables start after padding_idx + 1 rows."""
+    text = config.get("text_config") or config
+    positions = text.get("max_position_embeddings") or text.get("n_positions")
+    if not positions:
+        return None
+    if config.get("model_type") in _PADDED_POSITIONS:
+        positions -= int(text.get("pad_token_id", 1)) + 1
+    return int(positions)
+
+
 def shape_from_config(config: dict) -> ModelShape:
     text = config.get("text_config") or config
     model_type = str(config.get("model_type", "unknown"))
     kind = "encoder" if model_type in ENCODER_TYPES else "decoder"
     hidden = int(text["hidden_size"])
     heads = int(text["num_attention_heads"])
-    positions = int(text.get("max_position_embeddings", 0))
-    if kind == "encoder":
-        learned = positions
-        usable = positions - (int(text.get("pad_token_id", 1)) + 1 if model_type in _PADDED_POSITIONS else 0)
-    else:
-        learned, usable = 0, positions
+    learned = int(text.get("max_position_embeddings", 0)) if kind == "encoder" else 0
     return ModelShape(
         model_type=model_type,
         kind=kind,
@@ -73,7 +79,7 @@ def shape_from_config(config: dict) -> ModelShape:
         num_kv_heads=int(text.get("num_key_value_heads") or heads),
         head_dim=int(text.get("head_dim") or hidden // heads),
         intermediate_size=int(text["intermediate_size"]),
-        max_positions=usable,
+        max_positions=usable_positions(config) or 0,
         learned_positions=learned,
         type_vocab_size=int(text.get("type_vocab_size", 0)) if kind == "encoder" else 0,
         gated_mlp=kind == "decoder",

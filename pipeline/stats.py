@@ -44,7 +44,6 @@ class RunTotals:
     chunks: int = 0
     tokens: int = 0
     rejected: int = 0
-    embed_s: float = 0.0
 
     def __add__(self, other: RunTotals) -> RunTotals:
         return RunTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))

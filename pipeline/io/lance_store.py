@@ -349,7 +349,6 @@ class RunWriter:
                 chunks=summary.num_rows,
                 tokens=pc.sum(summary.column(s.N_TOKENS)).as_py() or 0,
                 rejected=self.rejected_count,
-                embed_s=self.stages["embed_s"],
             ),
             added=len(ingested - stored.present),
             replaced=len(ingested & stored.present),

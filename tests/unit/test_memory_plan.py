@@ -160,3 +160,12 @@ def test_advice_for_2000_token_chunks_on_each_shape():
     # Qwen3: 32,768 x 28 layers x 2 x 1,024 (8 KV heads x 128) x 2 bytes = 3.5 GiB
     assert "one 32,768-token sequence at start-up (3.50 GiB)" in advice(QWEN3)
     assert "one 131,072-token sequence at start-up (48.00 GiB)" in advice(PHI3V)
+
+
+def test_job_and_planner_read_the_same_position_limit(tmp_path):
+    from pipeline.model_dir import read_model_limits
+
+    for model_type, positions, usable in (("xlm-roberta", 514, 512), ("mpnet", 514, 512), ("bert", 512, 512)):
+        config = {**BERT_BASE, "model_type": model_type, "max_position_embeddings": positions, "pad_token_id": 1}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert read_model_limits(tmp_path).position_limit == shape_from_config(config).max_positions == usable

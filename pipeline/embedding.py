@@ -25,6 +25,8 @@ log = structlog.get_logger(__name__)
 
 class Embedder(Protocol):
     dim: int
+    tokens_processed: int
+    """Running count of the tokens the engine reports having processed."""
 
     def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """One float32 row per sequence of token ids (special tokens included)."""
@@ -39,7 +41,7 @@ class FakeEmbedder:
     def __init__(self, dim: int = 8, refuse_token: int | None = None):
         self.dim = dim
         self.refuse_token = refuse_token
-        self.tokens_seen = 0
+        self.tokens_processed = 0
 
     def embed(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         if self.refuse_token is not None and any(self.refuse_token in ids for ids in token_ids):
@@ -50,7 +52,7 @@ class FakeEmbedder:
             seed = int.from_bytes(hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).digest()[:8], "little")
             vec = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
             out[row] = vec / np.linalg.norm(vec)
-            self.tokens_seen += len(ids)
+            self.tokens_processed += len(ids)
         return out
 
     def info(self) -> dict:
@@ -108,6 +110,7 @@ class VllmEmbedder:
 
         self._prompt = TokensPrompt
         self._client_error = VLLMClientError
+        self.tokens_processed = 0
         self.max_model_len = spec.max_model_len
         m = spec.model
         started = time.perf_counter()
@@ -150,6 +153,7 @@ class VllmEmbedder:
             if len(out.prompt_token_ids) != len(ids):
                 msg = f"engine processed {len(out.prompt_token_ids)} tokens of a {len(ids)}-token chunk"
                 raise EngineError(msg)
+        self.tokens_processed += sum(len(out.prompt_token_ids) for out in outputs)
         return np.asarray([out.outputs.embedding for out in outputs], dtype=np.float32)
 
     def info(self) -> dict:
@@ -194,6 +198,7 @@ class EmbedStep:
         self.embedder = embedder
         self.actor = actor
         self.batch_index = 0
+        self.ready_at = datetime.now(timezone.utc)
         self.idle_since = time.perf_counter()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -202,7 +207,7 @@ class EmbedStep:
         rows = [i for i, ok in enumerate(pa.compute.is_valid(batch.column(s.CHUNK_ID)).to_pylist()) if ok]
         all_ids = batch.column(s.TOKEN_IDS).to_pylist()
         token_ids = [all_ids[i] for i in rows]
-        t0 = time.perf_counter()
+        t0, processed_before = time.perf_counter(), self.embedder.tokens_processed
         vectors, errors = self._embed_isolating(token_ids)
         embed_s = time.perf_counter() - t0
         dim = self.embedder.dim
@@ -223,10 +228,11 @@ class EmbedStep:
             embed_s=embed_s,
             wait_s=wait_s,
             started_at=started_at,
+            engine_tokens=self.embedder.tokens_processed - processed_before,
         )
         payload = {"batch": stats.to_json_dict()}
         if self.batch_index == 0:
-            payload["engine"] = self.embedder.info()
+            payload["engine"] = {**self.embedder.info(), "ready_at": self.ready_at.isoformat()}
         self.batch_index += 1
         out = batch.drop_columns([s.TOKEN_IDS, s.REJECT_REASON, s.REJECT_DETAIL])
         out = out.append_column(s.REJECT_REASON, pa.array(reasons, pa.string()))

@@ -33,6 +33,13 @@ class RunResult:
     status: str
     wall_s: float
     outcome: RunOutcome
+    started_at: datetime
+
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from the run's start until its first engine could take work (Ray, actors, engine start)."""
+        ready = self.outcome.first_engine_ready
+        return (ready - self.started_at).total_seconds() if ready else None
 
     @property
     def totals(self) -> RunTotals:
@@ -44,8 +51,9 @@ class RunResult:
 
     def summary_line(self) -> str:
         t, o = self.totals, self.outcome
+        startup = f" (first engine ready at {self.startup_s:.2f} s)" if self.startup_s is not None else ""
         return (
-            f"Ingestion took {self.wall_s:.2f} s: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
+            f"Ingestion took {self.wall_s:.2f} s{startup}: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
             f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
             f"{o.skipped:,} unchanged, {o.removed:,} removed; busy s: " + _stage_text(o.stages)
         )
@@ -70,7 +78,7 @@ def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Sha
 def run_ingest(settings: Settings) -> RunResult:
     from pipeline import ray_stages  # keeps ray out of imports of this module's callers that only plan
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc)
     lengths, fs, shards = preflight(settings)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -117,7 +125,7 @@ def run_ingest(settings: Settings) -> RunResult:
             raise
         finally:
             outcome = outcome or writer.outcome(stored)
-            result = RunResult(run_id, status, time.perf_counter() - started, outcome)
+            result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at)
             store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
             log.info("run_finished", status=status, wall_s=round(result.wall_s, 2), **asdict(outcome.totals))
     return result
@@ -199,6 +207,8 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "chunks_discarded": result.outcome.chunks_discarded,
         "tokens_discarded": result.outcome.tokens_discarded,
         **result.outcome.stages,
+        "engine_tokens": result.outcome.engine_tokens,
+        "startup_s": result.startup_s,
         "tokens_per_s": result.tokens_per_s,
         "engine": json.dumps(engine_info) if engine_info else None,
         "error": error,

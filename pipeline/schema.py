@@ -135,6 +135,7 @@ BATCHES_SCHEMA = pa.schema(
         pa.field("wait_s", pa.float64()),
         pa.field("tokens_per_s", pa.float64()),
         pa.field("started_at", TIMESTAMP),
+        pa.field("engine_tokens", pa.int64()),
     ]
 )
 
@@ -157,6 +158,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("tokens", pa.int64()),
         pa.field("rejected", pa.int64()),
         pa.field("tokens_per_s", pa.float64()),
+        pa.field("engine_tokens", pa.int64()),
+        pa.field("startup_s", pa.float64()),
         pa.field("embed_s", pa.float64()),
         pa.field("read_s", pa.float64()),
         pa.field("parse_s", pa.float64()),

@@ -16,6 +16,8 @@ class BatchStats:
     embed_s: float
     wait_s: float
     started_at: datetime | None = field(default=None, compare=False)
+    engine_tokens: int = 0
+    """Tokens the engine reports having processed (len of each output's prompt_token_ids); equals n_tokens."""
 
     @property
     def tokens_per_s(self) -> float:

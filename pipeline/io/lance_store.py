@@ -81,11 +81,17 @@ class LanceStore:
             raise StoreError(msg) from None
 
     def table(self, name: str, schema: pa.Schema):
-        table = self.db.create_table(name, schema=schema, exist_ok=True)
-        missing = [f.name for f in schema if f.name not in table.schema.names]
-        if missing:
-            msg = f"table {name!r} in {self.uri} lacks columns {missing}; use another store.table_prefix"
+        """Open or create a side table; columns added to its schema since the table was made are added empty."""
+        if not self.exists(name):
+            return self.db.create_table(name, schema=schema, exist_ok=True)
+        table = self.db.open_table(name)
+        missing = [f for f in schema if f.name not in table.schema.names]
+        if any(not f.nullable for f in missing):
+            msg = f"table {name!r} in {self.uri} lacks columns {[f.name for f in missing]}; use another table prefix"
             raise StoreError(msg)
+        if missing:
+            table.add_columns(missing)
+            log.info("table_columns_added", table=name, columns=[f.name for f in missing])
         return table
 
     def chunks_table(self, dim: int, metadata: dict):
@@ -194,6 +200,8 @@ class RunWriter:
         self.received = RunTotals()
         self.embedded = RunTotals()
         self.engine_info: dict | None = None
+        self.engine_ready: list[datetime] = []
+        self.engine_tokens = 0
         self.stages = dict.fromkeys(STAGES, 0.0)
         self.skipped: set[str] = set()
         self.rejected_ids: set[str] = set()
@@ -220,8 +228,10 @@ class RunWriter:
             self._stats.append(BatchStats.from_json_dict(record["batch"]).to_row(self.run_id))
             self.stages["wait_s"] += record["batch"]["wait_s"]
             self.stages["embed_s"] += record["batch"]["embed_s"]
-            if "engine" in record and self.engine_info is None:
-                self.engine_info = record["engine"]
+            self.engine_tokens += record["batch"].get("engine_tokens", 0)
+            if "engine" in record:
+                self.engine_ready.append(datetime.fromisoformat(record["engine"]["ready_at"]))
+                self.engine_info = self.engine_info or record["engine"]
         is_reject = pc.is_valid(batch.column(s.REJECT_REASON))
         is_unchanged = pc.fill_null(batch.column(s.UNCHANGED), False)
         for row in (
@@ -355,6 +365,8 @@ class RunWriter:
             skipped=len(self.skipped - ingested),
             removed=removed,
             stages=dict(self.stages),
+            engine_tokens=self.engine_tokens,
+            first_engine_ready=min(self.engine_ready, default=None),
             chunks_discarded=self.embedded.chunks - summary.num_rows,
             tokens_discarded=self.embedded.tokens - (pc.sum(summary.column(s.N_TOKENS)).as_py() or 0),
         )
@@ -372,6 +384,9 @@ class RunOutcome:
     chunks_discarded: int = 0
     """Embedded but not stored: chunks of duplicate copies and of documents the engine refused in part."""
     tokens_discarded: int = 0
+    engine_tokens: int = 0
+    """Tokens the engines report having processed, kept or discarded; equals the chunker's count."""
+    first_engine_ready: datetime | None = None
 
 
 def _stored_chunks(chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int) -> pa.Table:

@@ -94,7 +94,7 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
     from pipeline.errors import ConfigError
     from pipeline.job_plan import plan_lengths
 
-    with pytest.raises(ConfigError, match="max_num_batched_tokens=1024 is below model.max_model_len=2001"):
+    with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model\.max_model_len=2001"):
         plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}), 2)
     spec = plan_job(Settings(model={"path": str(tiny_model_path), "dtype": "float32", "enforce_eager": True,
                                     "gpu_memory_utilization": 0.1}), 2, gpus=0, cpus=2).engine  # fmt: skip

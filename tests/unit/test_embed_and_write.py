@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import lancedb
 import numpy as np
@@ -41,6 +42,7 @@ def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches)
     assert "engine" in stats[0] and "engine" not in stats[1]
     sent = sum(st["batch"]["n_tokens"] for st in stats)
     assert sent == pa.compute.sum(pa.concat_tables(chunk_batches).column(s.N_TOKENS)).as_py()
+    assert [st["batch"]["engine_tokens"] for st in stats] == [st["batch"]["n_tokens"] for st in stats]
     assert all(b.column(s.BATCH_STATS).null_count == len(b) - 1 for b in out)
 
 
@@ -64,6 +66,8 @@ def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chun
     assert sorted(db.open_table("rejects").to_arrow().column("reason").to_pylist()) == ["empty_text", "invalid_json"]
     batches = db.open_table("batches").to_arrow()
     assert pa.compute.sum(batches.column("n_chunks")).as_py() == t.chunks
+    assert pa.compute.sum(batches.column("engine_tokens")).as_py() == outcome.engine_tokens == t.tokens
+    assert outcome.first_engine_ready is not None and outcome.first_engine_ready <= datetime.now(timezone.utc)
     assert len(db.open_table("chunks").list_versions()) >= 3  # create + at least two group commits
     assert json.loads(chunks.schema.metadata[b"embedpipe"])["model"] == "fake"
 

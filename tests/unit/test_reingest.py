@@ -67,7 +67,7 @@ def test_second_run_over_unchanged_inputs_embeds_nothing(tokenizer, corpus):
     assert (first.added, first.skipped) == (10, 0)
     assert all(first.stages[k] > 0 for k in ("read_s", "parse_s", "chunk_s", "embed_s", "write_s"))
     assert (second.added, second.replaced, second.skipped, second.totals.chunks) == (0, 0, 10, 0)
-    assert embed.embedder.tokens_seen == 0
+    assert embed.embedder.tokens_processed == 0
     after = chunk_table(db)
     assert after.column(s.CHUNK_ID) == before.column(s.CHUNK_ID)
     assert after.column(s.VECTOR) == before.column(s.VECTOR)

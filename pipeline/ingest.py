@@ -128,6 +128,7 @@ def run_ingest(settings: Settings) -> RunResult:
             result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at)
             store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
             log.info("run_finished", status=status, wall_s=round(result.wall_s, 2), **asdict(outcome.totals))
+            structlog.contextvars.unbind_contextvars("run_id")
     return result
 
 

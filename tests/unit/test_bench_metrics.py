@@ -1,0 +1,96 @@
+"""The benchmark's arithmetic and diagnosis on hand-made points (no engine): each verdict has a case that
+produces it and the numbers it must quote."""
+
+import pytest
+
+from pipeline.bench.metrics import Point, diagnose, efficiency, flops_per_token, mfu, peak_tflops
+from pipeline.bench.runner import sweep_settings
+from pipeline.model_params import shape_from_config
+from pipeline.settings import Settings
+
+BERT_BASE = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+             "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+             "type_vocab_size": 2}  # fmt: skip
+
+
+def test_flops_per_token_is_two_per_matmul_weight_plus_attention():
+    shape = shape_from_config(BERT_BASE)
+    h, i, layers = 768, 3072, 12
+    weights = layers * (4 * h * h + 2 * h * i)
+    for length in (128, 512):
+        expected = 2 * weights + layers * 4 * h * length
+        assert flops_per_token(shape, [length] * 3) == pytest.approx(expected, rel=2e-3)
+    # mixed lengths: longer chunks cost more per token, weighted by their tokens
+    mixed = flops_per_token(shape, [100, 500])
+    assert flops_per_token(shape, [100]) < mixed < flops_per_token(shape, [500])
+    decoder = shape_from_config({**BERT_BASE, "model_type": "llama"})
+    causal = 2 * layers * (4 * h * h + 3 * h * i) + layers * 2 * h * 512  # gated MLP, half the attention term
+    assert flops_per_token(decoder, [512]) == pytest.approx(causal, rel=1e-6)
+
+
+def test_peak_lookup_override_and_unknown():
+    assert peak_tflops("NVIDIA H200", "bfloat16") == (989.0, "data sheet, H200 16-bit dense")
+    assert peak_tflops("NVIDIA H100 PCIe", "float16")[0] == 756.0
+    assert peak_tflops("NVIDIA L4", "bfloat16")[0] == 121.0  # not L40's figure
+    assert peak_tflops("AMD EPYC", "float32")[0] is None
+    assert peak_tflops("AMD EPYC", "float32", override=1.5) == (1.5, "bench.peak_tflops")
+    assert peak_tflops("NVIDIA H200", "float32")[0] is None  # the table holds 16-bit peaks only
+
+
+def point(kind="pipeline", budget=8192, tps=1000.0, busy=0.95, per_call=20_000.0, engines=1, **stages):
+    steady = 100.0
+    return Point(
+        kind=kind, label=f"{kind} {budget}", params={"max_num_batched_tokens": budget, "max_model_len": 512},
+        wall_s=steady + 20, startup_s=20, chunks=10, tokens=int(tps * steady), engine_tokens=int(tps * steady),
+        stages={"embed_s": busy * steady * engines, "wait_s": 0.0, "read_s": 0.1, "parse_s": 0.1, "chunk_s": 1.0,
+                "write_s": 1.0, **stages},
+        engines=engines, tokens_per_call=per_call,
+    )  # fmt: skip
+
+
+def test_efficiency_and_mfu():
+    bare = point("bare", tps=1000.0)
+    assert efficiency(point(tps=950.0), bare) == pytest.approx(0.95)
+    # two engines on two GPUs are judged against two bare engines; on a CPU they share one machine
+    assert efficiency(point(tps=1900.0, engines=2), bare, engine_devices=2) == pytest.approx(0.95)
+    assert efficiency(point(tps=950.0, engines=2), bare, engine_devices=1) == pytest.approx(0.95)
+    assert efficiency(point(tps=950.0), None) is None
+    assert mfu(point(tps=1000.0), flops_token=1e9, peak=1.0) == pytest.approx(1.0)
+    assert mfu(point(tps=1000.0), flops_token=1e9, peak=None) is None
+
+
+def test_diagnosis_engine_bound_and_flat():
+    sweep = [point(budget=b, tps=t) for b, t in ((8192, 1000), (16192, 1010), (24288, 995))]
+    text = diagnose(sweep, lambda p: point("bare", tps=1050.0))
+    assert text.startswith("engine-bound")
+    assert "compute-bound" in text and "spread 1.5%" in text and "0.95-0.96 of the bare engine" in text
+
+
+def test_diagnosis_feed_bound_names_the_tokens_per_call():
+    sweep = [point(budget=b, per_call=3_000.0) for b in (8192, 16192)]
+    text = diagnose(sweep, lambda p: None)
+    assert text.startswith("feed-bound") and "3,000 tokens per call" in text and "8,192" in text
+
+
+def test_diagnosis_outside_the_engine_names_the_largest_other_stage():
+    sweep = [point(budget=8192, busy=0.4, write_s=50.0), point(budget=16192, busy=0.5)]
+    text = diagnose(sweep, lambda p: None)
+    assert text.startswith("bound outside the engine") and "40%" in text and "write (50.0 s" in text
+
+
+def test_diagnosis_when_budget_matters():
+    sweep = [point(budget=8192, tps=1000.0), point(budget=16192, tps=1400.0)]
+    assert "the budget matters: best at 16,192" in diagnose(sweep, lambda p: None)
+
+
+def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
+    settings = Settings(
+        model={"path": str(minilm_path)},
+        bench={"budgets": [8192, 16384], "batch_rows": [16, 64]},
+        store={"table_prefix": "x_"},
+    )
+    points = sweep_settings(settings, "x_bench1_")
+    assert [(p.model.max_num_batched_tokens, p.run.batch_rows) for p in points] == [
+        (8192, 16), (8192, 64), (16384, 16), (16384, 64)
+    ]  # fmt: skip
+    assert len({p.store.table_prefix for p in points}) == 4

@@ -1,0 +1,50 @@
+"""The report and the bench table from hand-made points: every baseline or its reason, the diagnosis, the
+stage table, the plots, and rows that carry the same figures."""
+
+import lancedb
+
+from pipeline.bench.metrics import Point
+from pipeline.bench.report import write_outputs
+from pipeline.bench.runner import BenchResult
+from pipeline.settings import Settings
+
+
+def _point(kind, label, budget, tps, startup=10.0, **kw):
+    steady = 50.0
+    tokens = int(tps * steady)
+    return Point(kind=kind, label=label, params={"max_num_batched_tokens": budget, "max_model_len": 512,
+                 "actors": 1, "batch_rows": 64}, wall_s=steady + startup, startup_s=startup, chunks=100,
+                 tokens=tokens, engine_tokens=tokens, stages={"embed_s": 0.95 * steady, "wait_s": 1.0,
+                 "read_s": 0.1, "parse_s": 0.2, "chunk_s": 0.5, "write_s": 0.8}, tokens_per_call=25_000.0,
+                 **kw)  # fmt: skip
+
+
+def test_report_and_bench_rows(tmp_path, minilm_path):
+    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
+                        input={"paths": ["corpus"]})  # fmt: skip
+    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
+                         flops_per_token=2.5e7, peak_tflops=None, peak_source="no known peak", device=None,
+                         engine_devices=1)  # fmt: skip
+    result.points = [
+        _point("bare", "bare", 8192, 6000.0),
+        _point("pipeline", "pipeline p0", 8192, 5700.0, run_id="r0"),
+        _point("pipeline", "pipeline p1", 16192, 5650.0, run_id="r1"),
+        _point("serve", "serve c=4", 8192, 5000.0),
+        Point("ray_data_llm", "ray.data.llm", {"max_num_batched_tokens": 8192}, 0, 0, 0, 0, 0, error="Boom: no"),
+    ]
+    result.missing["ray_data_llm"] = "Boom: no"
+    report = write_outputs(result)
+    text = report.read_text()
+    assert "engine-bound" in text and "efficiency 0.95 of the bare engine" in text
+    assert "Ray Data LLM processor: not run: Boom: no" in text
+    assert "vLLM server + HTTP: best 5,000 tokens/s at serve c=4" in text
+    assert "| pipeline p0 | 8,192 |" in text and "r0" in text
+    for png in ("throughput.png", "stages.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r["label"]: r for r in lancedb.connect(tmp_path / "db").open_table("bench").to_arrow().to_pylist()}
+    assert set(rows) == {"bare", "pipeline p0", "pipeline p1", "serve c=4", "ray.data.llm"}
+    p0 = rows["pipeline p0"]
+    assert p0["run_id"] == "r0" and p0["tokens"] == 285_000 and p0["wall_s"] == 60.0
+    assert abs(p0["efficiency"] - 0.95) < 1e-9 and abs(p0["vs_serve"] - 1.14) < 1e-9
+    assert p0["diagnosis"].startswith("engine-bound") and rows["bare"]["diagnosis"] is None
+    assert rows["ray.data.llm"]["error"] == "Boom: no"

@@ -104,6 +104,7 @@ def start_ray(settings: Settings) -> None:
         object_store_memory=store_mb * 2**20,
         include_dashboard=False,
         log_to_driver=True,
+        _system_config={"worker_niceness": settings.run.worker_niceness},
     )
 
 

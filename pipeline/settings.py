@@ -127,6 +127,10 @@ class RunSettings(_Section):
     """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
     object_store_mb: int | None = Field(default=None, ge=64)
     """Object store size for a local Ray; unset: 10% of memory, at most 2 GiB."""
+    worker_niceness: int = Field(default=0, ge=0, le=19)
+    """Niceness of the worker processes of a local Ray. Ray's own default, 15, lets the driver and Ray's daemons
+    preempt the engines, which costs a CPU engine about a tenth of its speed; a cluster takes RAY_worker_niceness
+    from the environment of `ray start`."""
 
 
 class StoreSettings(_Section):
@@ -162,9 +166,9 @@ class BenchSettings(_Section):
     baselines: list[Literal["bare", "serve", "ray_data_llm"]] = Field(
         default_factory=lambda: ["bare", "serve", "ray_data_llm"]
     )
-    """Baselines run on the same chunks and engine settings (at the first budget)."""
+    """Baselines on the same chunks and engine settings: the bare engine at every budget, the others at the first."""
     bare_runs: int = Field(default=2, ge=1)
-    """Bare-engine runs, one before and the others after the sweep: their spread shows the machine's noise."""
+    """Bare-engine runs at the first budget, one before the sweep and the rest after: their spread is the noise."""
     serve_concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
     """Requests in flight for the vLLM server + HTTP client baseline; each is one pass over the corpus."""
     serve_inputs_per_request: int = Field(default=1, ge=1)

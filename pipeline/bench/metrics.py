@@ -183,5 +183,20 @@ def diagnose(sweep: Sequence[Point], bare_for: Callable[[Point], Point | None], 
     )
     return (
         f"engine-bound: engines busy {busy:.0%} of the steady window with {min(fed):,.0f}+ tokens per call; "
-        f"{vary}: {verdict}{eff_text}{tail}"
+        f"{vary}: {verdict}{eff_text}{_engine_speed(ok, bare_for)}{tail}"
+    )
+
+
+def _engine_speed(points: Sequence[Point], bare_for: Callable[[Point], Point | None]) -> str:
+    """When the engines were busy all along, what is left is how fast they computed compared with the bare one."""
+    ratios = []
+    for p in points:
+        bare, embed = bare_for(p), p.stages.get("embed_s")
+        if bare and bare.ok and embed and p.engines == 1:
+            ratios.append((p.engine_tokens / embed) / bare.tokens_per_s)
+    if not ratios or min(ratios) >= 1 - FLAT_SPREAD:
+        return ""
+    return (
+        f"; inside the pipeline the engine itself computed at {min(ratios):.2f}-{max(ratios):.2f} of the bare "
+        "engine's speed: the remaining gap is CPU the engine shares with the other processes (Ray, the driver)"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -96,8 +97,8 @@ def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
 def engine_spec(settings: Settings) -> EngineSpec:
     """The engine one pipeline actor would get with these settings, for the baselines."""
     tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
-    cpus = settings.run.num_cpus or __import__("os").cpu_count() or 1
-    gpus = 0.0 if settings.model.device == "cpu" else _gpus()
+    cpus = settings.run.num_cpus or os.cpu_count() or 1
+    gpus = {"cpu": 0.0, "cuda": max(_gpus(), settings.model.tensor_parallel_size)}.get(settings.model.device, _gpus())
     return plan_job(settings, tokenizer.num_special_tokens, gpus, cpus).engine
 
 

@@ -94,3 +94,10 @@ def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
         (8192, 16), (8192, 64), (16384, 16), (16384, 64)
     ]  # fmt: skip
     assert len({p.store.table_prefix for p in points}) == 4
+
+
+def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
+    sweep = [point(budget=8192, tps=900.0, busy=1.0)]
+    text = diagnose(sweep, lambda p: point("bare", tps=1000.0))
+    assert "engine itself computed at 0.90-0.90 of the bare engine's speed" in text
+    assert "engine itself" not in diagnose([point(tps=990.0, busy=1.0)], lambda p: point("bare", tps=1000.0))

@@ -22,6 +22,13 @@ def configure_logging(level: str = "INFO", json_format: bool | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrLoggerFactory:
+    """Loggers that write to whatever sys.stderr is at the time of the call (test runners swap it)."""
+
+    def __call__(self, *args) -> structlog.PrintLogger:
+        return structlog.PrintLogger(file=sys.stderr)

@@ -181,7 +181,8 @@ def _plots(result: BenchResult) -> list[str]:
                        label=f"{KIND_NAMES[kind]} ({top.label})")  # fmt: skip
     ax.set_xlabel("max_num_batched_tokens")
     ax.set_ylabel("tokens/s (steady)")
-    ax.set_ylim(bottom=0)
+    top = max((p.tokens_per_s for p in result.points if p.ok), default=1.0)
+    ax.set_ylim(0, top * 1.15)  # room above the highest baseline line
     ax.set_title("Throughput against the scheduler budget")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

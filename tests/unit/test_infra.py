@@ -1,0 +1,128 @@
+"""What can be checked about infra/ without a cluster: manifests parse, their entrypoints name modules and
+config files that exist and load, versions agree with pyproject.toml, GPU requests agree with the config's
+tensor-parallel size, and the head's services stay inside the cluster."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+
+from pipeline import __version__
+from pipeline.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+PYPROJECT = (REPO / "pyproject.toml").read_text()
+RAY_PIN = re.search(r'"ray\[[\w,]+\]==([\d.]+)"', PYPROJECT).group(1)
+REQUIRES_PYTHON = SpecifierSet(re.search(r'requires-python = "([^"]+)"', PYPROJECT).group(1))
+MANIFESTS = sorted(INFRA.glob("**/*.yaml"))
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def cluster_specs() -> list[tuple[str, dict]]:
+    out = []
+    for path in MANIFESTS:
+        for doc in docs(path):
+            if doc.get("kind") == "RayCluster":
+                out.append((path.name, doc["spec"]))
+            elif doc.get("kind") == "RayJob":
+                out.append((path.name, doc["spec"]["rayClusterSpec"]))
+    return out
+
+
+def entrypoints() -> list[tuple[str, str]]:
+    found = []
+    for path in MANIFESTS:
+        for doc in docs(path):
+            if doc.get("kind") == "RayJob":
+                found.append((path.name, doc["spec"]["entrypoint"]))
+            for container in _containers(doc):
+                command = " ".join(container.get("command", []) + container.get("args", []))
+                if "jobs." in command:
+                    found.append((path.name, command))
+    for path in sorted((INFRA / "schedule").glob("*.service")):
+        for line in path.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                found.append((path.name, line.removeprefix("ExecStart=").split(" -- ", 1)[-1]))
+    return found
+
+
+def _containers(doc: dict) -> list[dict]:
+    text = yaml.safe_dump(doc)
+    if "containers" not in text:
+        return []
+    stack, out = [doc], []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            out.extend(node.get("containers", []) if isinstance(node.get("containers"), list) else [])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
+
+
+def test_manifests_parse_and_there_are_some():
+    assert {p.name for p in MANIFESTS} >= {"raycluster.yaml", "rayjob-ingest.yaml"}
+    for path in MANIFESTS:
+        assert docs(path), path
+
+
+@pytest.mark.parametrize(("where", "command"), entrypoints())
+def test_entrypoints_name_modules_and_configs_that_exist(where, command):
+    args = shlex.split(command)
+    module = args[args.index("-m") + 1]
+    assert (REPO / (module.replace(".", "/") + ".py")).is_file(), f"{where}: no module {module}"
+    config = args[args.index("--config") + 1]
+    assert (REPO / config).is_file(), f"{where}: no config {config}"
+    settings = load_settings(REPO / config)  # validates every field of the file
+    assert settings.input.paths
+
+
+def test_ray_python_and_project_versions_agree_with_pyproject():
+    for name, spec in cluster_specs():
+        assert spec["rayVersion"] == RAY_PIN, name
+    gpu_from = re.search(
+        r"^FROM rayproject/ray:([\d.]+)-py(\d)(\d+)-", (INFRA / "docker/Dockerfile.gpu").read_text(), re.M
+    )
+    assert gpu_from.group(1) == RAY_PIN
+    python = f"{gpu_from.group(2)}.{gpu_from.group(3)}"
+    cpu_from = re.search(r"^FROM python:(\d+\.\d+)", (INFRA / "docker/Dockerfile.cpu").read_text(), re.M)
+    for version in (python, cpu_from.group(1)):
+        assert version + ".0" in REQUIRES_PYTHON, version
+    for name, spec in cluster_specs():
+        for container in _containers(spec):
+            assert container["image"].endswith(f":{__version__}"), (name, container["image"])
+
+
+def test_gpu_requests_agree_with_tensor_parallel_size():
+    settings = load_settings(REPO / "conf/cluster.toml")
+    tp = settings.model.tensor_parallel_size
+    for name, spec in cluster_specs():
+        for group in spec["workerGroupSpecs"]:
+            for container in group["template"]["spec"]["containers"]:
+                requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+                gpus = int(requests.get("nvidia.com/gpu", 0))
+                assert gpus == int(limits.get("nvidia.com/gpu", 0)), name
+                assert gpus >= tp and gpus % tp == 0, f"{name}: {gpus} GPUs per pod for tensor_parallel_size {tp}"
+                if settings.run.actors:
+                    assert gpus * group["replicas"] == settings.run.actors * tp, name
+
+
+def test_head_runs_no_work_and_is_not_exposed():
+    for name, spec in cluster_specs():
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP", name
+        assert head["rayStartParams"].get("num-cpus") == "0", name
+        assert head["rayStartParams"].get("dashboard-host", "0.0.0.0") in ("0.0.0.0", "127.0.0.1")
+        for container in _containers(head):
+            for port in container.get("ports", []):
+                assert "hostPort" not in port, name

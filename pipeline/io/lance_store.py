@@ -82,9 +82,10 @@ class LanceStore:
 
     def table(self, name: str, schema: pa.Schema):
         """Open or create a side table; columns added to its schema since the table was made are added empty."""
-        if not self.exists(name):
-            return self.db.create_table(name, schema=schema, exist_ok=True)
-        table = self.db.open_table(name)
+        try:  # also completes a table whose creation a killed run left half done
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        except ValueError:  # exists with an older schema
+            table = self.db.open_table(name)
         missing = [f for f in schema if f.name not in table.schema.names]
         if any(not f.nullable for f in missing):
             msg = f"table {name!r} in {self.uri} lacks columns {[f.name for f in missing]}; use another table prefix"
@@ -114,7 +115,14 @@ class LanceStore:
         self.table(self.names.rejects, s.REJECTS_SCHEMA)
 
     def exists(self, name: str) -> bool:
-        return name in self.db.list_tables().tables
+        """A table that opens; a run killed while creating one leaves a directory that lists but does not open."""
+        if name not in self.db.list_tables().tables:
+            return False
+        try:
+            self.db.open_table(name)
+        except ValueError:
+            return False
+        return True
 
     def start_run(self, row: dict) -> None:
         runs = self.table(self.names.runs, s.RUNS_SCHEMA)

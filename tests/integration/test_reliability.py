@@ -127,7 +127,7 @@ def test_driver_killed_at_several_points_then_rerun_equals_one_clean_run(tiny_mo
     kill_points = [("run_planned", 1), ("store_read", 1), ("rows_committed", 1)]
     for event, count in kill_points:
         job = IngestProcess(tiny_model_path, corpus, db)
-        assert job.wait_for(event, count), f"run ended before {event}"
+        assert job.wait_for(event, count), f"run ended before {event}: {''.join(job.stderr[-15:])}"
         job.kill()
     committed_before = chunks(db).num_rows
     assert committed_before > 0, "the last kill came after commits"

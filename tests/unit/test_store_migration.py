@@ -18,3 +18,13 @@ def test_old_batches_table_gains_new_columns(tmp_path):
     assert "engine_tokens" in table.schema.names
     rows = table.to_arrow().to_pylist()
     assert rows == [{**dict.fromkeys(s.BATCHES_SCHEMA.names), "run_id": "old", "n_chunks": 3}]
+
+
+def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
+    for name in ("runs", "chunks"):
+        (tmp_path / f"{name}.lance" / "_versions").mkdir(parents=True)  # what a kill mid-create leaves
+    store = LanceStore(str(tmp_path))
+    assert not store.exists("runs") and store.stored_documents("fp").present == set()
+    store.start_run({"run_id": "r1", "status": "running"})
+    assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
+    assert store.chunks_table(8, {"model": "m"}).count_rows() == 0

@@ -84,7 +84,7 @@ def run_ingest(settings: Settings) -> RunResult:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     options = {k: v.get_secret_value() for k, v in settings.store.storage_options.items()}
     store = LanceStore(settings.store.uri, settings.store.table_prefix, options)
-    with store_lock(settings.store.uri, settings.store.table_prefix, run_id):
+    with store_lock(settings.store.uri, settings.store.table_prefix, run_id, options, settings.run.lock_ttl_s):
         ray_stages.start_ray(settings)
         plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
         memory = check_memory(settings, plan, device_memory_bytes(settings, plan.engine.device))

@@ -85,7 +85,12 @@ def build_dataset(
         compute=ActorPoolStrategy(size=plan.actors),
         num_gpus=settings.model.tensor_parallel_size if on_gpu else 0,
         num_cpus=1,
+        ray_remote_args_fn=_spread,  # one engine per node before two on one, on a multi-node cluster
     )
+
+
+def _spread() -> dict:
+    return {"scheduling_strategy": "SPREAD"}
 
 
 def start_ray(settings: Settings) -> None:

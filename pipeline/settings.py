@@ -58,6 +58,9 @@ class InputSettings(_Section):
     """Document id column (parquet) or key (jsonl)."""
     text_field: str = "text"
     """Document text column (parquet) or key (jsonl)."""
+    storage_options: dict[str, SecretStr] = Field(default_factory=dict)
+    """Object-store options for reading s3:// inputs, named as in store.storage_options (aws_endpoint, aws_region,
+    aws_access_key_id, aws_secret_access_key, allow_http); empty: the standard AWS_* environment variables."""
     text_extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".markdown", ".rst"])
     """Extensions read as one document per file, id = path relative to the input root."""
 
@@ -127,6 +130,9 @@ class RunSettings(_Section):
     """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
     object_store_mb: int | None = Field(default=None, ge=64)
     """Object store size for a local Ray; unset: 10% of memory, at most 2 GiB."""
+    lock_ttl_s: float = Field(default=600.0, ge=30.0)
+    """An s3:// store's lock is renewed every third of this while a run lives; a dead run's lock is taken over
+    after this long without renewal."""
     worker_niceness: int = Field(default=0, ge=0, le=19)
     """Niceness of the worker processes of a local Ray. Ray's own default, 15, lets the driver and Ray's daemons
     preempt the engines, which costs a CPU engine about a tenth of its speed; a cluster takes RAY_worker_niceness

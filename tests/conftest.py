@@ -29,6 +29,14 @@ def sample_texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    from tests.s3_server import moto_server
+
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def bpe_tokenizer_path(tmp_path_factory, sample_texts) -> Path:
     return build_bpe_tokenizer(tmp_path_factory.mktemp("bpe"), sample_texts)
 

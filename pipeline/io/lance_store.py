@@ -39,11 +39,26 @@ class TableNames:
 
 
 @contextmanager
-def store_lock(uri: str, prefix: str, run_id: str) -> Iterator[None]:
+def store_lock(
+    uri: str, prefix: str, run_id: str, storage_options: dict[str, str] | None = None, ttl_s: float = 600.0
+) -> Iterator[None]:
     """Serialize runs on one set of tables. A local store uses an OS file lock (released if the process dies);
-    an object store is not locked: upserts on chunk_id keep concurrent runs from duplicating rows."""
+    an s3:// store a lease object in the bucket (expires ttl_s after its holder stops renewing it); other
+    object stores are not locked, and upserts on chunk_id keep concurrent runs from duplicating rows."""
+    if uri.startswith("s3://"):
+        from pipeline.io.object_store import S3Lease, S3Options
+
+        lease = S3Lease(uri, prefix, run_id, S3Options.from_options(storage_options or {}), ttl_s)
+        lease.acquire()
+        try:
+            yield
+        finally:
+            lease.release()
+        return
     if "://" in uri and not uri.startswith("file://"):
-        log.warning("store_not_locked", uri=uri, reason="object stores have no lock; avoid concurrent runs")
+        log.warning(
+            "store_not_locked", uri=uri, reason="only local and s3:// stores are locked; avoid concurrent runs"
+        )
         yield
         return
     root = Path(uri.removeprefix("file://"))

@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 
 from pipeline.documents import Shard, shard_format
 from pipeline.errors import ConfigError
+from pipeline.io.object_store import S3Options
 from pipeline.settings import InputSettings
 
 _GLOB_CHARS = "*?["
@@ -23,7 +24,7 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
     filesystem: pafs.FileSystem | None = None
     shards: dict[str, Shard] = {}
     for spec in cfg.paths:
-        fs, path, scheme = _filesystem(spec)
+        fs, path, scheme = _filesystem(spec, {k: v.get_secret_value() for k, v in cfg.storage_options.items()})
         if filesystem is not None and fs.type_name != filesystem.type_name:
             msg = f"input.paths mixes filesystems ({filesystem.type_name} and {fs.type_name} for {spec!r})"
             raise ConfigError(msg)
@@ -47,11 +48,14 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
     return filesystem, [shards[k] for k in sorted(shards)]
 
 
-def _filesystem(spec: str) -> tuple[pafs.FileSystem, str, str | None]:
+def _filesystem(spec: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str, str | None]:
     if "://" in spec:
         scheme = spec.split("://", 1)[0]
         try:
-            fs, path = pafs.FileSystem.from_uri(spec.split("*", 1)[0] if _is_glob(spec) else spec)
+            if scheme == "s3" and options:
+                fs, path = pafs.S3FileSystem(**S3Options.from_options(options).pyarrow_kwargs()), spec[5:]
+            else:
+                fs, path = pafs.FileSystem.from_uri(spec.split("*", 1)[0] if _is_glob(spec) else spec)
         except (pafs.ArrowInvalid, OSError, ValueError) as exc:
             msg = f"input {spec!r}: cannot open its filesystem: {exc}"
             raise ConfigError(msg) from None

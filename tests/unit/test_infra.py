@@ -98,9 +98,10 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
     cpu_from = re.search(r"^FROM python:(\d+\.\d+)", (INFRA / "docker/Dockerfile.cpu").read_text(), re.M)
     for version in (python, cpu_from.group(1)):
         assert version + ".0" in REQUIRES_PYTHON, version
-    for name, spec in cluster_specs():
-        for container in _containers(spec):
-            assert container["image"].endswith(f":{__version__}"), (name, container["image"])
+    for path in MANIFESTS:
+        for doc in docs(path):
+            for container in _containers(doc):
+                assert container["image"].endswith(f":{__version__}"), (path.name, container["image"])
 
 
 def test_gpu_requests_agree_with_tensor_parallel_size():

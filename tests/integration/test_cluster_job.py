@@ -1,0 +1,131 @@
+"""The job where users run it: `ray job submit` to a running two-node Ray cluster (a head and a second node
+started on this machine with resources of their own), shards and the LanceDB store in an S3-compatible bucket
+(moto's server), then a second scheduled submission after new files arrive that embeds only those."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lancedb
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "embedpipe-demo"
+BIN = Path(sys.executable).parent
+
+
+def free_port(low: int = 6400, high: int = 6999) -> int:
+    for port in range(low, high):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"ray {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def stop_cluster(temp_dir: Path) -> None:
+    """Stop only the processes of this cluster: those whose command line names its temp dir, then their workers."""
+    mine = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(temp_dir) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    mine.append(int(proc.name))
+            except OSError:
+                continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in mine:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_server):
+    temp_dir = Path("/tmp") / f"ray-it-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    env = {**os.environ, **s3_server.env(), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port(8300, 8999)
+    common = ["--num-cpus", "2", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir)]
+    try:
+        ray_cli("start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
+                "--resources", '{"head_node": 1}', *common, env=env)  # fmt: skip
+        ray_cli("start", "--address", f"127.0.0.1:{port}", "--resources", '{"second_node": 1}', *common, env=env)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "env": {**env, "RAY_AUTH_MODE": "token"}}
+    finally:
+        stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def put_docs(s3_server, names: list[str], texts: list[str]) -> None:
+    client = s3_server.client()
+    for name, chunk in zip(names, [texts[i : i + 6] for i in range(0, 6 * len(names), 6)], strict=False):
+        body = "\n".join(json.dumps({"id": f"{name}-{i}", "text": t}) for i, t in enumerate(chunk)) + "\n"
+        client.put_object(Bucket=BUCKET, Key=f"corpus/{name}.jsonl", Body=body.encode())
+
+
+def submit(cluster, tmp_path: Path) -> str:
+    runtime_env = yaml.safe_load((REPO / "infra/runtime-env.yaml").read_text())
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}),
+                               **{k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}}  # fmt: skip
+    path = tmp_path / "runtime-env.yaml"
+    path.write_text(yaml.safe_dump(runtime_env))
+    proc = ray_cli("job", "submit", "--address", cluster["address"], "--runtime-env", str(path), "--",
+                   "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml", "--run.batch-rows", "4",
+                   env=cluster["env"], timeout=900)  # fmt: skip
+    return proc.stdout
+
+
+def store(s3_server):
+    return lancedb.connect(f"s3://{BUCKET}/lancedb", storage_options=s3_server.options())
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster, s3_server, sample_texts, tmp_path_factory):
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    put_docs(s3_server, ["part-0", "part-1", "part-2", "part-3"], sample_texts[:24])
+    out = submit(cluster, tmp_path_factory.mktemp("submit"))
+    return out
+
+
+def test_job_spans_both_nodes_and_writes_to_the_bucket(first_run, s3_server):
+    assert "succeeded" in first_run.lower(), first_run[-3000:]
+    db = store(s3_server)
+    [run] = db.open_table("runs").to_arrow().to_pylist()
+    assert (run["status"], run["docs"], run["added"], run["rejected"]) == ("succeeded", 24, 24, 0)
+    batches = db.open_table("batches").to_arrow()
+    nodes = {actor.split(":")[0] for actor in batches.column("actor").to_pylist()}
+    assert len(nodes) == 2, f"engines ran on {nodes}"
+    assert db.open_table("chunks").count_rows() == run["chunks"]
+    assert s3_server.secret_key not in first_run  # credentials never reach the logs
+
+
+def test_a_second_scheduled_submission_embeds_only_new_files(first_run, cluster, s3_server, sample_texts, tmp_path):
+    put_docs(s3_server, ["part-4"], sample_texts[24:30])
+    out = submit(cluster, tmp_path)
+    assert "succeeded" in out.lower(), out[-3000:]
+    runs = sorted(store(s3_server).open_table("runs").to_arrow().to_pylist(), key=lambda r: r["started_at"])
+    second = runs[-1]
+    assert (second["added"], second["skipped"], second["replaced"], second["docs"]) == (6, 24, 0, 6)
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert not any(k.endswith("embedpipe.lock") for k in keys)  # the lease went with the run

@@ -1,0 +1,78 @@
+"""s3:// inputs and the s3:// store lock against a real S3-compatible server (moto, started by the tests)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pipeline.errors import StoreBusyError
+from pipeline.io.lance_store import store_lock
+from pipeline.io.object_store import S3Lease, S3Options
+from pipeline.io.sources import list_shards
+from pipeline.settings import InputSettings
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    name = request.node.name.replace("_", "-")[:50].lower()
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+def test_s3_inputs_listed_with_options_from_settings(s3_server, bucket):
+    client = s3_server.client()
+    for key in ("corpus/a.jsonl", "corpus/sub/b.jsonl", "corpus/.hidden.jsonl", "corpus/notes.md", "other/c.jsonl"):
+        client.put_object(Bucket=bucket, Key=key, Body=json.dumps({"id": key, "text": "x"}).encode())
+    cfg = InputSettings(paths=[f"s3://{bucket}/corpus/**/*.jsonl", f"s3://{bucket}/corpus/notes.md"],
+                        storage_options=s3_server.options())  # fmt: skip
+    fs, shards = list_shards(cfg)
+    assert [sh.source for sh in shards] == [
+        f"s3://{bucket}/corpus/a.jsonl", f"s3://{bucket}/corpus/notes.md", f"s3://{bucket}/corpus/sub/b.jsonl"
+    ]  # fmt: skip
+    with fs.open_input_stream(shards[0].path) as f:
+        assert json.loads(f.read())["id"] == "corpus/a.jsonl"
+
+
+def test_s3_lock_refuses_a_second_run_and_is_removed_after(s3_server, bucket):
+    uri, options = f"s3://{bucket}/lancedb", s3_server.options()
+    with store_lock(uri, "p_", "run-1", options, ttl_s=60):
+        with pytest.raises(StoreBusyError, match=r"run run-1, pid \d+.*holds the store lock s3://.*/lancedb/\.p_"):
+            with store_lock(uri, "p_", "run-2", options, ttl_s=60):
+                pass
+        with store_lock(uri, "other_", "run-3", options, ttl_s=60):  # another table prefix is another lock
+            pass
+    with store_lock(uri, "p_", "run-4", options, ttl_s=60):
+        pass
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=bucket)
+
+
+def test_a_dead_runs_lock_is_taken_over_after_its_ttl(s3_server, bucket):
+    uri, options = f"s3://{bucket}/db", S3Options.from_options(s3_server.options())
+    dead = S3Lease(uri, "", "dead-run", options, ttl_s=60)
+    dead.acquire()
+    dead._stop.set()  # the run died: nobody renews the lease
+    fresh = S3Lease(uri, "", "next-run", options, ttl_s=60)
+    with pytest.raises(StoreBusyError, match="dead-run"):
+        fresh.acquire()
+    time.sleep(2.1)
+    late = S3Lease(uri, "", "next-run", options, ttl_s=2)
+    late.acquire()
+    body = s3_server.client().get_object(Bucket=bucket, Key="db/.embedpipe.lock")["Body"].read()
+    assert b"next-run" in body
+    late.release()
+
+
+def test_a_live_run_renews_its_lock(s3_server, bucket):
+    uri, options = f"s3://{bucket}/db", S3Options.from_options(s3_server.options())
+    lease = S3Lease(uri, "", "live", options, ttl_s=1.5)
+    lease.acquire()
+    first = lease.etag
+    time.sleep(1.2)
+    assert lease.etag != first  # rewritten at least once
+    other = S3Lease(uri, "", "other", options, ttl_s=1.5)
+    with pytest.raises(StoreBusyError):
+        other.acquire()
+    lease.release()
+    assert not lease._renewer.is_alive()

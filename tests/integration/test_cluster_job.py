@@ -36,7 +36,7 @@ def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.Completed
     proc = subprocess.run(
         [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
-    assert proc.returncode == 0, f"ray {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"ray {' '.join(args)}:\n{proc.stderr[-1500:]}\n{proc.stdout[-5000:]}"
     return proc
 
 
@@ -62,7 +62,8 @@ def stop_cluster(temp_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3_server):
     temp_dir = Path("/tmp") / f"ray-it-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    env = {**os.environ, **s3_server.env(), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **s3_server.env(), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "token"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     port, dashboard = free_port(), free_port(8300, 8999)
     common = ["--num-cpus", "2", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir)]
@@ -71,7 +72,7 @@ def cluster(tmp_path_factory, s3_server):
                 str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
                 "--resources", '{"head_node": 1}', *common, env=env)  # fmt: skip
         ray_cli("start", "--address", f"127.0.0.1:{port}", "--resources", '{"second_node": 1}', *common, env=env)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "env": {**env, "RAY_AUTH_MODE": "token"}}
+        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
         stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -84,12 +85,18 @@ def put_docs(s3_server, names: list[str], texts: list[str]) -> None:
         client.put_object(Bucket=BUCKET, Key=f"corpus/{name}.jsonl", Body=body.encode())
 
 
-def submit(cluster, tmp_path: Path) -> str:
+def runtime_env_file(cluster, tmp_path: Path) -> Path:
+    """infra/runtime-env.yaml plus the object-store variables (a Secret's job on Kubernetes)."""
     runtime_env = yaml.safe_load((REPO / "infra/runtime-env.yaml").read_text())
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}),
-                               **{k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}}  # fmt: skip
+    aws = {k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **aws}
     path = tmp_path / "runtime-env.yaml"
     path.write_text(yaml.safe_dump(runtime_env))
+    return path
+
+
+def submit(cluster, tmp_path: Path) -> str:
+    path = runtime_env_file(cluster, tmp_path)
     proc = ray_cli("job", "submit", "--address", cluster["address"], "--runtime-env", str(path), "--",
                    "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml", "--run.batch-rows", "4",
                    env=cluster["env"], timeout=900)  # fmt: skip
@@ -129,3 +136,27 @@ def test_a_second_scheduled_submission_embeds_only_new_files(first_run, cluster,
     assert (second["added"], second["skipped"], second["replaced"], second["docs"]) == (6, 24, 0, 6)
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert not any(k.endswith("embedpipe.lock") for k in keys)  # the lease went with the run
+
+
+def test_two_submissions_at_once_do_not_interleave(first_run, cluster, s3_server, sample_texts, tmp_path):
+    put_docs(s3_server, ["part-5"], sample_texts[30:36])
+    runtime_env = tmp_path / "env.yaml"
+    spec = yaml.safe_load((REPO / "infra/runtime-env.yaml").read_text())
+    spec["env_vars"] = {
+        **spec.get("env_vars", {}),
+        **{k: v for k, v in cluster["env"].items() if k.startswith("AWS_")},
+    }
+    runtime_env.write_text(yaml.safe_dump(spec))
+    args = [str(BIN / "ray"), "job", "submit", "--address", cluster["address"], "--runtime-env", str(runtime_env),
+            "--", "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml"]  # fmt: skip
+    procs = [subprocess.Popen(args, cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    refused = [o for o in outputs if "holds the store lock" in o]
+    assert len(refused) == 1, [o[-2000:] for o in outputs]
+    db = store(s3_server)
+    runs = db.open_table("runs").to_arrow().to_pylist()
+    assert sum(r["added"] == 6 and r["status"] == "succeeded" for r in runs) == 2  # part-4 earlier, part-5 now
+    chunks = db.open_table("chunks").to_arrow()
+    assert len(set(chunks.column("chunk_id").to_pylist())) == chunks.num_rows
+    assert len(set(chunks.column("doc_id").to_pylist())) == 36

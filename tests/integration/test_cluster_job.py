@@ -33,9 +33,13 @@ def free_port(low: int = 6400, high: int = 6999) -> int:
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    for _ in range(12):  # right after `ray start` the job agent may not be registered yet
+        proc = subprocess.run(
+            [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if "No available agent to submit job" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, f"ray {' '.join(args)}:\n{proc.stderr[-1500:]}\n{proc.stdout[-5000:]}"
     return proc
 

@@ -76,3 +76,15 @@ def test_a_live_run_renews_its_lock(s3_server, bucket):
         other.acquire()
     lease.release()
     assert not lease._renewer.is_alive()
+
+
+def test_store_on_s3_with_options_from_settings(s3_server, bucket):
+    from pipeline import schema as s
+    from pipeline.io.lance_store import LanceStore
+
+    store = LanceStore(f"s3://{bucket}/lancedb", "t_", s3_server.options())
+    store.start_run({"run_id": "r1", "status": "running"})
+    store.ensure_side_tables()
+    assert store.table(store.names.runs, s.RUNS_SCHEMA).count_rows() == 1
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.startswith("lancedb/t_runs.lance/") for k in keys)

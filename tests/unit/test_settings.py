@@ -82,8 +82,10 @@ def test_shipped_configs_load(monkeypatch):
 def test_store_credentials_never_appear_in_dumps_or_logs(toml, capsys):
     from pipeline.log import configure_logging
 
-    s = load_settings(toml, ["--store.storage-options", '{"aws_secret_access_key": "s3cr3t-value"}'])
+    secret = '{"aws_secret_access_key": "s3cr3t-value"}'
+    s = load_settings(toml, ["--store.storage-options", secret, "--input.storage-options", secret])
     assert s.store.storage_options["aws_secret_access_key"].get_secret_value() == "s3cr3t-value"
+    assert s.input.storage_options["aws_secret_access_key"].get_secret_value() == "s3cr3t-value"
     dumped = s.model_dump_json()
     assert "s3cr3t-value" not in dumped and "**********" in dumped
     configure_logging("INFO", json_format=True)

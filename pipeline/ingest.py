@@ -20,7 +20,7 @@ from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, 
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import resolve_model_dir
 from pipeline.settings import Settings
-from pipeline.stats import RunTotals
+from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.tokenizer import load_tokenizer
 
 log = structlog.get_logger(__name__)
@@ -57,10 +57,6 @@ class RunResult:
             f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
             f"{o.skipped:,} unchanged, {o.removed:,} removed; busy s: " + _stage_text(o.stages)
         )
-
-
-STAGE_LABELS = {"read_s": "read", "parse_s": "parse", "chunk_s": "chunk", "embed_s": "engine",
-                "wait_s": "engine idle", "write_s": "write"}  # fmt: skip
 
 
 def _stage_text(stages: dict[str, float]) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.model_params import ModelShape, params_from_shape
+from pipeline.stats import STAGE_LABELS, STAGES
 
 PEAK_TFLOPS_16BIT = {
     "H200": 989.0,
@@ -32,9 +33,9 @@ PEAK_TFLOPS_16BIT = {
 """Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, in TFLOP/s. Longer names
 first where one contains another; looked up by substring of the device name."""
 
-STAGE_KEYS = ("read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s")
-STAGE_LABELS = {"startup_s": "start-up", "read_s": "read", "parse_s": "parse", "chunk_s": "chunk/tokenize",
-                "embed_s": "engine", "wait_s": "waiting for work", "write_s": "write"}  # fmt: skip
+BREAKDOWN = ("startup_s", *STAGES)
+"""A pipeline point's time: start-up, then busy seconds per stage."""
+BREAKDOWN_LABELS = {"startup_s": "start-up", **STAGE_LABELS}
 ENGINE_BUSY_FLOOR = 0.85
 """Below this share of the steady window spent in the engine, the run is bound outside it."""
 FLAT_SPREAD = 0.05

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline import schema as s
-from pipeline.bench.metrics import STAGE_LABELS, Point, best, diagnose
+from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose
 from pipeline.bench.runner import BenchResult, bench_rows
 from pipeline.io.lance_store import LanceStore
 
@@ -77,13 +77,12 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
             f"{_n(p.tokens_per_call)} | {p.tokens:,} {check} {p.engine_tokens:,} | {p.run_id or ''} |"
         )
     lines += ["", "## Where the time goes (pipeline, busy seconds summed over workers)", ""]
-    keys = ["startup_s", "read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s"]
-    lines.append("| point | wall s | " + " | ".join(STAGE_LABELS[k] for k in keys) + " | engine limits |")
-    lines.append("|" + "---|" * (len(keys) + 3))
+    lines.append("| point | wall s | " + " | ".join(BREAKDOWN_LABELS[k] for k in BREAKDOWN) + " | engine limits |")
+    lines.append("|" + "---|" * (len(BREAKDOWN) + 3))
     for p in result.of("pipeline"):
         if not p.ok:
             continue
-        figures = [p.startup_s, *(p.stages.get(k, 0.0) for k in keys[1:])]
+        figures = _breakdown(p)
         limits = (
             f"budget {_n(p.params.get('engine_max_num_batched_tokens'))}, max_num_seqs "
             f"{_n(p.params.get('engine_max_num_seqs'))}, chunked prefill {p.params.get('engine_chunked_prefill')}"
@@ -92,7 +91,7 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
     lines += [
         "",
         "Stages overlap in a pipeline (reading and chunking run while the engine works), so the busy seconds do "
-        "not add up to the wall time; *waiting for work* is engine time spent idle between calls.",
+        "not add up to the wall time; *engine idle* is engine time spent waiting between calls.",
         "",
         "## Device and ceilings",
         "",
@@ -156,13 +155,32 @@ def _n(v) -> str:
     return f"{v:,.0f}" if isinstance(v, (int, float)) else ""
 
 
+def _breakdown(point: Point) -> list[float]:
+    return [point.startup_s, *(point.stages.get(k, 0.0) for k in BREAKDOWN[1:])]
+
+
 def _plots(result: BenchResult) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
+    names = [_save(plt, *_throughput_plot(result, plt), result.out_dir / "throughput.png")]
+    pipeline = [p for p in result.of("pipeline") if p.ok]
+    if pipeline:
+        names.append(_save(plt, *_stages_plot(pipeline, plt), result.out_dir / "stages.png"))
+    return names
+
+
+def _save(plt, fig, ax, legend_loc: str, path: Path) -> str:
+    ax.legend(fontsize=7, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _throughput_plot(result: BenchResult, plt):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, pts in sweeps(result).items():
         ok = [p for p in pts if p.ok]
@@ -184,28 +202,18 @@ def _plots(result: BenchResult) -> list[str]:
     top = max((p.tokens_per_s for p in result.points if p.ok), default=1.0)
     ax.set_ylim(0, top * 1.15)  # room above the highest baseline line
     ax.set_title("Throughput against the scheduler budget")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(result.out_dir / "throughput.png", dpi=110)
-    plt.close(fig)
-    names.append("throughput.png")
+    return fig, ax, "lower right"
 
-    pipeline = [p for p in result.of("pipeline") if p.ok]
-    if pipeline:
-        keys = ["startup_s", "read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s"]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        bottoms = [0.0] * len(pipeline)
-        labels = [f"{p.label}\n{p.params['max_num_batched_tokens']:,}" for p in pipeline]
-        for k in keys:
-            values = [p.startup_s if k == "startup_s" else p.stages.get(k, 0.0) for p in pipeline]
-            ax.bar(labels, values, bottom=bottoms, label=STAGE_LABELS[k])
-            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-        ax.plot(labels, [p.wall_s for p in pipeline], "k_", markersize=40, label="wall time")
-        ax.set_ylabel("seconds (busy, summed over workers)")
-        ax.set_title("Where the pipeline's time goes")
-        ax.legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
-        fig.savefig(result.out_dir / "stages.png", dpi=110)
-        plt.close(fig)
-        names.append("stages.png")
-    return names
+
+def _stages_plot(pipeline: list[Point], plt):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottoms = [0.0] * len(pipeline)
+    labels = [f"{p.label}\n{p.params['max_num_batched_tokens']:,}" for p in pipeline]
+    for i, key in enumerate(BREAKDOWN):
+        values = [_breakdown(p)[i] for p in pipeline]
+        ax.bar(labels, values, bottom=bottoms, label=BREAKDOWN_LABELS[key])
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.plot(labels, [p.wall_s for p in pipeline], "k_", markersize=40, label="wall time")
+    ax.set_ylabel("seconds (busy, summed over workers)")
+    ax.set_title("Where the pipeline's time goes")
+    return fig, ax, "upper right"

@@ -19,7 +19,7 @@ import structlog
 from pipeline import schema as s
 from pipeline.bench import corpus
 from pipeline.bench.device import DeviceFigures, measure_device
-from pipeline.bench.metrics import STAGE_KEYS, Point, flops_per_token, peak_tflops
+from pipeline.bench.metrics import Point, flops_per_token, peak_tflops
 from pipeline.embedding import EngineSpec
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
@@ -29,6 +29,7 @@ from pipeline.memory_plan import load_config
 from pipeline.model_dir import resolve_model_dir
 from pipeline.model_params import shape_from_config
 from pipeline.settings import Settings
+from pipeline.stats import STAGES
 from pipeline.tokenizer import load_tokenizer
 
 log = structlog.get_logger(__name__)
@@ -225,7 +226,7 @@ def point_from_rows(store: LanceStore, run_id: str, label: str) -> Point:
         chunks=run["chunks"],
         tokens=run["tokens"],
         engine_tokens=run["engine_tokens"],
-        stages={k: run[k] for k in STAGE_KEYS},
+        stages={k: run[k] for k in STAGES},
         engines=resolved["actors"],
         tokens_per_call=float(per_call.mean()) if len(per_call) else None,
         run_id=run_id,

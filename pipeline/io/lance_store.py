@@ -20,10 +20,9 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreBusyError, StoreError
-from pipeline.stats import BatchStats, RunTotals
+from pipeline.stats import STAGES, BatchStats, RunTotals
 
 log = structlog.get_logger(__name__)
-STAGES = ("read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s")
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,22 @@ def engine_environment(spec: EngineSpec) -> dict[str, str]:
     return env
 
 
+def engine_kwargs(spec: EngineSpec) -> dict:
+    """vllm.LLM / `vllm serve` engine arguments besides the model: the pipeline's engines and every benchmark
+    baseline are built from this one dict."""
+    m = spec.model
+    return {
+        "max_model_len": spec.max_model_len,
+        "max_num_batched_tokens": m.max_num_batched_tokens,
+        "tensor_parallel_size": m.tensor_parallel_size,
+        "gpu_memory_utilization": m.gpu_memory_utilization,
+        "dtype": m.dtype,
+        "enforce_eager": m.enforce_eager,
+        "trust_remote_code": m.trust_remote_code,
+        "seed": 0,
+    }
+
+
 def cpu_bind(threads: int) -> str:
     """Pin the engine to this process's cores when it uses all of them; otherwise let the OS place threads."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
@@ -112,21 +128,9 @@ class VllmEmbedder:
         self._client_error = VLLMClientError
         self.tokens_processed = 0
         self.max_model_len = spec.max_model_len
-        m = spec.model
         started = time.perf_counter()
         try:
-            self.llm = LLM(
-                model=spec.model_dir,
-                runner="pooling",
-                max_model_len=spec.max_model_len,
-                max_num_batched_tokens=m.max_num_batched_tokens,
-                tensor_parallel_size=m.tensor_parallel_size,
-                gpu_memory_utilization=m.gpu_memory_utilization,
-                dtype=m.dtype,
-                enforce_eager=m.enforce_eager,
-                trust_remote_code=m.trust_remote_code,
-                seed=0,
-            )
+            self.llm = LLM(model=spec.model_dir, runner="pooling", **engine_kwargs(spec))
         except ValueError as exc:
             hint = (
                 " (set model.trust_remote_code = true if you trust this model)"

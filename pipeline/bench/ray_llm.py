@@ -16,7 +16,7 @@ import structlog
 from pipeline import schema as s
 from pipeline.bench.corpus import write_rows
 from pipeline.bench.metrics import Point
-from pipeline.embedding import EngineSpec, engine_environment
+from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
 from pipeline.io.lance_store import LanceStore
 
 log = structlog.get_logger(__name__)
@@ -31,16 +31,7 @@ def run_ray_data_llm(
     config = vLLMEngineProcessorConfig(
         model_source=spec.model_dir,
         task_type="embed",
-        engine_kwargs={
-            "max_model_len": spec.max_model_len,
-            "max_num_batched_tokens": m.max_num_batched_tokens,
-            "tensor_parallel_size": m.tensor_parallel_size,
-            "gpu_memory_utilization": m.gpu_memory_utilization,
-            "dtype": m.dtype,
-            "enforce_eager": m.enforce_eager,
-            "trust_remote_code": m.trust_remote_code,
-            "seed": 0,
-        },
+        engine_kwargs=engine_kwargs(spec),
         batch_size=batch_rows,
         concurrency=1,
         chat_template_stage=False,

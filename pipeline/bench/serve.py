@@ -24,7 +24,7 @@ import structlog
 from pipeline import schema as s
 from pipeline.bench.corpus import write_rows
 from pipeline.bench.metrics import Point
-from pipeline.embedding import EngineSpec, engine_environment
+from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import EngineError
 from pipeline.io.lance_store import LanceStore
 
@@ -33,16 +33,14 @@ SERVED_NAME = "bench-model"
 
 
 def server_command(spec: EngineSpec, port: int) -> list[str]:
-    m = spec.model
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_dir,
-           "--served-model-name", SERVED_NAME, "--runner", "pooling", "--host", "127.0.0.1", "--port", str(port),
-           "--max-model-len", str(spec.max_model_len), "--max-num-batched-tokens", str(m.max_num_batched_tokens),
-           "--tensor-parallel-size", str(m.tensor_parallel_size), "--gpu-memory-utilization",
-           str(m.gpu_memory_utilization), "--dtype", m.dtype, "--seed", "0"]  # fmt: skip
-    if m.enforce_eager:
-        cmd.append("--enforce-eager")
-    if m.trust_remote_code:
-        cmd.append("--trust-remote-code")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_dir, "--runner",
+           "pooling", "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    for key, value in engine_kwargs(spec).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            cmd += [flag] if value else []
+        else:
+            cmd += [flag, str(value)]
     return cmd
 
 

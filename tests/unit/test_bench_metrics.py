@@ -101,3 +101,18 @@ def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
     text = diagnose(sweep, lambda p: point("bare", tps=1000.0))
     assert "engine itself computed at 0.90-0.90 of the bare engine's speed" in text
     assert "engine itself" not in diagnose([point(tps=990.0, busy=1.0)], lambda p: point("bare", tps=1000.0))
+
+
+def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
+    from pipeline.bench.runner import engine_spec
+    from pipeline.bench.serve import server_command
+    from pipeline.embedding import engine_kwargs
+
+    settings = Settings(model={"path": str(minilm_path), "device": "cpu", "dtype": "float32",
+                               "max_num_batched_tokens": 16192, "enforce_eager": True})  # fmt: skip
+    spec = engine_spec(settings)
+    kwargs = engine_kwargs(spec)
+    assert (kwargs["max_num_batched_tokens"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (16192, 512, True)
+    cmd = " ".join(server_command(spec, 8000))
+    assert "--max-num-batched-tokens 16192 " in cmd and "--max-model-len 512 " in cmd and "--dtype float32" in cmd
+    assert "--enforce-eager" in cmd and "--trust-remote-code" not in cmd

@@ -19,7 +19,7 @@ from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import resolve_model_dir
-from pipeline.settings import Settings
+from pipeline.settings import Settings, revealed
 from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.tokenizer import load_tokenizer
 
@@ -78,7 +78,7 @@ def run_ingest(settings: Settings) -> RunResult:
     lengths, fs, shards = preflight(settings)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    options = {k: v.get_secret_value() for k, v in settings.store.storage_options.items()}
+    options = revealed(settings.store.storage_options)
     store = LanceStore(settings.store.uri, settings.store.table_prefix, options)
     with store_lock(settings.store.uri, settings.store.table_prefix, run_id, options, settings.run.lock_ttl_s):
         ray_stages.start_ray(settings)

@@ -45,6 +45,11 @@ CLI_SHORTCUTS = {
 }
 
 
+def revealed(options: dict[str, SecretStr]) -> dict[str, str]:
+    """Storage options as the storage libraries take them; only ever passed on, never logged."""
+    return {k: v.get_secret_value() for k, v in options.items()}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from pipeline import schema as s
 from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose
-from pipeline.bench.runner import BenchResult, bench_rows
-from pipeline.io.lance_store import LanceStore
+from pipeline.bench.runner import BenchResult, bench_rows, open_store
 
 KIND_NAMES = {"pipeline": "pipeline", "bare": "bare LLM.embed", "serve": "vLLM server + HTTP",
               "ray_data_llm": "Ray Data LLM processor"}  # fmt: skip
@@ -30,15 +29,14 @@ def diagnoses(result: BenchResult) -> dict[tuple, str]:
 def write_outputs(result: BenchResult) -> Path:
     diag = diagnoses(result)
     table = bench_rows(result, "; ".join(diag.values()))
-    store = LanceStore(result.settings.store.uri, result.settings.store.table_prefix, None)
-    store.table(f"{result.settings.store.table_prefix}bench", s.BENCH_SCHEMA).add(table)
+    open_store(result.settings).table(f"{result.settings.store.table_prefix}bench", s.BENCH_SCHEMA).add(table)
     plots = _plots(result)
     path = result.out_dir / "report.md"
-    path.write_text(render_markdown(result, diag, plots))
+    path.write_text(render_markdown(result, diag, plots, table.to_pylist()))
     return path
 
 
-def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str]) -> str:
+def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str], rows: list[dict]) -> str:
     st = result.settings
     lines = [
         f"# Benchmark {result.bench_id}",
@@ -64,7 +62,6 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         "vs Ray Data LLM | MFU | engine busy | tokens per call | tokens (chunker / engine) | run |"
     )
     lines.append("|" + "---|" * 15)
-    rows = bench_rows(result, "").to_pylist()
     for p, r in zip(result.points, rows, strict=True):
         if not p.ok:
             lines.append(f"| {p.label} | {p.params.get('max_num_batched_tokens')} | failed: {p.error} |" + " |" * 12)

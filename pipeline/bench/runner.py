@@ -28,7 +28,7 @@ from pipeline.job_plan import plan_job
 from pipeline.memory_plan import load_config
 from pipeline.model_dir import resolve_model_dir
 from pipeline.model_params import shape_from_config
-from pipeline.settings import Settings
+from pipeline.settings import Settings, revealed
 from pipeline.stats import STAGES
 from pipeline.tokenizer import load_tokenizer
 
@@ -140,7 +140,7 @@ def run_bench(settings: Settings) -> BenchResult:
         bench_id, out_dir, settings, len(table), sum(lengths), lengths, flops_per_token(shape, lengths), peak, source,
         device, engine_devices=1 if spec.device == "cpu" else max(1, (first.run.actors or 1)),
     )  # fmt: skip
-    store = LanceStore(settings.store.uri, prefix, _storage_options(settings))
+    store = open_store(settings, prefix)
     vectors: dict[str, dict[str, list[float]]] = {}
     baselines = settings.bench.baselines
     bare_keys = list(dict.fromkeys((p.model.max_num_batched_tokens, p.model.max_model_len) for p in points))
@@ -168,8 +168,9 @@ def run_bench(settings: Settings) -> BenchResult:
     return result
 
 
-def _storage_options(settings: Settings) -> dict[str, str]:
-    return {k: v.get_secret_value() for k, v in settings.store.storage_options.items()}
+def open_store(settings: Settings, prefix: str | None = None) -> LanceStore:
+    prefix = settings.store.table_prefix if prefix is None else prefix
+    return LanceStore(settings.store.uri, prefix, revealed(settings.store.storage_options))
 
 
 def _bare(settings: Settings, chunks_path: Path, label: str, vectors: dict) -> Point:
@@ -192,10 +193,9 @@ def _pipeline_point(settings: Settings, label: str, vectors: dict) -> Point:
     except PipelineError as exc:
         log.error("pipeline_point_failed", label=label, error=str(exc))
         return _failed("pipeline", label, settings, exc)
-    point = point_from_rows(LanceStore(settings.store.uri, settings.store.table_prefix, _storage_options(settings)),
-                            run.run_id, label)  # fmt: skip
+    store = open_store(settings)
+    point = point_from_rows(store, run.run_id, label)
     vectors.setdefault("pipeline", {})
-    store = LanceStore(settings.store.uri, settings.store.table_prefix, _storage_options(settings))
     vectors["pipeline"].update(_stored_vectors(store, vectors.get("bare", {})))
     log.info("pipeline_measured", label=label, tokens_per_s=round(point.tokens_per_s), wall_s=round(point.wall_s, 1))
     return point

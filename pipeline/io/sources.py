@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 from pipeline.documents import Shard, shard_format
 from pipeline.errors import ConfigError
 from pipeline.io.object_store import S3Options
-from pipeline.settings import InputSettings
+from pipeline.settings import InputSettings, revealed
 
 _GLOB_CHARS = "*?["
 
@@ -24,7 +24,7 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
     filesystem: pafs.FileSystem | None = None
     shards: dict[str, Shard] = {}
     for spec in cfg.paths:
-        fs, path, scheme = _filesystem(spec, {k: v.get_secret_value() for k, v in cfg.storage_options.items()})
+        fs, path, scheme = _filesystem(spec, revealed(cfg.storage_options))
         if filesystem is not None and fs.type_name != filesystem.type_name:
             msg = f"input.paths mixes filesystems ({filesystem.type_name} and {fs.type_name} for {spec!r})"
             raise ConfigError(msg)

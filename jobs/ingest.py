@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for line in result.maintenance.lines() if result.maintenance else []:
+        print(line)
     print(result.summary_line())
     return 0
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
 from pipeline.documents import Shard
-from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, store_lock
+from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, new_run_id, store_lock
+from pipeline.io.maintenance import MaintenanceReport, maintain_store
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
-from pipeline.model_dir import resolve_model_dir
+from pipeline.model_dir import model_fingerprint, resolve_model_dir
+from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings, revealed
 from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.tokenizer import load_tokenizer
@@ -34,6 +36,7 @@ class RunResult:
     wall_s: float
     outcome: RunOutcome
     started_at: datetime
+    maintenance: MaintenanceReport | None = None
 
     @property
     def startup_s(self) -> float | None:
@@ -76,11 +79,12 @@ def run_ingest(settings: Settings) -> RunResult:
 
     started, started_at = time.perf_counter(), datetime.now(timezone.utc)
     lengths, fs, shards = preflight(settings)
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     options = revealed(settings.store.storage_options)
-    store = LanceStore(settings.store.uri, settings.store.table_prefix, options)
-    with store_lock(settings.store.uri, settings.store.table_prefix, run_id, options, settings.run.lock_ttl_s):
+    store = LanceStore.from_settings(settings.store)
+    lock = store_lock(settings.store.uri, settings.store.table_prefix, run_id, options, settings.run.lock_ttl_s)
+    with lock as exclusive:
         ray_stages.start_ray(settings)
         plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
         memory = check_memory(settings, plan, device_memory_bytes(settings, plan.engine.device))
@@ -105,7 +109,7 @@ def run_ingest(settings: Settings) -> RunResult:
         writer = RunWriter(
             store, run_id, plan.model_id, plan.chunk.fingerprint, _table_metadata(plan), settings.run.commit_rows
         )
-        outcome, status, error = None, "failed", None
+        outcome, status, error, upkeep = None, "failed", None, None
         try:
             dataset = ray_stages.build_dataset(settings, plan, fs, shards, stored.complete)
             last_report = time.perf_counter()
@@ -116,16 +120,31 @@ def run_ingest(settings: Settings) -> RunResult:
                     _log_progress(writer, last_report - started)
             outcome = writer.finish(stored, settings.run.delete_missing)
             status = "succeeded"
+            if settings.index.after_run:
+                upkeep = _maintain(store, settings, plan.engine.model_dir, exclusive)
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"[:4000]
             raise
         finally:
             outcome = outcome or writer.outcome(stored)
-            result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at)
+            result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
             store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
             log.info("run_finished", status=status, wall_s=round(result.wall_s, 2), **asdict(outcome.totals))
             structlog.contextvars.unbind_contextvars("run_id")
     return result
+
+
+def _maintain(store: LanceStore, settings: Settings, model_dir: str, exclusive: bool) -> MaintenanceReport:
+    """Indexes and upkeep after the run's last commit. A failure here leaves the data committed and searchable
+    (exactly, without the missing indexes), so it is recorded and logged rather than failing the run."""
+    try:
+        report = maintain_store(store, settings.index, settings.maintenance, model_dir, exclusive)
+    except Exception as exc:  # noqa: BLE001 - recorded in the runs row; the next run or jobs.index retries
+        log.error("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+        report = MaintenanceReport(skipped=f"failed: {type(exc).__name__}: {exc}"[:2000])
+    for line in report.lines():
+        log.info("maintenance", detail=line)
+    return report
 
 
 def _log_progress(writer: RunWriter, elapsed_s: float) -> None:
@@ -144,6 +163,7 @@ def _log_progress(writer: RunWriter, elapsed_s: float) -> None:
 def _table_metadata(plan: JobPlan) -> dict:
     return {
         "model": plan.model_id,
+        "model_fingerprint": model_fingerprint(Path(plan.engine.model_dir)),
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "overlap_tokens": plan.chunk.overlap_tokens,
@@ -162,6 +182,7 @@ def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan)
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
+        "model_fingerprint": model_fingerprint(Path(plan.engine.model_dir)),
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "device": plan.engine.device,
@@ -173,6 +194,7 @@ def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan)
         "run_id": run_id,
         "started_at": datetime.now(timezone.utc),
         "status": "running",
+        "kind": RUN_KIND_INGEST,
         "model": plan.model_id,
         "max_model_len": plan.engine.max_model_len,
         "max_num_batched_tokens": settings.model.max_num_batched_tokens,
@@ -209,6 +231,8 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "tokens_per_s": result.tokens_per_s,
         "engine": json.dumps(engine_info) if engine_info else None,
         "error": error,
+        "maintenance": result.maintenance.to_json() if result.maintenance else None,
+        "maintenance_s": result.maintenance.seconds if result.maintenance else None,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -86,6 +87,29 @@ def read_model_limits(model_dir: Path) -> ModelLimits:
     serving = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
     hidden = text_config.get("hidden_size") or text_config.get("d_model")
     return ModelLimits(model_type, usable_positions(config), int(serving) if serving else None, hidden)
+
+
+def similarity_of(model_dir: Path) -> str | None:
+    """The similarity the model was trained for (sentence-transformers' similarity_fn_name), if it says."""
+    path = model_dir / "config_sentence_transformers.json"
+    return _read_json(path).get("similarity_fn_name") if path.is_file() else None
+
+
+FINGERPRINT_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Identifies a model's vectors: its config, pooling and tokenizer files, and the names and sizes of its
+    weight files (hashing gigabytes of weights would take longer than embedding a query)."""
+    digest = hashlib.sha256()
+    for name in (*FINGERPRINT_FILES, *TOKENIZER_FILES):
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict:

@@ -92,6 +92,8 @@ STORED_CHUNK_COLUMNS = [
     VECTOR,
 ]
 
+SCALAR_INDEXABLE = [c for c in STORED_CHUNK_COLUMNS if c not in (TEXT, VECTOR)] + [MODEL, RUN_ID]
+
 
 def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> pa.Schema:
     """The `chunks` table; metadata records the model and limits the vectors were made with."""
@@ -178,8 +180,13 @@ RUNS_SCHEMA = pa.schema(
         pa.field("torch_version", pa.string()),
         pa.field("lancedb_version", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("maintenance", pa.string()),
+        pa.field("maintenance_s", pa.float64()),
     ]
 )
+RUN_KIND_INGEST = "ingest"
+RUN_KIND_INDEX = "index"
 
 BENCH_SCHEMA = pa.schema(
     [

@@ -154,6 +154,51 @@ class StoreSettings(_Section):
     Usually left empty: the standard AWS_* / GOOGLE_* / AZURE_* environment variables are read as well."""
 
 
+class IndexSettings(_Section):
+    after_run: bool = True
+    """Build or update the indexes and run maintenance at the end of every successful ingestion run."""
+    ann_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
+    """ANN index on the vectors: IVF_PQ (compact, re-ranked with exact distances) or IVF_HNSW_SQ (larger,
+    higher recall without re-ranking)."""
+    ann_min_rows: int = Field(default=100_000, ge=256)
+    """No ANN index below this many chunks: exact search over them is fast and returns the true neighbours.
+    At least 256 (product quantization trains 256 centroids per sub-vector)."""
+    ann_retrain_growth: float = Field(default=2.0, gt=1.0)
+    """Retrain the ANN index (new partitions from all rows) once the table holds this many times the rows the
+    index was trained on; smaller growth is folded into the existing index."""
+    nprobes: int = Field(default=20, ge=1)
+    """IVF partitions searched per query (more: higher recall, slower)."""
+    refine_factor: int | None = Field(default=10, ge=1)
+    """Queries re-rank refine_factor x k ANN candidates with exact distances; unset: no re-ranking."""
+    full_text: bool = True
+    """Full-text (BM25) index on the chunk text, for hybrid and phrase search."""
+    scalar_columns: list[str] = Field(default_factory=lambda: ["doc_id", "chunk_id", "source"])
+    """Columns with a B-tree index: the keys re-ingestion updates and deletes by, and query filters."""
+
+    @model_validator(mode="after")
+    def _scalar_columns_exist(self) -> IndexSettings:
+        from pipeline.schema import SCALAR_INDEXABLE
+
+        unknown = [c for c in self.scalar_columns if c not in SCALAR_INDEXABLE]
+        if unknown:
+            msg = f"index.scalar_columns has {unknown}, not columns of the chunks table; choose from "
+            msg += str(SCALAR_INDEXABLE)
+            raise ValueError(msg)
+        return self
+
+
+class MaintenanceSettings(_Section):
+    enabled: bool = True
+    """Compact small files, fold new rows into the indexes and remove old versions, under the store's lock
+    (never while another run writes). Stores without a lock (gs://, az://) are not maintained by the job."""
+    keep_versions_h: float = Field(default=168.0, ge=0.0)
+    """Table versions younger than this (hours) are kept with their files; readers still using an older one
+    fail once it is removed. LanceDB's own default is 7 days."""
+    delete_unverified: bool = True
+    """Also delete files no version refers to (left by killed writes). Safe only because maintenance holds the
+    store's lock."""
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level for the pipeline's own logs."""
@@ -208,6 +253,8 @@ class Settings(BaseSettings):
     chunk: ChunkSettings = ChunkSettings()
     run: RunSettings = RunSettings()
     store: StoreSettings = StoreSettings()
+    index: IndexSettings = IndexSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     logging: LoggingSettings = LoggingSettings()
     bench: BenchSettings = BenchSettings()
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from pipeline import schema as s
+from pipeline.errors import StoreError
 from pipeline.io.lance_store import LanceStore
 from pipeline.reference_embedding import ReferenceEmbedder, cosine
 from pipeline.tokenizer import load_tokenizer
@@ -39,8 +40,10 @@ class VerifyReport:
 
 
 def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | None = None) -> VerifyReport:
-    runs = store.db.open_table(store.names.runs).to_arrow()
-    run = runs.sort_by([("started_at", "descending")]).slice(0, 1).to_pylist()[0]
+    run = store.latest_run(status=None)
+    if run is None:
+        msg = f"no ingestion run in {store.uri} (table prefix {store.names.runs[: -len('runs')]!r})"
+        raise StoreError(msg)
     settings = json.loads(run["settings"])
     model_dir = model_dir or settings["resolved"]["model_dir"]
     chunks_table = store.db.open_table(store.names.chunks)

@@ -28,7 +28,7 @@ from pipeline.job_plan import plan_job
 from pipeline.memory_plan import load_config
 from pipeline.model_dir import resolve_model_dir
 from pipeline.model_params import shape_from_config
-from pipeline.settings import Settings, revealed
+from pipeline.settings import Settings
 from pipeline.stats import STAGES
 from pipeline.tokenizer import load_tokenizer
 
@@ -169,8 +169,7 @@ def run_bench(settings: Settings) -> BenchResult:
 
 
 def open_store(settings: Settings, prefix: str | None = None) -> LanceStore:
-    prefix = settings.store.table_prefix if prefix is None else prefix
-    return LanceStore(settings.store.uri, prefix, revealed(settings.store.storage_options))
+    return LanceStore.from_settings(settings.store, prefix)
 
 
 def _bare(settings: Settings, chunks_path: Path, label: str, vectors: dict) -> Point:

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,14 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreBusyError, StoreError
+from pipeline.settings import StoreSettings, revealed
 from pipeline.stats import STAGES, BatchStats, RunTotals
 
 log = structlog.get_logger(__name__)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -40,17 +46,18 @@ class TableNames:
 @contextmanager
 def store_lock(
     uri: str, prefix: str, run_id: str, storage_options: dict[str, str] | None = None, ttl_s: float = 600.0
-) -> Iterator[None]:
+) -> Iterator[bool]:
     """Serialize runs on one set of tables. A local store uses an OS file lock (released if the process dies);
     an s3:// store a lease object in the bucket (expires ttl_s after its holder stops renewing it); other
-    object stores are not locked, and upserts on chunk_id keep concurrent runs from duplicating rows."""
+    object stores are not locked, and upserts on chunk_id keep concurrent runs from duplicating rows.
+    Yields whether other writers are excluded (maintenance that deletes files runs only then)."""
     if uri.startswith("s3://"):
         from pipeline.io.object_store import S3Lease, S3Options
 
         lease = S3Lease(uri, prefix, run_id, S3Options.from_options(storage_options or {}), ttl_s)
         lease.acquire()
         try:
-            yield
+            yield True
         finally:
             lease.release()
         return
@@ -58,7 +65,7 @@ def store_lock(
         log.warning(
             "store_not_locked", uri=uri, reason="only local and s3:// stores are locked; avoid concurrent runs"
         )
-        yield
+        yield False
         return
     root = Path(uri.removeprefix("file://"))
     root.mkdir(parents=True, exist_ok=True)
@@ -79,7 +86,7 @@ def store_lock(
         handle.write(f"run {run_id}, pid {os.getpid()}, host {socket.gethostname()}")
         handle.flush()
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -93,6 +100,10 @@ class LanceStore:
         except (OSError, ValueError) as exc:
             msg = f"cannot open LanceDB at store.uri={uri!r}: {exc}"
             raise StoreError(msg) from None
+
+    @classmethod
+    def from_settings(cls, store: StoreSettings, prefix: str | None = None) -> LanceStore:
+        return cls(store.uri, store.table_prefix if prefix is None else prefix, revealed(store.storage_options))
 
     def table(self, name: str, schema: pa.Schema):
         """Open or create a side table; columns added to its schema since the table was made are added empty."""
@@ -146,6 +157,40 @@ class LanceStore:
 
     def finish_run(self, run_id: str, values: dict) -> None:
         self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = {sql_str(run_id)}", values=values)
+
+    def last_ann_training(self) -> int | None:
+        """Rows the vector index was last trained on, from the newest maintenance record that (re)built it."""
+        runs = self._runs_with("maintenance")
+        if runs is None:
+            return None
+        rows = runs.search().where("maintenance IS NOT NULL").select(["started_at", "maintenance"]).limit(None)
+        for row in sorted(rows.to_list(), key=lambda r: r["started_at"], reverse=True):
+            for action in json.loads(row["maintenance"]).get("indexes", []):
+                if action["kind"] == "ann" and action["action"] in ("create", "retrain"):
+                    return action["params"].get("trained_rows")
+        return None
+
+    def latest_run(self, kind: str = s.RUN_KIND_INGEST, status: str | None = "succeeded") -> dict | None:
+        """The newest runs row of a kind; rows written before runs had kinds are ingestion runs. Read-only."""
+        runs = self._runs_with()
+        if runs is None:
+            return None
+        conditions = [f"status = {sql_str(status)}"] if status else []
+        if "kind" in runs.schema.names:
+            either_null = " OR kind IS NULL" if kind == s.RUN_KIND_INGEST else ""
+            conditions.append(f"(kind = {sql_str(kind)}{either_null})")
+        elif kind != s.RUN_KIND_INGEST:
+            return None
+        query = runs.search()
+        if conditions:
+            query = query.where(" AND ".join(conditions))
+        return max(query.limit(None).to_list(), key=lambda r: r["started_at"], default=None)
+
+    def _runs_with(self, *columns: str):
+        if not self.exists(self.names.runs):
+            return None
+        runs = self.db.open_table(self.names.runs)
+        return runs if all(c in runs.schema.names for c in columns) else None
 
     def stored_documents(self, chunking: str) -> StoredDocuments:
         """What the chunks table holds per document, read before a run decides what to embed."""

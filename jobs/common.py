@@ -1,0 +1,42 @@
+"""What the store-side jobs (index, query, retrieval_check) share: settings from --config and flags, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import ConfigError, PipelineError, StoreBusyError
+from pipeline.log import configure_logging
+from pipeline.settings import Settings, load_settings
+
+EXIT_REFUSED = 2
+"""Settings, model or store refused before any work: the message says what to change."""
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: list[str] | None, forward: tuple[str, ...] = ()
+) -> tuple[argparse.Namespace, Settings]:
+    """Job arguments, and the settings from --config plus any --section.field VALUE flags left over; the
+    settings shortcuts named in `forward` (e.g. "--db"), which the job's parser declares, are passed on too."""
+    parser.add_argument("--config", help="TOML settings file the table was ingested with, e.g. conf/local.toml")
+    args, overrides = parser.parse_known_args(argv)
+    for flag in forward:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    settings = load_settings(args.config, overrides)
+    configure_logging(settings.logging.level, settings.logging.json_format)
+    return args, settings
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a job body; a refusal exits 2 and a failure 1, each with a one-line message on stderr."""
+    try:
+        return main()
+    except (ConfigError, StoreBusyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

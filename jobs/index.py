@@ -1,0 +1,65 @@
+"""python -m jobs.index --config conf/local.toml [--force-ann] [--index.ann-min-rows N] [--maintenance.enabled false]
+
+Build the chunks table's indexes (ANN on the vectors once the table is large enough, full text on the chunk
+text, B-trees on the keys), fold new rows into existing ones, compact and remove old versions, all under the
+store's lock, as an ingestion run does at its end. Records a row in `runs` with kind 'index'."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+
+from jobs.common import parse, run
+from pipeline.io.lance_store import LanceStore, new_run_id, store_lock
+from pipeline.io.maintenance import maintain_store
+from pipeline.query_engine import read_built_with
+from pipeline.schema import RUN_KIND_INDEX
+from pipeline.settings import revealed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__)
+    parser.add_argument(
+        "--force-ann", action="store_true", help="build the ANN index even below index.ann_min_rows (>= 256 rows)"
+    )
+    return run(lambda: _index(parser, argv))
+
+
+def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args, settings = parse(parser, argv)
+    store = LanceStore.from_settings(settings.store)
+    run_id, started = new_run_id(), time.perf_counter()
+    uri, prefix = settings.store.uri, settings.store.table_prefix
+    options = revealed(settings.store.storage_options)
+    with store_lock(uri, prefix, run_id, options, settings.run.lock_ttl_s) as exclusive:
+        built = read_built_with(store)
+        store.start_run(
+            {
+                "run_id": run_id,
+                "started_at": datetime.now(timezone.utc),
+                "status": "running",
+                "kind": RUN_KIND_INDEX,
+                "model": built.model_id,
+            }
+        )
+        values = {"status": "failed"}
+        try:
+            report = maintain_store(
+                store, settings.index, settings.maintenance, built.model_dir, exclusive, args.force_ann
+            )
+            values = {"status": "succeeded", "maintenance": report.to_json(), "maintenance_s": report.seconds}
+        except Exception as exc:
+            values["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+            raise
+        finally:
+            wall_s = time.perf_counter() - started
+            store.finish_run(run_id, {**values, "finished_at": datetime.now(timezone.utc), "wall_s": wall_s})
+    print("\n".join(report.lines()))
+    print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

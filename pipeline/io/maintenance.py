@@ -1,0 +1,180 @@
+"""Indexes and upkeep of the LanceDB tables: builds what pipeline.index_plan decides, compacts, folds new rows
+into the indexes and removes old versions. Runs only under the store's lock. No ray or vllm imports."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import structlog
+from lancedb.index import FTS, BTree, IvfHnswSq, IvfPq
+
+from pipeline import schema as s
+from pipeline.index_plan import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
+from pipeline.io.lance_store import LanceStore
+from pipeline.model_dir import similarity_of
+from pipeline.settings import IndexSettings, MaintenanceSettings
+
+log = structlog.get_logger(__name__)
+NORM_SAMPLE = 1000
+NORM_TOLERANCE = 1e-3
+_INDEX_TYPES = {"IvfPq": "IVF_PQ", "IvfHnswSq": "IVF_HNSW_SQ", "IVF_PQ": "IVF_PQ", "IVF_HNSW_SQ": "IVF_HNSW_SQ"}
+
+
+@dataclass
+class MaintenanceReport:
+    indexes: list[dict] = field(default_factory=list)
+    tables: dict[str, dict] = field(default_factory=dict)
+    """Per table: [before, after] of fragments, versions, bytes and rows not yet in the indexes."""
+    metric: str | None = None
+    normalized: bool | None = None
+    skipped: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "indexes": self.indexes,
+                "tables": self.tables,
+                "metric": self.metric,
+                "normalized": self.normalized,
+                "skipped": self.skipped,
+            },
+            sort_keys=True,
+        )
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.skipped:
+            out.append(f"maintenance skipped: {self.skipped}")
+        for name, t in self.tables.items():
+            out.append(
+                f"maintenance of {name}: fragments {t['fragments'][0]} -> {t['fragments'][1]}, versions "
+                f"{t['versions'][0]} -> {t['versions'][1]}, {t['bytes'][0]:,} -> {t['bytes'][1]:,} bytes, rows "
+                f"outside the indexes {t['unindexed_rows'][0]} -> {t['unindexed_rows'][1]}"
+            )
+        if self.metric:
+            shape = {True: "unit length", False: "not unit length", None: "none stored"}[self.normalized]
+            out.append(f"vectors {shape}: distance {self.metric}")
+        for a in self.indexes:
+            took = f" in {a['seconds']:.2f} s" if a.get("seconds") else ""
+            out.append(f"index {a['kind']} on {a['column']}: {a['action']}{took} ({a['reason']})")
+        return out
+
+
+def vector_facts(table, model_dir: str | None) -> tuple[str, bool | None]:
+    """(metric, normalized): normalization measured on stored vectors, the model's similarity from its files."""
+    sample = table.search().select([s.VECTOR]).limit(NORM_SAMPLE).to_arrow().column(s.VECTOR)
+    normalized = None
+    if len(sample):
+        vectors = np.asarray(sample.combine_chunks().flatten()).reshape(len(sample), -1)
+        normalized = bool(np.all(np.abs(np.linalg.norm(vectors, axis=1) - 1.0) < NORM_TOLERANCE))
+    similarity = similarity_of(Path(model_dir)) if model_dir and Path(model_dir).is_dir() else None
+    return vector_metric(bool(normalized), similarity), normalized
+
+
+def indexes_by_column(table) -> dict[str, object]:
+    return {ix.columns[0]: ix for ix in table.list_indices()}
+
+
+def ann_metric(table) -> str | None:
+    """Distance type of the vector index, if the table has one."""
+    index = indexes_by_column(table).get(s.VECTOR)
+    if index is None:
+        return None
+    return table.index_stats(index.name).distance_type
+
+
+def maintain_store(
+    store: LanceStore,
+    index: IndexSettings,
+    maintenance: MaintenanceSettings,
+    model_dir: str | None,
+    exclusive: bool,
+    force_ann: bool = False,
+) -> MaintenanceReport:
+    """Fold new rows in and tidy every table (only when `exclusive`: no other writer can run), then create the
+    indexes the chunks table lacks and retrain a stale ANN index."""
+    started = time.perf_counter()
+    report = MaintenanceReport()
+    if not store.exists(store.names.chunks):
+        report.skipped = "no chunks table yet"
+        return report
+    chunks = store.db.open_table(store.names.chunks)
+    if not maintenance.enabled:
+        report.skipped = "maintenance.enabled is false: new rows stay outside the indexes (searched exactly)"
+    elif not exclusive:
+        report.skipped = f"store {store.uri} has no lock, so another writer may be running"
+    else:
+        before = {name: _table_state(store, name) for name in _tables(store)}
+        for name in before:
+            store.db.open_table(name).optimize(
+                cleanup_older_than=timedelta(hours=maintenance.keep_versions_h),
+                delete_unverified=maintenance.delete_unverified,
+            )
+        chunks = store.db.open_table(store.names.chunks)
+        report.tables = {name: _before_after(state, _table_state(store, name)) for name, state in before.items()}
+    rows = chunks.count_rows()
+    dim = chunks.schema.field(s.VECTOR).type.list_size
+    report.metric, report.normalized = vector_facts(chunks, model_dir)
+    existing = indexes_by_column(chunks)
+    ann = _existing_ann(chunks, existing.get(s.VECTOR), store.last_ann_training())
+    actions = [plan_ann(rows, dim, report.metric, index, ann, force_ann), *plan_other_indexes(rows, existing, index)]
+    for action in actions:
+        seconds = _apply(chunks, action) if action.action in ("create", "retrain") else None
+        report.indexes.append({**action.to_json_dict(), "seconds": seconds})
+        log.info("index", column=action.column, kind=action.kind, action=action.action, reason=action.reason)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _apply(table, action: IndexAction) -> float:
+    started = time.perf_counter()
+    if action.kind == "ann":
+        p = action.params
+        if p["index_type"] == "IVF_PQ":
+            config = IvfPq(
+                distance_type=p["metric"], num_partitions=p["num_partitions"], num_sub_vectors=p["num_sub_vectors"]
+            )
+        else:
+            config = IvfHnswSq(distance_type=p["metric"], num_partitions=p["num_partitions"])
+        table.create_index(s.VECTOR, config=config, replace=True)
+    elif action.kind == "fts":
+        table.create_index(action.column, config=FTS(), replace=True)
+    else:
+        table.create_index(action.column, config=BTree(), replace=True)
+    return round(time.perf_counter() - started, 3)
+
+
+def _existing_ann(table, index, trained_rows: int | None) -> ExistingAnn | None:
+    if index is None:
+        return None
+    stats = table.index_stats(index.name)
+    return ExistingAnn(_INDEX_TYPES.get(stats.index_type, stats.index_type), stats.distance_type, trained_rows)
+
+
+def _tables(store: LanceStore) -> list[str]:
+    n = store.names
+    return [name for name in (n.chunks, n.batches, n.runs, n.rejects) if store.exists(name)]
+
+
+def _table_state(store: LanceStore, name: str) -> dict:
+    table = store.db.open_table(name)
+    stats = table.stats()
+    unindexed = 0
+    for ix in table.list_indices():
+        unindexed = max(unindexed, table.index_stats(ix.name).num_unindexed_rows)
+    return {
+        "fragments": stats["fragment_stats"]["num_fragments"],
+        "versions": len(table.list_versions()),
+        "bytes": stats["total_bytes"],
+        "unindexed_rows": unindexed,
+    }
+
+
+def _before_after(before: dict, after: dict) -> dict:
+    return {key: [before[key], after[key]] for key in before}

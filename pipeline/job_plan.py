@@ -70,7 +70,7 @@ def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
         raise ConfigError(msg)
     model_id = model_id_for(m.path, m.name, model_dir)
     chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
-    allow_long = _needs_long_len(m.allow_long_max_model_len, limits, max_model_len)
+    allow_long = needs_long_len(m.allow_long_max_model_len, limits, max_model_len)
     return LengthPlan(str(model_dir), model_id, max_model_len, chunk, allow_long, notes)
 
 
@@ -168,7 +168,7 @@ def _chunk_tokens(settings: Settings, max_model_len: int, num_special: int, note
     return tokens
 
 
-def _needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bool:
+def needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bool:
     # vLLM caps max_model_len at sentence_bert_config.json's max_seq_length; positions beyond it are real.
     serving_cap = limits.serving_limit is not None and max_model_len > limits.serving_limit
     return allowed or serving_cap

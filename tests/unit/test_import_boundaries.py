@@ -14,6 +14,14 @@ PURE_MODULES = [
     "pipeline.io.lance_store",
     "pipeline.ingest",
     "pipeline.reference_embedding",
+    "pipeline.index_plan",
+    "pipeline.io.maintenance",
+    "pipeline.search",
+    "pipeline.query_engine",
+    "pipeline.retrieval_check",
+    "jobs.index",
+    "jobs.query",
+    "jobs.retrieval_check",
 ]
 
 

@@ -1,0 +1,67 @@
+"""python -m jobs.retrieval_check --config conf/local.toml [--sample 200] [-k 10] [--seed 0] [--json]
+
+Samples chunks from the table, embeds each chunk's own text as a query with the table's model and engine
+settings, and reports recall@1 and recall@k: the fraction whose own chunk (or one with identical text) comes
+back first / in the top k, by exact search and, when the table has one, through the ANN index. A broken
+embedding, pooling or normalization shows up as a low number. Exits 1 when exact recall@1 is below
+--min-recall-at-1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.common import parse, run
+from pipeline.io.lance_store import LanceStore
+from pipeline.io.maintenance import ann_metric, indexes_by_column, vector_facts
+from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
+from pipeline.retrieval_check import check_retrieval
+from pipeline.schema import VECTOR
+from pipeline.search import SearchOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.retrieval_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sample", type=int, default=200, help="chunks to query with (default 200)")
+    parser.add_argument("-k", type=int, default=10, help="recall@k besides recall@1 (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-recall-at-1", type=float, default=0.95, help="exact recall@1 below this fails")
+    parser.add_argument("--json", action="store_true")
+    return run(lambda: _check(parser, argv))
+
+
+def _check(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args, settings = parse(parser, argv)
+    store = LanceStore.from_settings(settings.store)
+    built = read_built_with(store)
+    table = store.db.open_table(store.names.chunks)
+    index = indexes_by_column(table).get(VECTOR)
+    metric = ann_metric(table) or vector_facts(table, built.model_dir)[0]
+    if index is not None:
+        stats = table.index_stats(index.name)
+        refine = settings.index.refine_factor
+        ann = f"{stats.index_type} nprobes {settings.index.nprobes}" + (f" refine {refine}" if refine else "")
+    else:
+        ann = "no ANN index (below index.ann_min_rows; python -m jobs.index --force-ann builds one)"
+    engine = QueryEmbedder(query_engine(built, settings.model, settings.logging.engine_level))
+    try:
+        options = SearchOptions(nprobes=settings.index.nprobes, refine_factor=settings.index.refine_factor)
+        report = check_retrieval(
+            table, metric, engine, args.sample, args.k, args.seed, ann if index is not None else None, options
+        )
+    finally:
+        engine.close()
+    if index is None:
+        report.ann = ann
+    print(json.dumps(report.to_json_dict()) if args.json else "\n".join(report.lines()))
+    exact = report.recall("exact")
+    return 0 if exact is not None and exact.at_1 >= args.min_recall_at_1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The engine queries are embedded with: the model and engine settings the table was built with, read from the
+chunks table's metadata and its last ingestion run, and checked against any model the caller names.
+vllm is imported only when the engine starts (through VllmEmbedder)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import schema as s
+from pipeline.embedding import EngineSpec, VllmEmbedder
+from pipeline.errors import ConfigError, PipelineError, StoreError
+from pipeline.io.lance_store import LanceStore
+from pipeline.job_plan import needs_long_len
+from pipeline.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.settings import ModelSettings
+from pipeline.tokenizer import Tokenizer, load_tokenizer
+
+
+class QueryTooLong(PipelineError):
+    """A query has more tokens than the engine takes in one sequence; it is never truncated."""
+
+
+@dataclass(frozen=True)
+class BuiltWith:
+    """What the vectors in a chunks table were made with."""
+
+    model_id: str
+    fingerprint: str | None
+    dim: int
+    model: dict
+    """The model section of the settings of the last successful ingestion run."""
+    model_dir: str
+    max_model_len: int
+    device: str
+    run_id: str
+
+
+def read_built_with(store: LanceStore) -> BuiltWith:
+    if not store.exists(store.names.chunks):
+        msg = f"no table {store.names.chunks!r} in {store.uri}; run python -m jobs.ingest first"
+        raise StoreError(msg)
+    table = store.db.open_table(store.names.chunks)
+    meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
+    run = store.latest_run()
+    if run is None or not run["settings"]:
+        msg = f"{store.uri} has no successful ingestion run to read the model and engine settings from"
+        raise StoreError(msg)
+    settings = json.loads(run["settings"])
+    resolved = settings["resolved"]
+    if meta.get("model") and meta["model"] != run["model"]:
+        msg = f"table {store.names.chunks!r} holds model {meta['model']!r} but its last run used {run['model']!r}"
+        raise StoreError(msg)
+    return BuiltWith(
+        model_id=run["model"],
+        fingerprint=meta.get("model_fingerprint") or resolved.get("model_fingerprint"),
+        dim=table.schema.field(s.VECTOR).type.list_size,
+        model=settings["model"],
+        model_dir=resolved["model_dir"],
+        max_model_len=resolved["max_model_len"],
+        device=resolved["device"],
+        run_id=run["run_id"],
+    )
+
+
+@dataclass(frozen=True)
+class QueryEngine:
+    spec: EngineSpec
+    model_id: str
+    notes: list[str] = field(default_factory=list)
+
+
+def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str = "WARNING") -> QueryEngine:
+    """The engine settings of the table's last run, on the model the caller names (its settings' model.path),
+    which must be the table's model: same fingerprint, or the same id for tables made before fingerprints.
+    The device is the caller's when set, else the run's."""
+    try:
+        model_dir = resolve_model_dir(caller.path)
+    except ConfigError as exc:
+        msg = (
+            f"{exc}. The table was built with model {built.model_id!r} from {built.model_dir}; pass "
+            f"--model-path with a copy of that model on this machine"
+        )
+        raise ConfigError(msg) from None
+    check_same_model(built, model_dir, model_id_for(caller.path, caller.name, model_dir))
+    notes = []
+    if str(model_dir) != built.model_dir:
+        notes.append(f"model {built.model_id!r} read from {model_dir} (the run read it from {built.model_dir})")
+    device = caller.device if caller.device != "auto" else built.device
+    if device != built.device:
+        notes.append(f"engine on {device}; the table was embedded on {built.device} (vectors agree to ~1e-3)")
+    recorded = {k: v for k, v in built.model.items() if k in ModelSettings.model_fields}
+    model = ModelSettings(**{**recorded, "path": caller.path, "device": device})
+    spec = EngineSpec(
+        model_dir=str(model_dir),
+        model=model,
+        max_model_len=built.max_model_len,
+        device=device,
+        cpu_threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        allow_long_max_model_len=needs_long_len(
+            model.allow_long_max_model_len, read_model_limits(model_dir), built.max_model_len
+        ),
+        engine_log_level=engine_log_level,
+    )
+    return QueryEngine(spec, built.model_id, notes)
+
+
+def check_same_model(built: BuiltWith, model_dir: Path, model_id: str) -> None:
+    """Refuse a model whose vectors are not comparable with the table's."""
+    if built.fingerprint:
+        theirs = model_fingerprint(model_dir)
+        if theirs == built.fingerprint:
+            return
+        msg = (
+            f"the table holds vectors of model {built.model_id!r} (fingerprint {built.fingerprint}); {model_dir} is "
+            f"a different model (fingerprint {theirs}), whose vectors cannot be compared with them. Query with "
+            f"the table's model, or ingest into another store.table_prefix with this one"
+        )
+        raise ConfigError(msg)
+    if model_id != built.model_id:
+        msg = (
+            f"the table holds vectors of model {built.model_id!r}; the model given is {model_id!r}, whose vectors "
+            f"cannot be compared with them. Query with the table's model (set model.name if only the name differs)"
+        )
+        raise ConfigError(msg)
+
+
+def query_token_ids(tokenizer: Tokenizer, text: str, max_model_len: int) -> list[int]:
+    """The ids the engine gets for a query, special tokens included, as the chunker counts them."""
+    ids = tokenizer.with_special_tokens(tokenizer.encode(text)[0])
+    if len(ids) > max_model_len - 1:
+        msg = (
+            f"the query is {len(ids)} tokens; the engine takes at most {max_model_len - 1} (max_model_len "
+            f"{max_model_len} - 1). Shorten it: queries are never truncated"
+        )
+        raise QueryTooLong(msg)
+    return ids
+
+
+class QueryEmbedder:
+    """The model's tokenizer and one vLLM engine in this process: text in, vectors the table can be searched
+    with out. A text longer than the engine's sequence limit is refused, never truncated."""
+
+    def __init__(self, engine: QueryEngine):
+        self.spec = engine.spec
+        self.tokenizer = load_tokenizer(self.spec.model_dir, self.spec.model.trust_remote_code)
+        self.engine = VllmEmbedder(self.spec)
+        self.dim = self.engine.dim
+        self.start_s = self.engine.start_s
+
+    def token_ids(self, text: str) -> list[int]:
+        return query_token_ids(self.tokenizer, text, self.spec.max_model_len)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.engine.embed([self.token_ids(t) for t in texts])
+
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        return self.engine.embed(ids)
+
+    def close(self) -> None:
+        self.engine.close()

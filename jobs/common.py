@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pipeline.errors import ConfigError, PipelineError, StoreBusyError
 from pipeline.log import configure_logging
@@ -40,3 +42,24 @@ def run(main: Callable[[], int]) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextmanager
+def results_only_on_stdout() -> Iterator[Callable[[str], None]]:
+    """Send everything written to stdout (vLLM logs there, C extensions print there) to stderr for the
+    duration, and yield the one writer that reaches the real stdout, so --json output stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as out:
+
+            def emit(text: str) -> None:
+                out.write(text + "\n")
+                out.flush()
+
+            yield emit
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -12,8 +12,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
-from jobs.common import parse, run
+from jobs.common import parse, results_only_on_stdout, run
 from pipeline.io.lance_store import LanceStore
 from pipeline.io.maintenance import ann_metric, indexes_by_column, vector_facts
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _query(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    with results_only_on_stdout() as emit:
+        return _search(parser, argv, emit)
+
+
+def _search(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Callable[[str], None]) -> int:
     args, settings = parse(parser, _checked(parser, argv), SHORTCUTS)
     if args.k < 1:
         parser.error("-k must be at least 1")
@@ -91,7 +97,7 @@ def _query(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
                 "engine_start_s": round(start_s, 2),
                 "hits": [h.to_json_dict() for h in hits],
             }
-            print(json.dumps(result) if args.json else _render(result, hits))
+            emit(json.dumps(result) if args.json else _render(result, hits))
     finally:
         if embedder:
             embedder.close()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
-from jobs.common import parse, run
+from jobs.common import parse, results_only_on_stdout, run
 from pipeline.io.lance_store import LanceStore
 from pipeline.io.maintenance import ann_metric, indexes_by_column, vector_facts
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    with results_only_on_stdout() as emit:
+        return _recall(parser, argv, emit)
+
+
+def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Callable[[str], None]) -> int:
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
     built = read_built_with(store)
@@ -58,7 +64,7 @@ def _check(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         engine.close()
     if index is None:
         report.ann = ann
-    print(json.dumps(report.to_json_dict()) if args.json else "\n".join(report.lines()))
+    emit(json.dumps(report.to_json_dict()) if args.json else "\n".join(report.lines()))
     exact = report.recall("exact")
     return 0 if exact is not None and exact.at_1 >= args.min_recall_at_1 else 1
 

@@ -1,0 +1,140 @@
+"""The vector store as a user meets it after ingestion: indexes built by the run, plain-English and hybrid
+queries, a refused model, the retrieval check and a later run folding its rows into the indexes. Real
+driver processes, local Ray, the real vLLM engine (CPU build) on the packaged MiniLM, a LanceDB directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lancedb
+import pytest
+
+from pipeline.io.lance_store import LanceStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine]
+REPO = Path(__file__).resolve().parents[2]
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    "EMBEDPIPE_RUN__NUM_CPUS": "2",
+    "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def job(module: str, *args: str, db: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, "--config", "conf/local.toml", "--db", str(db), *args]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def ingest(inputs: Path, db: Path) -> subprocess.CompletedProcess:
+    # 128-token chunks make the sample corpus large enough (> 256 chunks) to train an ANN index on
+    proc = job("jobs.ingest", "--inputs", str(inputs), "--chunk-tokens", "128", "--index.ann-min-rows", "256", db=db)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def latest_run(db: Path, kind: str = "ingest") -> dict:
+    rows = lancedb.connect(str(db)).open_table("runs").search().where(f"kind = '{kind}'").limit(None).to_list()
+    return max(rows, key=lambda r: r["started_at"])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("query")
+    inputs = root / "sample"
+    subprocess.run([sys.executable, "-m", "jobs.sample_corpus", "--out", str(inputs)], cwd=REPO, check=True)
+    db = root / "lancedb"
+    return inputs, db, ingest(inputs, db)
+
+
+def test_the_run_builds_the_indexes_and_records_them(store):
+    _, db, proc = store
+    table = lancedb.connect(str(db)).open_table("chunks")
+    rows = table.count_rows()
+    assert {ix.columns[0] for ix in table.list_indices()} == {"vector", "text", "doc_id", "chunk_id", "source"}
+    run = latest_run(db)
+    maintenance = json.loads(run["maintenance"])
+    actions = {a["column"]: a for a in maintenance["indexes"]}
+    assert {c: a["action"] for c, a in actions.items()} == dict.fromkeys(actions, "create")
+    assert actions["vector"]["params"] == {
+        "index_type": "IVF_PQ",
+        "metric": "dot",  # MiniLM's vectors are normalized: dot orders them as cosine does
+        "num_partitions": round(math.sqrt(rows)),
+        "num_sub_vectors": 384 // 16,
+        "trained_rows": rows,
+    }
+    assert maintenance["normalized"] is True and run["maintenance_s"] > 0
+    assert "index ann on vector: create" in proc.stdout
+    stats = table.index_stats("vector_idx")
+    assert (stats.distance_type, stats.num_unindexed_rows) == ("dot", 0)
+
+
+def test_a_plain_english_query_returns_relevant_chunks(store):
+    _, db, _ = store
+    proc = job("jobs.query", "how do I parse command-line options", "compress data with gzip", "--json", db=db)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = (json.loads(line) for line in proc.stdout.strip().splitlines())
+    assert first["ann_index"] is True and first["mode"] == "vector" and len(first["hits"]) == 5
+    scores = [h["score"] for h in first["hits"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] <= 1
+    options_docs = {"python-docs/argparse", "python-docs/getopt", "python-docs/optparse", "modules/argparse.md"}
+    assert {h["doc_id"] for h in first["hits"][:3]} & options_docs, first["hits"]
+    assert {h["doc_id"] for h in second["hits"][:2]} & {"python-docs/gzip", "modules/zlib.md", "python-docs/zlib"}
+    top = first["hits"][0]
+    assert top["snippet"] and top["source"].endswith((".jsonl", ".parquet", ".md")) and top["chunk_index"] >= 0
+
+
+def test_hybrid_search_finds_an_exact_phrase_within_filters(store):
+    _, db, _ = store
+    table = lancedb.connect(str(db)).open_table("chunks")
+    row = table.search().where("doc_id = 'python-docs/shlex' AND chunk_index = 0").limit(1).to_list()[0]
+    phrase = " ".join(re.findall(r"[A-Za-z]{4,}", row["text"])[3:9])
+    proc = job("jobs.query", phrase, "--hybrid", "--json", "-k", "3", db=db)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hits = json.loads(proc.stdout)["hits"]
+    assert row["chunk_id"] in [h["chunk_id"] for h in hits], (phrase, hits)
+    filtered = job("jobs.query", phrase, "--text-search", "--json", "--doc-id", "python-docs/json", db=db)
+    assert {h["doc_id"] for h in json.loads(filtered.stdout)["hits"]} <= {"python-docs/json"}
+    by_source = job("jobs.query", phrase, "--text-search", "--json", "--source", "*/modules/*", db=db)
+    assert all("/modules/" in h["source"] for h in json.loads(by_source.stdout)["hits"])
+
+
+def test_a_mismatched_model_is_refused(store, tiny_model_path):
+    _, db, _ = store
+    proc = job("jobs.query", "anything", "--model-path", str(tiny_model_path), db=db)
+    assert proc.returncode == 2
+    assert "is a different model" in proc.stderr and "all-MiniLM-L6-v2" in proc.stderr
+
+
+def test_retrieval_check_finds_each_chunk_by_its_own_text(store):
+    _, db, _ = store
+    proc = job("jobs.retrieval_check", "--sample", "120", "--json", db=db)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    by_search = {r["search"].split()[0]: r for r in report["results"]}
+    assert report["checked"] == 120 and report["metric"] == "dot"
+    assert by_search["exact"]["at_1"] >= 0.95 and by_search["exact"]["at_k"] >= by_search["exact"]["at_1"]
+    assert 0 < by_search["ANN"]["at_1"] <= by_search["ANN"]["at_k"] <= 1
+
+
+def test_a_later_run_folds_its_rows_into_the_indexes(store):
+    inputs, db, _ = store
+    (inputs / "modules" / "extra.md").write_text("# Extra\n\n" + "A new page about vector indexes. " * 60)
+    ingest(inputs, db)
+    table = lancedb.connect(str(db)).open_table("chunks")
+    assert table.index_stats("vector_idx").num_unindexed_rows == 0
+    actions = {a["column"]: a["action"] for a in json.loads(latest_run(db)["maintenance"])["indexes"]}
+    assert actions == dict.fromkeys(actions, "update")
+
+    proc = job("jobs.index", db=db)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "index ann on vector: update" in proc.stdout
+    index_run = latest_run(db, kind="index")
+    assert index_run["status"] == "succeeded" and json.loads(index_run["maintenance"])["tables"]["chunks"]
+    assert LanceStore(str(db)).latest_run()["run_id"] == latest_run(db)["run_id"]  # index runs are not ingestion

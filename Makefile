@@ -1,11 +1,12 @@
 # make demo: set up .venv and ingest the sample corpus into ./lancedb on the CPU engine
 # make test: set up .venv and run the tests
+# make query Q="...", make retrieval-check: search ./lancedb after make demo
 # make bench: set up .venv, write the benchmark corpus and run the benchmark job (report in bench_out/)
 ENGINE ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test verify bench clean
+.PHONY: setup demo test verify query index retrieval-check bench clean
 setup:
 	bash scripts/setup.sh $(ENGINE)
 
@@ -19,6 +20,16 @@ bench: setup
 
 verify:
 	$(PY) -m jobs.verify --db lancedb
+
+# make query Q="how do I parse command-line options"
+query:
+	$(PY) -m jobs.query --config conf/local.toml "$(Q)"
+
+index:
+	$(PY) -m jobs.index --config conf/local.toml
+
+retrieval-check:
+	$(PY) -m jobs.retrieval_check --config conf/local.toml
 
 test: setup
 	$(PY) -m pytest

@@ -44,7 +44,7 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
 
 
 def test_an_empty_store_says_to_ingest_first(tmp_path):
-    with pytest.raises(StoreError, match="run python -m jobs.ingest first"):
+    with pytest.raises(StoreError, match=r"run python -m jobs\.ingest first"):
         read_built_with(LanceStore(str(tmp_path)))
 
 

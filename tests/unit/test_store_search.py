@@ -58,7 +58,8 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     """One run through the pipeline's chunk, embed and write steps, recorded in `runs` as the job does."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run_id}.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
-    store.start_run({"run_id": run_id, "started_at": datetime.now(timezone.utc), "status": "running", "kind": "ingest"})
+    now = datetime.now(timezone.utc)
+    store.start_run({"run_id": run_id, "started_at": now, "status": "running", "kind": "ingest"})
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
     fs, shards = list_shards(cfg)

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lancedb
 import pytest
 
-import lancedb
 from pipeline.io.lance_store import LanceStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]

@@ -74,7 +74,8 @@ def _engine_key(point: Point) -> tuple:
 
 
 def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
-    """One Settings per sweep point, each writing to tables of its own so nothing is skipped as unchanged."""
+    """One Settings per sweep point, each writing to tables of its own so nothing is skipped as unchanged, and
+    without the indexing at the end of a run, which no baseline does."""
     b = settings.bench
     lens = b.max_model_lens or [settings.model.max_model_len]
     actors = b.actors or [settings.run.actors]
@@ -89,6 +90,7 @@ def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
                     ),
                     "run": settings.run.model_copy(update={"actors": n_actors, "batch_rows": batch}),
                     "store": settings.store.model_copy(update={"table_prefix": f"{prefix}p{i}_"}),
+                    "index": settings.index.model_copy(update={"after_run": False}),
                 }
             )
         )

@@ -94,6 +94,7 @@ def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
         (8192, 16), (8192, 64), (16384, 16), (16384, 64)
     ]  # fmt: skip
     assert len({p.store.table_prefix for p in points}) == 4
+    assert settings.index.after_run and not any(p.index.after_run for p in points)  # baselines build no index
 
 
 def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
 from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import ann_metric, indexes_by_column, vector_facts
+from pipeline.io.maintenance import indexes_by_column, search_metric
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
 from pipeline.schema import TEXT, VECTOR
 from pipeline.search import SCORE_KINDS, Hit, SearchOptions, search
@@ -55,7 +55,7 @@ def _search(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
     built = read_built_with(store)
     table = store.db.open_table(store.names.chunks)
     indexes = indexes_by_column(table)
-    metric = ann_metric(table) or vector_facts(table, built.model_dir)[0]
+    metric = search_metric(table, built.model_dir)
     mode = "hybrid" if args.hybrid else "text" if args.text_search else "vector"
     options = SearchOptions(
         k=args.k,
@@ -72,10 +72,6 @@ def _search(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
         notes = engine.notes
         embedder = QueryEmbedder(engine)
         start_s = embedder.start_s
-        if embedder.dim != built.dim:
-            embedder.close()
-            print(f"error: the engine makes {embedder.dim}-d vectors; the table holds {built.dim}-d", file=sys.stderr)
-            return 2
     try:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
 from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import ann_metric, indexes_by_column, vector_facts
+from pipeline.io.maintenance import indexes_by_column, search_metric
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
 from pipeline.retrieval_check import check_retrieval
 from pipeline.schema import VECTOR
@@ -47,7 +47,7 @@ def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
     built = read_built_with(store)
     table = store.db.open_table(store.names.chunks)
     index = indexes_by_column(table).get(VECTOR)
-    metric = ann_metric(table) or vector_facts(table, built.model_dir)[0]
+    metric = search_metric(table, built.model_dir)
     if index is not None:
         stats = table.index_stats(index.name)
         refine = settings.index.refine_factor

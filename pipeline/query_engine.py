@@ -71,6 +71,8 @@ def read_built_with(store: LanceStore) -> BuiltWith:
 class QueryEngine:
     spec: EngineSpec
     model_id: str
+    dim: int
+    """The table's vector dimension, which the engine's vectors must have."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -106,7 +108,7 @@ def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str 
         ),
         engine_log_level=engine_log_level,
     )
-    return QueryEngine(spec, built.model_id, notes)
+    return QueryEngine(spec, built.model_id, built.dim, notes)
 
 
 def check_same_model(built: BuiltWith, model_dir: Path, model_id: str) -> None:
@@ -151,6 +153,10 @@ class QueryEmbedder:
         self.engine = VllmEmbedder(self.spec)
         self.dim = self.engine.dim
         self.start_s = self.engine.start_s
+        if self.dim != engine.dim:
+            self.close()
+            msg = f"the engine makes {self.dim}-dimensional vectors; the table holds {engine.dim}-dimensional ones"
+            raise ConfigError(msg)
 
     def token_ids(self, text: str) -> list[int]:
         return query_token_ids(self.tokenizer, text, self.spec.max_model_len)

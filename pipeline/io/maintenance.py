@@ -22,7 +22,6 @@ from pipeline.settings import IndexSettings, MaintenanceSettings
 log = structlog.get_logger(__name__)
 NORM_SAMPLE = 1000
 NORM_TOLERANCE = 1e-3
-_INDEX_TYPES = {"IvfPq": "IVF_PQ", "IvfHnswSq": "IVF_HNSW_SQ", "IVF_PQ": "IVF_PQ", "IVF_HNSW_SQ": "IVF_HNSW_SQ"}
 
 
 @dataclass
@@ -81,12 +80,12 @@ def indexes_by_column(table) -> dict[str, object]:
     return {ix.columns[0]: ix for ix in table.list_indices()}
 
 
-def ann_metric(table) -> str | None:
-    """Distance type of the vector index, if the table has one."""
+def search_metric(table, model_dir: str | None) -> str:
+    """The distance queries must use: the vector index's, else the one an index would be built with."""
     index = indexes_by_column(table).get(s.VECTOR)
-    if index is None:
-        return None
-    return table.index_stats(index.name).distance_type
+    if index is not None:
+        return table.index_stats(index.name).distance_type
+    return vector_facts(table, model_dir)[0]
 
 
 def maintain_store(
@@ -154,7 +153,7 @@ def _existing_ann(table, index, trained_rows: int | None) -> ExistingAnn | None:
     if index is None:
         return None
     stats = table.index_stats(index.name)
-    return ExistingAnn(_INDEX_TYPES.get(stats.index_type, stats.index_type), stats.distance_type, trained_rows)
+    return ExistingAnn(stats.index_type, stats.distance_type, trained_rows)
 
 
 def _tables(store: LanceStore) -> list[str]:

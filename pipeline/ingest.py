@@ -102,13 +102,12 @@ def run_ingest(settings: Settings) -> RunResult:
             max_num_batched_tokens=settings.model.max_num_batched_tokens,
             chunk_tokens=plan.chunk.max_tokens,
         )
-        store.start_run(_run_row(run_id, settings, plan, memory))
+        metadata = _table_metadata(plan)
+        store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
         store.ensure_side_tables()
         stored = store.stored_documents(plan.chunk.fingerprint)
         log.info("store_read", documents=len(stored.present), complete=len(stored.complete))
-        writer = RunWriter(
-            store, run_id, plan.model_id, plan.chunk.fingerprint, _table_metadata(plan), settings.run.commit_rows
-        )
+        writer = RunWriter(store, run_id, plan.model_id, plan.chunk.fingerprint, metadata, settings.run.commit_rows)
         outcome, status, error, upkeep = None, "failed", None, None
         try:
             dataset = ray_stages.build_dataset(settings, plan, fs, shards, stored.complete)
@@ -178,11 +177,11 @@ def device_memory_bytes(settings: Settings, device: str) -> int | None:
     return detect_device_memory(device)
 
 
-def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
+def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan, fingerprint: str) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
-        "model_fingerprint": model_fingerprint(Path(plan.engine.model_dir)),
+        "model_fingerprint": fingerprint,
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "device": plan.engine.device,

@@ -73,6 +73,9 @@ def test_the_run_builds_the_indexes_and_records_them(store):
     assert "index ann on vector: create" in proc.stdout
     stats = table.index_stats("vector_idx")
     assert (stats.distance_type, stats.num_unindexed_rows) == ("dot", 0)
+    vector = table.search().limit(1).to_list()[0]["vector"]
+    plan = table.search(vector).distance_type("dot").where("doc_id = 'python-docs/json'").explain_plan(True)
+    assert "ANNSubIndex: name=vector_idx" in plan and "ScalarIndexQuery" in plan and "doc_id_idx" in plan
 
 
 def test_a_plain_english_query_returns_relevant_chunks(store):

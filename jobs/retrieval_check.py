@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
+from pipeline.index_plan import PQ_TRAINING_ROWS
 from pipeline.io.lance_store import LanceStore
 from pipeline.io.maintenance import indexes_by_column, search_metric
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
@@ -53,7 +54,10 @@ def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
         refine = settings.index.refine_factor
         ann = f"{stats.index_type} nprobes {settings.index.nprobes}" + (f" refine {refine}" if refine else "")
     else:
-        ann = "no ANN index (below index.ann_min_rows; python -m jobs.index --force-ann builds one)"
+        ann = (
+            f"none on this table of {table.count_rows():,} chunks: one is built from index.ann_min_rows="
+            f"{settings.index.ann_min_rows:,} chunks, or from {PQ_TRAINING_ROWS} with python -m jobs.index --force-ann"
+        )
     engine = QueryEmbedder(query_engine(built, settings.model, settings.logging.engine_level))
     try:
         options = SearchOptions(nprobes=settings.index.nprobes, refine_factor=settings.index.refine_factor)

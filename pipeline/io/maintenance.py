@@ -60,7 +60,7 @@ class MaintenanceReport:
             shape = {True: "unit length", False: "not unit length", None: "none stored"}[self.normalized]
             out.append(f"vectors {shape}: distance {self.metric}")
         for a in self.indexes:
-            took = f" in {a['seconds']:.2f} s" if a.get("seconds") else ""
+            took = f" in {a['seconds']:.3f} s" if a.get("seconds") is not None else ""
             out.append(f"index {a['kind']} on {a['column']}: {a['action']}{took} ({a['reason']})")
         return out
 

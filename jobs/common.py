@@ -1,4 +1,4 @@
-"""What the store-side jobs (index, query, retrieval_check) share: settings from --config and flags, exit codes."""
+"""What the jobs share: settings from --config and flags, exit codes, a clean stdout, the table to search."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def parse(
 ) -> tuple[argparse.Namespace, Settings]:
     """Job arguments, and the settings from --config plus any --section.field VALUE flags left over; the
     settings shortcuts named in `forward` (e.g. "--db"), which the job's parser declares, are passed on too."""
-    parser.add_argument("--config", help="TOML settings file the table was ingested with, e.g. conf/local.toml")
+    parser.add_argument("--config", help="TOML settings file, e.g. conf/local.toml (the one the table was made with)")
     args, overrides = parser.parse_known_args(argv)
     for flag in forward:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))

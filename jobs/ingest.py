@@ -7,9 +7,7 @@ import sys
 
 import structlog
 
-from pipeline.errors import ConfigError, PipelineError, StoreBusyError
-from pipeline.log import configure_logging
-from pipeline.settings import load_settings
+from jobs.common import parse, run
 
 log = structlog.get_logger("jobs.ingest")
 
@@ -20,24 +18,18 @@ def main(argv: list[str] | None = None) -> int:
         description="Embed document shards into LanceDB. Any setting can be overridden as --section.field VALUE "
         "(e.g. --model.max-model-len 2024, --chunk-tokens 2000, --inputs 'data/*.jsonl', --db /tmp/lancedb).",
     )
-    parser.add_argument("--config", help="TOML settings file, e.g. conf/local.toml")
     parser.add_argument("--dry-run", action="store_true", help="resolve settings and list shards, then exit")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        settings = load_settings(args.config, overrides)
-        configure_logging(settings.logging.level, settings.logging.json_format)
-        log.info("settings_resolved", settings=settings.model_dump(mode="json"))
-        if args.dry_run:
-            return _dry_run(settings)
-        from pipeline.ingest import run_ingest
+    return run(lambda: _ingest(parser, argv))
 
-        result = run_ingest(settings)
-    except (ConfigError, StoreBusyError) as exc:  # refused before any work started
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args, settings = parse(parser, argv)
+    log.info("settings_resolved", settings=settings.model_dump(mode="json"))
+    if args.dry_run:
+        return _dry_run(settings)
+    from pipeline.ingest import run_ingest
+
+    result = run_ingest(settings)
     for line in result.maintenance.lines() if result.maintenance else []:
         print(line)
     print(result.summary_line())

@@ -12,11 +12,10 @@ import time
 from datetime import datetime, timezone
 
 from jobs.common import parse, run
-from pipeline.io.lance_store import LanceStore, new_run_id, store_lock
+from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import maintain_store
 from pipeline.query_engine import read_built_with
 from pipeline.schema import RUN_KIND_INDEX
-from pipeline.settings import revealed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +30,7 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
     run_id, started = new_run_id(), time.perf_counter()
-    uri, prefix = settings.store.uri, settings.store.table_prefix
-    options = revealed(settings.store.storage_options)
-    with store_lock(uri, prefix, run_id, options, settings.run.lock_ttl_s) as exclusive:
+    with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         built = read_built_with(store)
         store.start_run(
             {

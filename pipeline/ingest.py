@@ -14,14 +14,14 @@ import structlog
 
 from pipeline import __version__
 from pipeline.documents import Shard
-from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, new_run_id, store_lock
+from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import model_fingerprint, resolve_model_dir
 from pipeline.schema import RUN_KIND_INGEST
-from pipeline.settings import Settings, revealed
+from pipeline.settings import Settings
 from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.tokenizer import load_tokenizer
 
@@ -81,10 +81,8 @@ def run_ingest(settings: Settings) -> RunResult:
     lengths, fs, shards = preflight(settings)
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    options = revealed(settings.store.storage_options)
     store = LanceStore.from_settings(settings.store)
-    lock = store_lock(settings.store.uri, settings.store.table_prefix, run_id, options, settings.run.lock_ttl_s)
-    with lock as exclusive:
+    with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         ray_stages.start_ray(settings)
         plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
         memory = check_memory(settings, plan, device_memory_bytes(settings, plan.engine.device))

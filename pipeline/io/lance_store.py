@@ -91,6 +91,11 @@ def store_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def settings_lock(store: StoreSettings, run_id: str, ttl_s: float):
+    """store_lock on the tables a StoreSettings names."""
+    return store_lock(store.uri, store.table_prefix, run_id, revealed(store.storage_options), ttl_s)
+
+
 class LanceStore:
     def __init__(self, uri: str, prefix: str = "", storage_options: dict[str, str] | None = None):
         self.uri = uri

@@ -16,10 +16,9 @@ from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
 from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import indexes_by_column, search_metric
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
 from pipeline.schema import TEXT, VECTOR
-from pipeline.search import SCORE_KINDS, Hit, SearchOptions, search
+from pipeline.search import SCORE_KINDS, Hit, SearchOptions, SearchTarget, search
 
 SHORTCUTS = ("--db", "--table-prefix", "--model-path")
 
@@ -53,9 +52,8 @@ def _search(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
         parser.error("-k must be at least 1")
     store = LanceStore.from_settings(settings.store)
     built = read_built_with(store)
-    table = store.db.open_table(store.names.chunks)
-    indexes = indexes_by_column(table)
-    metric = search_metric(table, built.model_dir)
+    target = SearchTarget.open(store, built.model_dir)
+    table, indexes, metric = target.table, target.indexes, target.metric
     mode = "hybrid" if args.hybrid else "text" if args.text_search else "vector"
     options = SearchOptions(
         k=args.k,

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from jobs.common import parse, results_only_on_stdout, run
 from pipeline.index_plan import PQ_TRAINING_ROWS
 from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import indexes_by_column, search_metric
 from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
 from pipeline.retrieval_check import check_retrieval
 from pipeline.schema import VECTOR
-from pipeline.search import SearchOptions
+from pipeline.search import SearchOptions, SearchTarget
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,28 +45,25 @@ def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
     built = read_built_with(store)
-    table = store.db.open_table(store.names.chunks)
-    index = indexes_by_column(table).get(VECTOR)
-    metric = search_metric(table, built.model_dir)
+    target = SearchTarget.open(store, built.model_dir)
+    index = target.indexes.get(VECTOR)
     if index is not None:
-        stats = table.index_stats(index.name)
+        stats = target.table.index_stats(index.name)
         refine = settings.index.refine_factor
         ann = f"{stats.index_type} nprobes {settings.index.nprobes}" + (f" refine {refine}" if refine else "")
     else:
         ann = (
-            f"none on this table of {table.count_rows():,} chunks: one is built from index.ann_min_rows="
+            f"none on this table of {target.table.count_rows():,} chunks: one is built from index.ann_min_rows="
             f"{settings.index.ann_min_rows:,} chunks, or from {PQ_TRAINING_ROWS} with python -m jobs.index --force-ann"
         )
     engine = QueryEmbedder(query_engine(built, settings.model, settings.logging.engine_level))
     try:
         options = SearchOptions(nprobes=settings.index.nprobes, refine_factor=settings.index.refine_factor)
         report = check_retrieval(
-            table, metric, engine, args.sample, args.k, args.seed, ann if index is not None else None, options
+            target.table, target.metric, engine, args.sample, args.k, args.seed, ann, options, index is not None
         )
     finally:
         engine.close()
-    if index is None:
-        report.ann = ann
     emit(json.dumps(report.to_json_dict()) if args.json else "\n".join(report.lines()))
     exact = report.recall("exact")
     return 0 if exact is not None and exact.at_1 >= args.min_recall_at_1 else 1

@@ -91,8 +91,9 @@ def check_retrieval(
     seed: int = 0,
     ann: str | None = None,
     options: SearchOptions | None = None,
+    search_ann: bool = False,
 ) -> RecallReport:
-    """`ann` names the table's ANN index (searched besides the exact search), or None."""
+    """`ann` describes the table's ANN index, or why it has none; with `search_ann` queries also go through it."""
     options = options or SearchOptions()
     rows = sample_chunks(table, sample, seed)
     report = RecallReport(rows=table.count_rows(), sampled=len(rows), k=k, metric=metric, ann=ann)
@@ -106,7 +107,7 @@ def check_retrieval(
     vectors = [v for i in range(0, len(ids), EMBED_BATCH) for v in embedder.embed_ids(ids[i : i + EMBED_BATCH])]
     report.checked = len(queries)
     searches = [("exact (every vector compared)", True)]
-    if ann:
+    if search_ann:
         searches.append((f"ANN {ann}", False))
     for label, exact in searches:
         opts = SearchOptions(k=k, exact=exact, nprobes=options.nprobes, refine_factor=options.refine_factor)

@@ -12,7 +12,8 @@ import numpy as np
 from pipeline import schema as s
 from pipeline.errors import ConfigError
 from pipeline.index_plan import similarity_score
-from pipeline.io.lance_store import sql_list, sql_str
+from pipeline.io.lance_store import LanceStore, sql_list, sql_str
+from pipeline.io.maintenance import indexes_by_column, search_metric
 
 Mode = Literal["vector", "hybrid", "text"]
 HIT_COLUMNS = [s.CHUNK_ID, s.DOC_ID, s.SOURCE, s.CHUNK_INDEX, s.DOC_CHUNKS, s.TEXT]
@@ -46,6 +47,20 @@ class Hit:
 
     def to_json_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != s.TEXT}
+
+
+@dataclass(frozen=True)
+class SearchTarget:
+    """The chunks table opened for queries: its indexes by column and the distance queries must use."""
+
+    table: object
+    indexes: dict
+    metric: str
+
+    @classmethod
+    def open(cls, store: LanceStore, model_dir: str | None) -> SearchTarget:
+        table = store.db.open_table(store.names.chunks)
+        return cls(table, indexes_by_column(table), search_metric(table, model_dir))
 
 
 def filter_sql(doc_ids: tuple[str, ...], source: str | None) -> str | None:

@@ -213,7 +213,7 @@ def test_filters_and_snippets_are_escaped_and_focused():
 def test_retrieval_check_scores_a_working_and_a_broken_embedder(store, tokenizer):
     store, _ = store
     table = chunks(store)
-    good = check_retrieval(table, "dot", FakeQueries(tokenizer), sample=60, k=10, ann="IVF_PQ")
+    good = check_retrieval(table, "dot", FakeQueries(tokenizer), sample=60, k=10, ann="IVF_PQ", search_ann=True)
     exact, ann = good.recall("exact"), good.recall("ANN")
     assert good.checked == 60 and exact.at_1 == 1.0 and exact.at_k == 1.0
     assert 0.0 <= ann.at_1 <= ann.at_k <= 1.0

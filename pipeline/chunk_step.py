@@ -1,5 +1,5 @@
-"""Shard files in, chunk rows out: read, parse, skip documents already stored unchanged, chunk the rest.
-Pure: no ray or vllm imports; Ray calls it through ChunkActor."""
+"""Planned documents in, chunk rows out: chunk the new and changed documents, pass the rest on as reject or
+marker rows. Pure: no ray or vllm imports; Ray calls it through ChunkActor."""
 
 from __future__ import annotations
 
@@ -7,53 +7,38 @@ import json
 import time
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from pipeline import schema as s
 from pipeline.chunking import Chunker
-from pipeline.documents import Shard, parse_shard
-from pipeline.settings import InputSettings
+from pipeline.doc_plan import merge_stats
+
+_TO_CHUNK = (s.FATE_NEW, s.FATE_CHANGED)
 
 
 class ChunkStep:
-    def __init__(
-        self,
-        chunker: Chunker,
-        input_cfg: InputSettings,
-        fs: pafs.FileSystem,
-        shards: dict[str, Shard],
-        unchanged: dict[str, str],
-    ):
-        """`unchanged` maps doc_id -> doc_hash for documents stored completely with this run's chunking."""
+    def __init__(self, chunker: Chunker):
         self.chunker = chunker
-        self.input = input_cfg
-        self.fs = fs
-        self.shards = shards
-        self.unchanged = unchanged
 
-    def __call__(self, paths: list[str]) -> pa.Table:
-        return pa.concat_tables([self.process(self.shards[path]) for path in paths])
-
-    def process(self, shard: Shard) -> pa.Table:
-        """The shard's rows; the first carries the time spent reading, parsing and chunking it (JSON)."""
+    def __call__(self, docs: pa.Table) -> pa.Table:
+        """The batch's rows; the first carries the read, parse and chunk seconds of what it holds (JSON)."""
         t0 = time.perf_counter()
-        try:
-            with self.fs.open_input_stream(shard.path) as stream:
-                data = stream.read()
-        except OSError as exc:
-            row = {s.SOURCE: shard.source, s.REJECT_REASON: "unreadable", s.REJECT_DETAIL: f"cannot read: {exc}"}
-            return pa.Table.from_pylist([row], schema=s.CHUNK_SCHEMA)
-        t1 = time.perf_counter()
-        docs = parse_shard(shard, data, self.input)
-        t2 = time.perf_counter()
-        stored = pa.array([self.unchanged.get(d) for d in docs.column(s.DOC_ID).to_pylist()], pa.string())
-        is_unchanged = pa.compute.fill_null(pa.compute.equal(stored, docs.column(s.DOC_HASH)), False)
-        skipped = docs.filter(is_unchanged).select([s.DOC_ID, s.SOURCE, s.LINE, s.DOC_HASH])
-        skipped = skipped.append_column(s.UNCHANGED, pa.array([True] * len(skipped), pa.bool_()))
-        chunks = self.chunker.chunk(docs.filter(pa.compute.invert(is_unchanged)))
-        out = pa.concat_tables([chunks, skipped], promote_options="default").cast(s.CHUNK_SCHEMA)
+        rows: list[dict] = []
+        for doc in docs.to_pylist():
+            if doc[s.REJECT_REASON] is not None:
+                rows.append(_passed_on(doc))
+            elif doc[s.FATE] in _TO_CHUNK:
+                rows.extend({**r, s.FATE: doc[s.FATE]} for r in self.chunker.chunk_document(doc))
+            else:
+                rows.append(_passed_on(doc))
+        out = pa.Table.from_pylist(rows, schema=s.CHUNK_SCHEMA)
+        stats = [p for p in docs.column(s.SHARD_STATS).to_pylist() if p]
+        stats.append(json.dumps({"chunk_s": time.perf_counter() - t0}))
         if len(out):
-            stats = {"read_s": t1 - t0, "parse_s": t2 - t1, "chunk_s": time.perf_counter() - t2, "bytes": len(data)}
-            column = pa.array([json.dumps(stats)] + [None] * (len(out) - 1), pa.string())
+            column = pa.array([merge_stats(stats)] + [None] * (len(out) - 1), pa.string())
             out = out.set_column(out.schema.get_field_index(s.SHARD_STATS), s.SHARD_STATS, column)
         return out
+
+
+def _passed_on(doc: dict) -> dict:
+    keep = (s.DOC_ID, s.SOURCE, s.LINE, s.DOC_HASH, s.REJECT_REASON, s.REJECT_DETAIL, s.FATE)
+    return {k: doc[k] for k in keep}

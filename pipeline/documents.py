@@ -1,7 +1,8 @@
-"""Parse shard bytes into documents, one reject row per document that cannot be read. Pure: no ray or vllm.
+"""Parse shard pieces into documents, one reject row per document that cannot be read. Pure: no ray or vllm.
 
 Every line of a jsonl shard, row of a parquet shard or text file becomes either a document or a reject
-with a reason; nothing is dropped without a trace.
+with a reason; nothing is dropped without a trace. Shards are read as streams: a jsonl piece line by line
+(plain or compressed), a parquet piece row group by row group, so no worker holds a whole large shard.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -18,8 +19,11 @@ import pyarrow.parquet as pq
 from pipeline import schema as s
 from pipeline.settings import InputSettings
 
-JSONL_EXTENSIONS = (".jsonl", ".ndjson")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
+"""Compressed jsonl extensions and the pyarrow codec that streams them."""
+JSONL_EXTENSIONS = tuple(e + c for e in (".jsonl", ".ndjson") for c in ("", *COMPRESSIONS))
 PARQUET_EXTENSIONS = (".parquet",)
+READ_BLOCK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class Shard:
     format: str
     text_doc_id: str
     """Document id when the shard is a single text document: its path relative to the input root."""
+
+    @property
+    def compression(self) -> str | None:
+        """pyarrow codec of a compressed jsonl shard, None for plain files."""
+        for ext, codec in COMPRESSIONS.items():
+            if self.path.lower().endswith(ext):
+                return codec
+        return None
 
 
 def shard_format(path: str, cfg: InputSettings) -> str | None:
@@ -47,8 +59,14 @@ def shard_format(path: str, cfg: InputSettings) -> str | None:
 
 
 def parse_shard(shard: Shard, data: bytes, cfg: InputSettings) -> pa.Table:
-    parse = {"jsonl": _parse_jsonl, "parquet": _parse_parquet, "text": _parse_text}[shard.format]
-    return pa.Table.from_pylist(list(parse(shard, data, cfg)), schema=s.DOC_SCHEMA)
+    """A whole shard held in memory, parsed at once (tests and tools; the pipeline streams pieces)."""
+    if shard.format == "jsonl":
+        rows = parse_jsonl_lines(shard, split_lines([data], 1), cfg)
+    elif shard.format == "parquet":
+        rows = parse_parquet(shard, io.BytesIO(data), cfg)
+    else:
+        rows = parse_text(shard, data, cfg)
+    return pa.Table.from_pylist(list(rows), schema=s.DOC_SCHEMA)
 
 
 def text_hash(text: str) -> str:
@@ -74,8 +92,28 @@ def _reject(row: dict, reason: str, detail: str) -> dict:
     return {**row, s.REJECT_REASON: reason, s.REJECT_DETAIL: detail}
 
 
-def _parse_jsonl(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+def shard_reject(shard: Shard, reason: str, detail: str) -> dict:
+    """A reject for a whole shard or the rest of one: no document id, so it also blocks run.delete_missing."""
+    return _reject({s.DOC_ID: None, s.SOURCE: shard.source, s.LINE: None}, reason, detail)
+
+
+def split_lines(blocks: Iterable[bytes], first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for the lines of a byte stream given as blocks; a last line without a newline counts."""
+    number, rest = first_line, b""
+    for block in blocks:
+        if not block:
+            continue
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for raw in lines:
+            yield number, raw
+            number += 1
+    if rest:
+        yield number, rest
+
+
+def parse_jsonl_lines(shard: Shard, lines: Iterable[tuple[int, bytes]], cfg: InputSettings) -> Iterator[dict]:
+    for number, raw in lines:
         if not raw.strip():
             continue
         row = {s.DOC_ID: None, s.SOURCE: shard.source, s.LINE: number}
@@ -93,29 +131,33 @@ def _parse_jsonl(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict
         yield _document(shard, record.get(cfg.id_field), record.get(cfg.text_field), number, cfg)
 
 
-def _parse_parquet(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
-    row = {s.DOC_ID: None, s.SOURCE: shard.source, s.LINE: None}
+def parse_parquet(
+    shard: Shard, source: object, cfg: InputSettings, row_groups: range | None = None, first_row: int = 0
+) -> Iterator[dict]:
+    """Rows of a parquet file (a path-like, a file object); row_groups limits it to one piece of the file."""
     try:
-        pf = pq.ParquetFile(io.BytesIO(data))
+        pf = pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as exc:
-        yield _reject(row, "unreadable_parquet", f"cannot read the parquet file: {exc}")
+        yield shard_reject(shard, "unreadable_parquet", f"cannot read the parquet file: {exc}")
         return
     missing = [c for c in (cfg.id_field, cfg.text_field) if c not in pf.schema_arrow.names]
     if missing:
-        detail = f"no column {missing} (has {pf.schema_arrow.names}); set input.id_field / input.text_field"
-        yield _reject(row, "missing_column", detail)
+        if not row_groups or row_groups.start == 0:  # one reject per file, not one per piece
+            detail = f"no column {missing} (has {pf.schema_arrow.names}); set input.id_field / input.text_field"
+            yield shard_reject(shard, "missing_column", detail)
         return
-    number = 0
+    number = first_row
+    groups = list(row_groups) if row_groups is not None else None
     try:
-        for batch in pf.iter_batches(columns=[cfg.id_field, cfg.text_field], batch_size=4096):
+        for batch in pf.iter_batches(columns=[cfg.id_field, cfg.text_field], batch_size=4096, row_groups=groups):
             for doc_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
                 yield _document(shard, doc_id, text, number, cfg)
                 number += 1
     except (pa.ArrowException, OSError) as exc:
-        yield _reject(row, "unreadable_parquet", f"parquet file is corrupt after row {number}: {exc}")
+        yield shard_reject(shard, "unreadable_parquet", f"parquet file is corrupt after row {number}: {exc}")
 
 
-def _parse_text(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
+def parse_text(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
     row = {s.DOC_ID: shard.text_doc_id, s.SOURCE: shard.source, s.LINE: None}
     if b"\x00" in data:
         yield _reject(row, "binary", "the file holds NUL bytes: it is binary, not text")

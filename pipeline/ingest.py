@@ -14,8 +14,9 @@ import structlog
 
 from pipeline import __version__
 from pipeline.documents import Shard
-from pipeline.io.lance_store import LanceStore, RunOutcome, RunWriter, new_run_id, settings_lock
+from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
+from pipeline.io.run_commit import RunCommitter, RunOutcome
 from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
@@ -101,21 +102,26 @@ def run_ingest(settings: Settings) -> RunResult:
             chunk_tokens=plan.chunk.max_tokens,
         )
         metadata = _table_metadata(plan)
+        store.check_chunks_table(plan.model_id)
         store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
         store.ensure_side_tables()
-        stored = store.stored_documents(plan.chunk.fingerprint)
-        log.info("store_read", documents=len(stored.present), complete=len(stored.complete))
-        writer = RunWriter(store, run_id, plan.model_id, plan.chunk.fingerprint, metadata, settings.run.commit_rows)
+        keys = store.stored_keys()
+        if keys is not None and not keys.has_key_index():
+            log.warning("store_unindexed", reason="no B-tree on doc_id: each plan lookup scans the chunks table; "
+                        "keep doc_id in index.scalar_columns with index.after_run")  # fmt: skip
+        log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
+        committer = RunCommitter(store, run_id, metadata)
+        writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
         outcome, status, error, upkeep = None, "failed", None, None
         try:
-            dataset = ray_stages.build_dataset(settings, plan, fs, shards, stored.complete)
+            dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer)
             last_report = time.perf_counter()
-            for batch in ray_stages.iter_embedded(dataset):
-                writer.add(batch)
+            for record in ray_stages.iter_records(dataset):
+                committer.add(record)
                 if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
                     last_report = time.perf_counter()
-                    _log_progress(writer, last_report - started)
-            outcome = writer.finish(stored, settings.run.delete_missing)
+                    _log_progress(committer, last_report - started)
+            outcome = committer.finish(settings.run.delete_missing)
             status = "succeeded"
             if settings.index.after_run:
                 upkeep = _maintain(store, settings, plan.engine.model_dir, exclusive)
@@ -123,10 +129,13 @@ def run_ingest(settings: Settings) -> RunResult:
             error = f"{type(exc).__name__}: {exc}"[:4000]
             raise
         finally:
-            outcome = outcome or writer.outcome(stored)
+            outcome = outcome or committer.outcome()
             result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-            store.finish_run(run_id, _finish_values(result, writer.engine_info, error))
-            log.info("run_finished", status=status, wall_s=round(result.wall_s, 2), **asdict(outcome.totals))
+            store.finish_run(run_id, _finish_values(result, committer.engine_info, error))
+            log.info(
+                "run_finished", status=status, wall_s=round(result.wall_s, 2), groups=outcome.groups,
+                record_bytes=outcome.record_bytes, nodes=list(outcome.nodes), **asdict(outcome.totals),
+            )  # fmt: skip
             structlog.contextvars.unbind_contextvars("run_id")
     return result
 
@@ -144,16 +153,16 @@ def _maintain(store: LanceStore, settings: Settings, model_dir: str, exclusive: 
     return report
 
 
-def _log_progress(writer: RunWriter, elapsed_s: float) -> None:
-    r = writer.received
+def _log_progress(committer: RunCommitter, elapsed_s: float) -> None:
+    c = committer.counts
     log.info(
         "progress",
-        chunks=r.chunks,
-        tokens=r.tokens,
-        rejected=r.rejected,
-        unchanged=len(writer.skipped),
+        chunks=c["rows"],
+        tokens=c["tokens"],
+        rejected=c["rejected"],
+        unchanged=c["unchanged"],
         elapsed_s=round(elapsed_s, 1),
-        tokens_per_s=round(r.tokens / elapsed_s),
+        tokens_per_s=round(c["tokens"] / elapsed_s),
     )
 
 

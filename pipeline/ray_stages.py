@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -12,32 +14,34 @@ import ray
 from ray.data import ActorPoolStrategy, Dataset
 from ray.exceptions import RayError
 
+from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
+from pipeline.doc_plan import decide, stored_id_rows, with_fates
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
 from pipeline.errors import EngineError, PipelineError
+from pipeline.io.chunk_writer import ChunkWriter
+from pipeline.io.stored_keys import LOOKUP_IDS, StoredKeys
 from pipeline.job_plan import JobPlan
 from pipeline.log import configure_logging
+from pipeline.pieces import Piece, PieceReader, split_shard
 from pipeline.settings import Settings
 from pipeline.tokenizer import load_tokenizer
 
-PATH_COLUMN = "path"
+RECORD = "record"
 
 
 class ChunkActor:
-    """Reads shard files, parses them and chunks their documents with the model's tokenizer."""
+    """Chunks the planned documents with the model's tokenizer."""
 
-    def __init__(
-        self, settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: dict[str, Shard], unchanged: list
-    ):
+    def __init__(self, settings: Settings, plan: JobPlan):
         configure_logging(settings.logging.level, settings.logging.json_format)
         tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
-        unchanged_docs = ray.get(unchanged[0])  # a ref inside a list, so Ray hands it over unresolved
-        self.step = ChunkStep(Chunker(tokenizer, plan.chunk), settings.input, fs, shards, unchanged_docs)
+        self.step = ChunkStep(Chunker(tokenizer, plan.chunk))
 
-    def __call__(self, files: pa.Table) -> pa.Table:
-        return self.step(files.column(PATH_COLUMN).to_pylist())
+    def __call__(self, docs: pa.Table) -> pa.Table:
+        return self.step(docs)
 
 
 class EmbedActor:
@@ -52,32 +56,66 @@ class EmbedActor:
         return self.step(batch)
 
 
-def build_dataset(
-    settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], unchanged: dict[str, str]
-) -> Dataset:
-    """shard paths -> read + parse + chunk (CPU actors) -> embed (one engine per actor).
+def _split(shards: pa.Table, fs: pafs.FileSystem, piece_bytes: int) -> pa.Table:
+    pieces = [p for row in shards.to_pylist() for p in split_shard(Shard(**row), fs, piece_bytes)]
+    return pa.Table.from_pylist([p.to_row() for p in pieces])
 
-    `unchanged` (doc_id -> doc_hash of documents already stored whole) travels as one object-store ref.
-    """
+
+def _read(pieces: pa.Table, reader: PieceReader) -> Iterator[pa.Table]:
+    for row in pieces.to_pylist():
+        yield from reader(Piece.from_row(row))
+
+
+def _stored_ids(fragments: pa.Table, keys: StoredKeys) -> pa.Table:
+    return stored_id_rows([d for f in fragments.column("fragment").to_pylist() for d in keys.doc_ids(f)])
+
+
+def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str) -> pa.Table:
+    return with_fates(docs, keys.lookup if keys is not None else None, chunking)
+
+
+def _write(batch: pa.Table, writer: ChunkWriter) -> pa.Table:
+    record = writer.write(batch, node=ray.get_runtime_context().get_node_id())
+    return pa.table({RECORD: [json.dumps(record)]})
+
+
+def build_dataset(
+    settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
+    writer: ChunkWriter,
+) -> Dataset:  # fmt: skip
+    """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
+    embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     on_gpu = plan.engine.device == "cuda"
-    files = ray.data.from_items(
-        [{PATH_COLUMN: shard.path} for shard in shards], override_num_blocks=min(len(shards), 256)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    shard_rows = ray.data.from_items([asdict(sh) for sh in shards], override_num_blocks=min(len(shards), 256))
+    pieces = shard_rows.map_batches(
+        _split, fn_kwargs={"fs": fs, "piece_bytes": int(settings.input.piece_mb * 2**20)}, batch_size=1,
+        batch_format="pyarrow", num_cpus=0.25,
+    ).repartition(target_num_rows_per_block=1)  # fmt: skip
+    docs = pieces.map_batches(
+        _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",
+        num_cpus=0.5,
+    )  # fmt: skip
+    fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
+    if fragment_ids:
+        fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
+        docs = docs.union(fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys}, batch_format="pyarrow"))
+    planned = docs.groupby(s.PLAN_KEY, num_partitions=settings.run.plan_partitions or min(cpus, 64)).map_groups(
+        decide, batch_format="pyarrow"
     )
-    chunks = files.map_batches(
+    planned = planned.map_batches(
+        _fates, fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint}, batch_size=LOOKUP_IDS,
+        batch_format="pyarrow", num_cpus=0.25,
+    )  # fmt: skip
+    chunks = planned.map_batches(
         ChunkActor,
-        fn_constructor_kwargs={
-            "settings": settings,
-            "plan": plan,
-            "fs": fs,
-            "shards": {sh.path: sh for sh in shards},
-            "unchanged": [ray.put(unchanged)],
-        },
-        batch_size=1,
+        fn_constructor_kwargs={"settings": settings, "plan": plan},
+        batch_size=64,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
         num_cpus=0.5,
     )
-    return chunks.map_batches(
+    embedded = chunks.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"settings": settings, "plan": plan},
         batch_size=settings.run.batch_rows,
@@ -87,6 +125,10 @@ def build_dataset(
         num_cpus=1,
         ray_remote_args_fn=_spread,  # one engine per node before two on one, on a multi-node cluster
     )
+    return embedded.map_batches(
+        _write, fn_kwargs={"writer": writer}, batch_size=settings.run.commit_rows, batch_format="pyarrow",
+        num_cpus=0.25,
+    )  # fmt: skip
 
 
 def _spread() -> dict:
@@ -118,10 +160,12 @@ def cluster_resources() -> tuple[float, int]:
     return float(resources.get("GPU", 0.0)), int(resources.get("CPU", 1))
 
 
-def iter_embedded(dataset: Dataset) -> Iterator[pa.Table]:
-    """The pipeline's output batches; a worker's failure surfaces as the PipelineError it raised."""
+def iter_records(dataset: Dataset) -> Iterator[dict]:
+    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised."""
     try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for payload in batch.column(RECORD).to_pylist():
+                yield json.loads(payload)
     except RayError as exc:
         raise _pipeline_error(exc) from exc
 

@@ -13,9 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from pipeline import schema as s
-from pipeline.io.lance_store import sql_list
 from pipeline.query_engine import QueryTooLong
 from pipeline.search import Hit, SearchOptions, search
+from pipeline.sql import sql_list
 
 EMBED_BATCH = 64
 

@@ -14,7 +14,18 @@ TEXT = "text"
 DOC_HASH = "doc_hash"
 REJECT_REASON = "reject_reason"
 REJECT_DETAIL = "reject_detail"
-UNCHANGED = "unchanged"
+SHARD_STATS = "shard_stats"
+PLAN_KEY = "plan_key"
+FATE = "fate"
+IN_STORE = "in_store"
+
+# What the plan decides for each input document (rejects carry REJECT_REASON instead), and the marker rows it
+# adds for stored documents gone from the inputs.
+FATE_NEW = "new"
+FATE_CHANGED = "changed"
+"""Some chunks stored, but not exactly this text's with this chunking: replaced."""
+FATE_UNCHANGED = "unchanged"
+FATE_REMOVED = "removed"
 
 # chunks
 CHUNK_ID = "chunk_id"
@@ -26,7 +37,6 @@ N_TOKENS = "n_tokens"
 TOKEN_IDS = "token_ids"
 VECTOR = "vector"
 BATCH_STATS = "batch_stats"
-SHARD_STATS = "shard_stats"
 MODEL = "model"
 RUN_ID = "run_id"
 INGESTED_AT = "ingested_at"
@@ -46,8 +56,20 @@ DOC_SCHEMA = pa.schema(
     ]
 )
 
-# Rows between the chunk stage and the writer, one of three kinds: a chunk (CHUNK_ID set), a rejected
-# document (REJECT_REASON set) or a document already in the table with the same content (UNCHANGED true).
+# Rows leaving the read stage; IN_STORE rows are stored documents' ids, read to find what the inputs lost.
+READ_SCHEMA = pa.schema(
+    [
+        *DOC_SCHEMA,
+        pa.field(PLAN_KEY, pa.string()),
+        pa.field(SHARD_STATS, pa.string()),
+        pa.field(IN_STORE, pa.bool_()),
+        pa.field(FATE, pa.string()),
+    ]
+)
+
+# Rows between the chunk stage and the writer, one of three kinds: a chunk (CHUNK_ID set, FATE new or changed),
+# a rejected document (REJECT_REASON set) or a marker for a document the run leaves alone (FATE unchanged) or
+# removes (FATE removed).
 # TOKEN_IDS include the model's special tokens: they are exactly what the engine receives.
 _CHUNK_FIELDS = [
     pa.field(CHUNK_ID, pa.string()),
@@ -63,7 +85,7 @@ _CHUNK_FIELDS = [
     pa.field(DOC_HASH, pa.string()),
     pa.field(REJECT_REASON, pa.string()),
     pa.field(REJECT_DETAIL, pa.string()),
-    pa.field(UNCHANGED, pa.bool_()),
+    pa.field(FATE, pa.string()),
     pa.field(SHARD_STATS, pa.string()),
 ]
 CHUNK_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field(TOKEN_IDS, pa.list_(pa.int32()))])

@@ -68,6 +68,9 @@ class InputSettings(_Section):
     aws_access_key_id, aws_secret_access_key, allow_http); empty: the standard AWS_* environment variables."""
     text_extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".markdown", ".rst"])
     """Extensions read as one document per file, id = path relative to the input root."""
+    piece_mb: float = Field(default=64.0, gt=0)
+    """A plain jsonl or parquet shard larger than this is read by several tasks, cut at line ends or between row
+    groups (compressed jsonl and text files are read whole, as streams)."""
 
 
 class ModelSettings(_Section):
@@ -130,7 +133,10 @@ class RunSettings(_Section):
     commit_rows: int = Field(default=20_000, ge=1)
     """Chunk rows buffered before one commit to LanceDB: the most work a crash can lose."""
     delete_missing: bool = False
-    """Remove the chunks of documents that are no longer in the inputs (skipped when a shard is unreadable)."""
+    """Remove the chunks of documents that are no longer in the inputs (skipped when a shard is unreadable). The
+    plan then reads every stored document id (one column, in workers), so the run's cost grows with the store."""
+    plan_partitions: int | None = Field(default=None, ge=1)
+    """Partitions of the plan's shuffle on document id. Unset: the cluster's CPUs, at most 64."""
     num_cpus: int | None = Field(default=None, ge=1)
     """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
     object_store_mb: int | None = Field(default=None, ge=64)

@@ -13,17 +13,18 @@ from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
 from pipeline.ingest import preflight
-from pipeline.io.lance_store import LanceStore, stored_chunk_rows
+from pipeline.io.chunk_writer import stored_chunk_rows
+from pipeline.io.lance_store import LanceStore
+from pipeline.local_executor import planned_documents
 from pipeline.settings import Settings
 from pipeline.tokenizer import load_tokenizer
 
 
 def chunk_corpus(settings: Settings) -> pa.Table:
     """Chunk rows (token ids included) for every document the pipeline would embed; rejects dropped."""
-    lengths, fs, shards = preflight(settings)
+    lengths, _, _ = preflight(settings)
     tokenizer = load_tokenizer(lengths.model_dir, settings.model.trust_remote_code)
-    step = ChunkStep(Chunker(tokenizer, lengths.chunk), settings.input, fs, {sh.path: sh for sh in shards}, {})
-    rows = step([sh.path for sh in shards])
+    rows = ChunkStep(Chunker(tokenizer, lengths.chunk))(planned_documents(settings.input, lengths.chunk.fingerprint))
     return rows.filter(pc.is_valid(rows.column(s.CHUNK_ID))).drop_columns([s.SHARD_STATS])
 
 

@@ -23,12 +23,13 @@ from pipeline.bench.metrics import Point, flops_per_token, peak_tflops
 from pipeline.embedding import EngineSpec
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
-from pipeline.io.lance_store import LanceStore, sql_str
+from pipeline.io.lance_store import LanceStore
 from pipeline.job_plan import plan_job
 from pipeline.memory_plan import load_config
 from pipeline.model_dir import resolve_model_dir
 from pipeline.model_params import shape_from_config
 from pipeline.settings import Settings
+from pipeline.sql import sql_str
 from pipeline.stats import STAGES
 from pipeline.tokenizer import load_tokenizer
 

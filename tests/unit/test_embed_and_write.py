@@ -9,23 +9,40 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
+from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.documents import Shard, parse_shard
 from pipeline.embedding import EmbedStep, FakeEmbedder
 from pipeline.errors import StoreError
-from pipeline.io.lance_store import LanceStore, RunWriter
+from pipeline.io.lance_store import LanceStore
+from pipeline.io.run_commit import RunCommitter
+from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def chunk_batches(minilm_path, sample_texts):
+def chunk_batches(minilm_path, sample_texts, tmp_path_factory):
     lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(sample_texts[:12])]
     lines += ["{broken", json.dumps({"id": "blank", "text": " "})]
-    docs = parse_shard(Shard("/s.jsonl", "/s.jsonl", "jsonl", "s.jsonl"), "\n".join(lines).encode(), InputSettings())
-    chunker = Chunker(load_tokenizer(minilm_path), ChunkPlan(200, 0, 0.15, "fake"))
-    table = chunker.chunk(docs)
+    shard = tmp_path_factory.mktemp("in") / "s.jsonl"
+    shard.write_text("\n".join(lines))
+    plan = ChunkPlan(200, 0, 0.15, "fake")
+    docs = planned_documents(InputSettings(paths=[str(shard)]), plan.fingerprint)
+    table = ChunkStep(Chunker(load_tokenizer(minilm_path), plan))(docs)
     return [table.slice(i, 16) for i in range(0, len(table), 16)]
+
+
+def write_and_commit(store: LanceStore, batches: list[pa.Table], model: str, commit_rows: int):
+    """The write stage's two halves as the job runs them: a worker writes fragments, the driver commits."""
+    step = EmbedStep(FakeEmbedder(dim=8), actor="a1")
+    embedded = pa.concat_tables([step(b) for b in batches])
+    store.ensure_side_tables()
+    store.check_chunks_table(model)
+    writer = store.chunk_writer("r1", model, "fp", {"model": model})
+    committer = RunCommitter(store, "r1", {"model": model})
+    for i in range(0, len(embedded), commit_rows):
+        committer.add(writer.write(embedded.slice(i, commit_rows)))
+    return committer.finish(delete_missing=False)
 
 
 def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches):
@@ -47,14 +64,8 @@ def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches)
 
 
 def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chunk_batches):
-    step = EmbedStep(FakeEmbedder(dim=8), actor="a1")
     store = LanceStore(str(tmp_path / "db"))
-    store.ensure_side_tables()
-    stored = store.stored_documents("fp")
-    writer = RunWriter(store, "r1", "fake", "fp", {"model": "fake"}, commit_rows=40)
-    for batch in chunk_batches:
-        writer.add(step(batch))
-    outcome = writer.finish(stored, delete_missing=False)
+    outcome = write_and_commit(store, chunk_batches, "fake", commit_rows=25)
     t = outcome.totals
     db = lancedb.connect(str(tmp_path / "db"))
     chunks = db.open_table("chunks").to_arrow()
@@ -68,20 +79,15 @@ def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chun
     assert pa.compute.sum(batches.column("n_chunks")).as_py() == t.chunks
     assert pa.compute.sum(batches.column("engine_tokens")).as_py() == outcome.engine_tokens == t.tokens
     assert outcome.first_engine_ready is not None and outcome.first_engine_ready <= datetime.now(timezone.utc)
-    assert len(db.open_table("chunks").list_versions()) >= 3  # create + at least two group commits
+    assert len(db.open_table("chunks").list_versions()) >= 3  # a version per group (the first creates the table)
     assert json.loads(chunks.schema.metadata[b"embedpipe"])["model"] == "fake"
 
 
 def test_chunks_table_of_another_model_is_refused(tmp_path, chunk_batches):
     store = LanceStore(str(tmp_path / "db"))
-    for model in ("fake", "other"):
-        writer = RunWriter(store, "r", model, "fp", {"model": model}, commit_rows=10_000)
-        writer.add(EmbedStep(FakeEmbedder(dim=8), actor="a")(chunk_batches[0]))
-        if model == "other":
-            with pytest.raises(StoreError, match="holds vectors of model 'fake'"):
-                writer.commit()
-        else:
-            writer.commit()
+    write_and_commit(store, chunk_batches[:1], "fake", commit_rows=10_000)
+    with pytest.raises(StoreError, match="holds vectors of model 'fake'"):
+        write_and_commit(store, chunk_batches[:1], "other", commit_rows=10_000)
 
 
 def test_fake_vectors_are_deterministic_unit_vectors():

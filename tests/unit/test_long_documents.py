@@ -39,7 +39,7 @@ import json, resource, sys
 from pathlib import Path
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import ChunkPlan, Chunker
-from pipeline.io.sources import list_shards
+from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.tokenizer import load_tokenizer
 from tests.model_builders import minilm_dir
@@ -48,9 +48,8 @@ inputs = Path(sys.argv[1])
 tokenizer = load_tokenizer(minilm_dir())
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 cfg = InputSettings(paths=[str(inputs)])
-fs, shards = list_shards(cfg)
-step = ChunkStep(Chunker(tokenizer, ChunkPlan(511, 0, 0.15, "m")), cfg, fs, {sh.path: sh for sh in shards}, {})
-rows = step([shards[0].path]).to_pylist()
+plan = ChunkPlan(511, 0, 0.15, "m")
+rows = ChunkStep(Chunker(tokenizer, plan))(planned_documents(cfg, plan.fingerprint)).to_pylist()
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"growth_mb": (after - before) / 1024, "rows": [
     {k: r[k] for k in ("chunk_index", "doc_chunks", "char_start", "char_end", "n_tokens", "reject_reason")}

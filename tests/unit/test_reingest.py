@@ -1,4 +1,4 @@
-"""Re-ingest semantics on the pipeline's own steps (ChunkStep -> EmbedStep -> RunWriter) without Ray."""
+"""Re-ingest semantics on the pipeline's own steps (read, plan, chunk, embed, write, commit) without Ray."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import EmbedStep, FakeEmbedder
+from pipeline.embedding import FakeEmbedder
 from pipeline.errors import StoreError
-from pipeline.io.lance_store import LanceStore, RunWriter, store_lock
+from pipeline.io.lance_store import LanceStore, store_lock
 from pipeline.io.sources import list_shards
+from pipeline.local_executor import ingest_in_process
+from pipeline.pieces import Piece, PieceReader
 from pipeline.settings import InputSettings
 from pipeline.tokenizer import load_tokenizer
 
@@ -28,18 +29,11 @@ def tokenizer(minilm_path):
 
 
 def run_once(tokenizer, inputs: Path, db: Path, run_id: str, delete_missing=False, refuse_token=None):
-    store = LanceStore(str(db))
-    store.ensure_side_tables()
-    stored = store.stored_documents(PLAN.fingerprint)
-    cfg = InputSettings(paths=[str(inputs)])
-    fs, shards = list_shards(cfg)
-    step = ChunkStep(Chunker(tokenizer, PLAN), cfg, fs, {sh.path: sh for sh in shards}, stored.complete)
-    rows = pa.concat_tables([step([sh.path]) for sh in shards])
-    embed = EmbedStep(FakeEmbedder(dim=8, refuse_token=refuse_token), actor="a")
-    writer = RunWriter(store, run_id, "fake", PLAN.fingerprint, {"model": "fake"}, commit_rows=10)
-    for i in range(0, len(rows), 7):
-        writer.add(embed(rows.slice(i, 7)))
-    return writer.finish(stored, delete_missing), embed
+    return ingest_in_process(
+        LanceStore(str(db)), run_id, InputSettings(paths=[str(inputs)]), Chunker(tokenizer, PLAN),
+        FakeEmbedder(dim=8, refuse_token=refuse_token), {"model": "fake"}, commit_rows=10, embed_rows=7,
+        delete_missing=delete_missing,
+    )  # fmt: skip
 
 
 def write_docs(path: Path, docs: dict[str, str]) -> None:
@@ -160,7 +154,7 @@ def test_file_gone_between_listing_and_reading_is_rejected(tokenizer, corpus):
     cfg = InputSettings(paths=[str(inputs)])
     fs, shards = list_shards(cfg)
     (inputs / "a.jsonl").unlink()
-    rows = ChunkStep(Chunker(tokenizer, PLAN), cfg, fs, {sh.path: sh for sh in shards}, {})([shards[0].path])
+    rows = pa.concat_tables(PieceReader(fs, cfg)(Piece(shards[0])))
     assert rows.column(s.REJECT_REASON).to_pylist() == ["unreadable"]
     assert rows.column(s.SOURCE).to_pylist() == [str(inputs / "a.jsonl")]
 

@@ -14,13 +14,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import EmbedStep, FakeEmbedder
+from pipeline.embedding import FakeEmbedder
 from pipeline.errors import ConfigError
-from pipeline.io.lance_store import LanceStore, RunWriter, StoredDocuments
+from pipeline.io.lance_store import LanceStore
 from pipeline.io.maintenance import indexes_by_column, maintain_store, vector_facts
-from pipeline.io.sources import list_shards
+from pipeline.local_executor import ingest_in_process
 from pipeline.query_engine import query_token_ids
 from pipeline.retrieval_check import check_retrieval
 from pipeline.search import SearchOptions, filter_sql, glob_to_like, search, snippet
@@ -62,14 +61,10 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     store.start_run({"run_id": run_id, "started_at": now, "status": "running", "kind": "ingest"})
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
-    fs, shards = list_shards(cfg)
-    step = ChunkStep(Chunker(tokenizer, PLAN), cfg, fs, {sh.path: sh for sh in shards}, {})
-    rows = pa.concat_tables([step([sh.path]) for sh in shards])
-    writer = RunWriter(store, run_id, "fake", PLAN.fingerprint, {"model": "fake"}, commit_rows=1000)
-    embed = EmbedStep(FakeEmbedder(dim=DIM), actor="a")
-    for i in range(0, len(rows), 50):
-        writer.add(embed(rows.slice(i, 50)))
-    writer.finish(StoredDocuments({}, set()), delete_missing=False)
+    chunker = Chunker(tokenizer, PLAN)
+    ingest_in_process(
+        store, run_id, cfg, chunker, FakeEmbedder(dim=DIM), {"model": "fake"}, commit_rows=1000, embed_rows=50
+    )
 
 
 def maintain(store: LanceStore, run_id: str, index=INDEX, maintenance=KEEP_ALL, exclusive=True, **kw):

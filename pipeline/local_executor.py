@@ -1,0 +1,68 @@
+"""The pipeline's stages run one after another in this process, without Ray: the same read, plan, chunk,
+embed, write and commit steps that ray_stages wires into a Dataset. For tests of the logic around them and
+for tools (the benchmark's fixed chunks); the job itself runs on Ray."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pyarrow as pa
+
+from pipeline import schema as s
+from pipeline.chunk_step import ChunkStep
+from pipeline.chunking import Chunker
+from pipeline.doc_plan import decide, stored_id_rows, with_fates
+from pipeline.embedding import Embedder, EmbedStep
+from pipeline.io.lance_store import LanceStore
+from pipeline.io.run_commit import RunCommitter, RunOutcome
+from pipeline.io.sources import list_shards
+from pipeline.io.stored_keys import StoredKeys
+from pipeline.pieces import PieceReader, split_shard
+from pipeline.settings import InputSettings
+
+
+def planned_documents(
+    cfg: InputSettings, chunking: str, keys: StoredKeys | None = None, delete_missing: bool = False
+) -> pa.Table:
+    """Every input document with its fate, every reject, and (delete_missing) a marker per removed document."""
+    fs, shards = list_shards(cfg)
+    reader = PieceReader(fs, cfg)
+    parts = [t for sh in shards for piece in split_shard(sh, fs, int(cfg.piece_mb * 2**20)) for t in reader(piece)]
+    if keys is not None and delete_missing:
+        parts += [stored_id_rows(keys.doc_ids(f)) for f in keys.fragment_ids()]
+    rows = pa.concat_tables(parts) if parts else s.READ_SCHEMA.empty_table()
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(rows.column(s.PLAN_KEY).to_pylist()):
+        groups[key].append(i)
+    decided = [decide(rows.take(groups[key])) for key in sorted(groups)]
+    planned = pa.concat_tables(decided) if decided else rows
+    return with_fates(planned, keys.lookup if keys is not None else None, chunking)
+
+
+def ingest_in_process(
+    store: LanceStore,
+    run_id: str,
+    cfg: InputSettings,
+    chunker: Chunker,
+    embedder: Embedder,
+    metadata: dict,
+    *,
+    commit_rows: int,
+    embed_rows: int = 64,
+    delete_missing: bool = False,
+) -> tuple[RunOutcome, EmbedStep]:
+    store.ensure_side_tables()
+    store.check_chunks_table(metadata["model"])
+    chunking = chunker.plan.fingerprint
+    planned = planned_documents(cfg, chunking, store.stored_keys(), delete_missing)
+    chunks = ChunkStep(chunker)(planned)
+    embed = EmbedStep(embedder, actor="local")
+    writer = store.chunk_writer(run_id, metadata["model"], chunking, metadata)
+    committer = RunCommitter(store, run_id, metadata)
+    embedded = [embed(chunks.slice(i, embed_rows)) for i in range(0, len(chunks), embed_rows)]
+    if embedded:
+        rows = pa.concat_tables(embedded)
+        for i in range(0, len(rows), commit_rows):
+            committer.add(json.loads(json.dumps(writer.write(rows.slice(i, commit_rows), node="local"))))
+    return committer.finish(delete_missing), embed

@@ -6,7 +6,6 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,6 +29,10 @@ from pipeline.settings import Settings
 from pipeline.tokenizer import load_tokenizer
 
 RECORD = "record"
+MAX_READ_BLOCKS = 4096
+SHUFFLE_CPU_HEADROOM = 1
+"""Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
+and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
 
 
 class ChunkActor:
@@ -56,9 +59,16 @@ class EmbedActor:
         return self.step(batch)
 
 
-def _split(shards: pa.Table, fs: pafs.FileSystem, piece_bytes: int) -> pa.Table:
-    pieces = [p for row in shards.to_pylist() for p in split_shard(Shard(**row), fs, piece_bytes)]
-    return pa.Table.from_pylist([p.to_row() for p in pieces])
+@ray.remote(num_cpus=0.25)
+def _split(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int) -> list[Piece]:
+    return [piece for shard in shards for piece in split_shard(shard, fs, piece_bytes)]
+
+
+def split_pieces(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int) -> list[Piece]:
+    """Every shard's pieces, found by tasks (parquet footers, line ends of large jsonl files); the driver keeps
+    their offsets only, as it keeps the shard list."""
+    refs = [_split.remote(shards[i : i + 64], fs, piece_bytes) for i in range(0, len(shards), 64)]
+    return [piece for part in ray.get(refs) for piece in part]
 
 
 def _read(pieces: pa.Table, reader: PieceReader) -> Iterator[pa.Table]:
@@ -86,13 +96,12 @@ def build_dataset(
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     on_gpu = plan.engine.device == "cuda"
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    shard_rows = ray.data.from_items([asdict(sh) for sh in shards], override_num_blocks=min(len(shards), 256))
-    pieces = shard_rows.map_batches(
-        _split, fn_kwargs={"fs": fs, "piece_bytes": int(settings.input.piece_mb * 2**20)}, batch_size=1,
-        batch_format="pyarrow", num_cpus=0.25,
-    ).repartition(target_num_rows_per_block=1)  # fmt: skip
-    docs = pieces.map_batches(
+    _, cpus = cluster_resources()
+    pieces = split_pieces(shards, fs, int(settings.input.piece_mb * 2**20))
+    piece_rows = ray.data.from_items(
+        [p.to_row() for p in pieces], override_num_blocks=min(len(pieces), MAX_READ_BLOCKS)
+    )
+    docs = piece_rows.map_batches(
         _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",
         num_cpus=0.5,
     )  # fmt: skip
@@ -147,7 +156,7 @@ def start_ray(settings: Settings) -> None:
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     store_mb = settings.run.object_store_mb or min(2048, max(256, total_mb // 10))
     ray.init(
-        num_cpus=settings.run.num_cpus or os.cpu_count(),
+        num_cpus=(settings.run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
         object_store_memory=store_mb * 2**20,
         include_dashboard=False,
         log_to_driver=True,
@@ -156,8 +165,12 @@ def start_ray(settings: Settings) -> None:
 
 
 def cluster_resources() -> tuple[float, int]:
+    """GPUs and CPUs to plan engines on (a local Ray's shuffle headroom left out)."""
     resources = ray.cluster_resources()
-    return float(resources.get("GPU", 0.0)), int(resources.get("CPU", 1))
+    cpus = int(resources.get("CPU", 1))
+    if not os.environ.get("RAY_ADDRESS"):
+        cpus = max(1, cpus - SHUFFLE_CPU_HEADROOM)
+    return float(resources.get("GPU", 0.0)), cpus
 
 
 def iter_records(dataset: Dataset) -> Iterator[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -239,6 +240,10 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "error": error,
         "maintenance": result.maintenance.to_json() if result.maintenance else None,
         "maintenance_s": result.maintenance.seconds if result.maintenance else None,
+        "groups": result.outcome.groups,
+        "record_bytes": result.outcome.record_bytes,
+        "write_nodes": json.dumps(list(result.outcome.nodes)),
+        "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 

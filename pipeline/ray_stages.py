@@ -136,7 +136,7 @@ def build_dataset(
     )
     return embedded.map_batches(
         _write, fn_kwargs={"writer": writer}, batch_size=settings.run.commit_rows, batch_format="pyarrow",
-        num_cpus=0.25,
+        num_cpus=0.25, ray_remote_args_fn=_spread,
     )  # fmt: skip
 
 

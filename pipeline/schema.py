@@ -205,6 +205,10 @@ RUNS_SCHEMA = pa.schema(
         pa.field("kind", pa.string()),
         pa.field("maintenance", pa.string()),
         pa.field("maintenance_s", pa.float64()),
+        pa.field("groups", pa.int64()),
+        pa.field("record_bytes", pa.int64()),
+        pa.field("write_nodes", pa.string()),
+        pa.field("driver_peak_mb", pa.float64()),
     ]
 )
 RUN_KIND_INGEST = "ingest"

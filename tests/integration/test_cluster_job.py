@@ -103,7 +103,7 @@ def submit(cluster, tmp_path: Path) -> str:
     path = runtime_env_file(cluster, tmp_path)
     proc = ray_cli("job", "submit", "--address", cluster["address"], "--runtime-env", str(path), "--",
                    "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml", "--run.batch-rows", "4",
-                   env=cluster["env"], timeout=900)  # fmt: skip
+                   "--run.commit-rows", "12", env=cluster["env"], timeout=900)  # fmt: skip
     return proc.stdout
 
 
@@ -128,6 +128,8 @@ def test_job_spans_both_nodes_and_writes_to_the_bucket(first_run, s3_server):
     nodes = {actor.split(":")[0] for actor in batches.column("actor").to_pylist()}
     assert len(nodes) == 2, f"engines ran on {nodes}"
     assert db.open_table("chunks").count_rows() == run["chunks"]
+    assert len(json.loads(run["write_nodes"])) == 2, f"chunk fragments written on {run['write_nodes']} only"
+    assert run["groups"] > 1 and run["record_bytes"] / run["chunks"] < 1000  # records only: a vector is 1,536 B
     assert s3_server.secret_key not in first_run  # credentials never reach the logs
 
 

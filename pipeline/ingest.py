@@ -241,6 +241,7 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "maintenance": result.maintenance.to_json() if result.maintenance else None,
         "maintenance_s": result.maintenance.seconds if result.maintenance else None,
         "groups": result.outcome.groups,
+        "commit_s": result.outcome.commit_s,
         "record_bytes": result.outcome.record_bytes,
         "write_nodes": json.dumps(list(result.outcome.nodes)),
         "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -89,6 +89,16 @@ def _write(batch: pa.Table, writer: ChunkWriter) -> pa.Table:
     return pa.table({RECORD: [json.dumps(record)]})
 
 
+def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
+    """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
+    pieces = split_pieces(shards, fs, int(settings.input.piece_mb * 2**20))
+    rows = [p.to_row() for p in pieces]
+    return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
+        _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",
+        num_cpus=0.5,
+    )  # fmt: skip
+
+
 def build_dataset(
     settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
     writer: ChunkWriter,
@@ -97,14 +107,7 @@ def build_dataset(
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     on_gpu = plan.engine.device == "cuda"
     _, cpus = cluster_resources()
-    pieces = split_pieces(shards, fs, int(settings.input.piece_mb * 2**20))
-    piece_rows = ray.data.from_items(
-        [p.to_row() for p in pieces], override_num_blocks=min(len(pieces), MAX_READ_BLOCKS)
-    )
-    docs = piece_rows.map_batches(
-        _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",
-        num_cpus=0.5,
-    )  # fmt: skip
+    docs = read_documents(settings, fs, shards)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])

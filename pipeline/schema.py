@@ -209,6 +209,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("record_bytes", pa.int64()),
         pa.field("write_nodes", pa.string()),
         pa.field("driver_peak_mb", pa.float64()),
+        pa.field("commit_s", pa.float64()),
     ]
 )
 RUN_KIND_INGEST = "ingest"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -63,6 +64,7 @@ class ChunkWriter:
         if len(chunks):
             dim = chunks.schema.field(s.VECTOR).type.list_size
             rows = stored_chunk_rows(chunks, self.model_id, self.chunking, self.run_id, dim, self.metadata)
+            started = time.perf_counter()
             fragments = write_fragments(
                 rows,
                 self.uri,
@@ -72,6 +74,7 @@ class ChunkWriter:
             )
             record["fragments"] = [json.dumps(f.to_json()) for f in fragments]
             record["dim"] = dim
+            record["stages"]["write_s"] = record["stages"].get("write_s", 0.0) + time.perf_counter() - started
         return record
 
 

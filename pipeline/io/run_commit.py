@@ -50,6 +50,8 @@ class RunOutcome:
     """Bytes of the group records that reached the driver: its whole share of the run's data."""
     nodes: tuple[str, ...] = ()
     """Nodes whose tasks wrote the committed fragments."""
+    commit_s: float = 0.0
+    """Driver seconds spent committing; the rest of write_s is the workers' fragment writing."""
 
 
 class RunCommitter:
@@ -72,6 +74,8 @@ class RunCommitter:
         self.groups = 0
         self.nodes: set[str] = set()
         self.removed = 0
+        self.commit_s = 0.0
+        """Seconds the driver spent committing (chunks, rejects, batch stats); write_s adds the workers' writing."""
         self._discarded = RunTotals()
         self._version: int | None = None
 
@@ -89,6 +93,7 @@ class RunCommitter:
                 self.nodes.add(record["node"])
             self._side_rows(record)
         finally:
+            self.commit_s += time.perf_counter() - started
             self.stages["write_s"] += time.perf_counter() - started
         self.applied.add(record["group"])
         for key in ("rows", "tokens", "docs_new", "docs_changed", "unchanged"):
@@ -186,6 +191,13 @@ class RunCommitter:
     # -- end of run ---------------------------------------------------------------------------------------
     def finish(self, delete_missing: bool) -> RunOutcome:
         """Drop what the run wrote for documents the engine refused; remove documents gone from the inputs."""
+        started = time.perf_counter()
+        self._finish(delete_missing)
+        self.commit_s += time.perf_counter() - started
+        self.stages["write_s"] += time.perf_counter() - started
+        return self.outcome()
+
+    def _finish(self, delete_missing: bool) -> None:
         if self.failed:
             self._discard_failed()
         if delete_missing and self.removal:
@@ -196,7 +208,6 @@ class RunCommitter:
                 for i in range(0, len(ids), DELETE_IDS):
                     self._delete(f"{s.DOC_ID} IN ({sql_list(ids[i : i + DELETE_IDS])})", f"remove-{i}")
                 self.removed = len(ids)
-        return self.outcome()
 
     def _discard_failed(self) -> None:
         dataset = self.store.chunks_dataset()
@@ -248,6 +259,7 @@ class RunCommitter:
             groups=self.groups,
             record_bytes=self.record_bytes,
             nodes=tuple(sorted(self.nodes)),
+            commit_s=self.commit_s,
         )
 
 

@@ -42,12 +42,10 @@ def keys(rows: list[tuple]) -> pa.Table:
 
 
 def test_only_a_whole_single_version_with_this_chunking_is_complete():
-    stored = keys(
-        [("whole", "h1", 2, "c", 0), ("whole", "h1", 2, "c", 1)]
-        + [("partial", "h1", 3, "c", 0), ("partial", "h1", 3, "c", 2)]
-        + [("two", "h1", 1, "c", 0), ("two", "h2", 1, "c", 0)]
-        + [("other", "h1", 1, "c2", 0)]
-    )
+    whole = [("whole", "h1", 2, "c", 0), ("whole", "h1", 2, "c", 1)]
+    partial = [("partial", "h1", 3, "c", 0), ("partial", "h1", 3, "c", 2)]
+    two_texts = [("two", "h1", 1, "c", 0), ("two", "h2", 1, "c", 0)]
+    stored = keys([*whole, *partial, *two_texts, ("other", "h1", 1, "c2", 0)])
     rows = list(stored.to_pylist())
     random.Random(0).shuffle(rows)
     assert complete_documents(pa.Table.from_pylist(rows), "c") == {"whole": "h1"}

@@ -50,7 +50,9 @@ def whole(shard: Shard, data: bytes) -> pa.Table:
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 300), piece_bytes=st.integers(16, 4000), trailing_newline=st.booleans())
-def test_jsonl_pieces_cut_at_line_ends_give_the_whole_files_documents(tmp_path_factory, n, piece_bytes, trailing_newline):
+def test_jsonl_pieces_cut_at_line_ends_give_the_whole_files_documents(
+    tmp_path_factory, n, piece_bytes, trailing_newline
+):
     path = tmp_path_factory.mktemp("j") / "a.jsonl"
     data = ("\n".join(lines_of(n)) + ("\n" if trailing_newline else "")).encode()
     path.write_bytes(data)

@@ -1,0 +1,141 @@
+"""python -m jobs.bench_scale --config conf/local.toml [--out bench_out/scale]: per-run costs as the store and the
+corpus grow (store growth, corpus growth, re-ingest at size), printed as a table with the targets checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.bench.scale import Point, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench_scale", description=__doc__)
+    parser.add_argument("--config", default="conf/local.toml")
+    parser.add_argument("--out", default="bench_out/scale")
+    parser.add_argument("--store-sizes", default="0,200000,1000000", help="chunks pre-filled, comma-separated")
+    parser.add_argument("--corpus-factors", default="1,2,4,8")
+    parser.add_argument("--corpora", default="docs,other", help="docs: the sample corpus; other: other modules")
+    parser.add_argument("--reingest-docs", type=int, default=1000)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log = out / "runs.log"
+    sizes = [int(x) for x in args.store_sizes.split(",")]
+    factors = [int(x) for x in args.corpus_factors.split(",")]
+    corpora = args.corpora.split(",")
+    model, chunking, dim = _model(args.config)
+    points: list[Point] = []
+
+    inputs = {c: write_jsonl(out / f"in-{c}", corpus_docs(c)) for c in corpora}
+    for size in sizes:
+        db = out / f"store-{size}"
+        if size:
+            prefill(db, size, dim, {"model": model}, chunking, model)
+        for c in corpora:
+            points.append(measure(Point("store", c, size, 1), args.config, db, inputs[c], log))
+        if size != max(sizes):
+            shutil.rmtree(db)
+    for factor in factors:
+        folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
+        points.append(
+            measure(Point("corpus", corpora[0], 0, factor), args.config, out / f"corpus-{factor}", folder, log)
+        )
+        shutil.rmtree(db)
+    reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs)
+    points += reingest
+    (out / "scale.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
+    report = render(points, expected)
+    (out / "report.md").write_text(report)
+    print(report)
+    return 0
+
+
+def _model(conf: str) -> tuple[str, str, int]:
+    from pipeline.ingest import preflight
+    from pipeline.settings import load_settings
+
+    lengths, _, _ = preflight(load_settings(config_file=Path(conf)))
+    config = json.loads((Path(lengths.model_dir) / "config.json").read_text())
+    return lengths.model_id, lengths.chunk.fingerprint, int(config["hidden_size"])
+
+
+def _reingest(args, out: Path, log: Path, size: int, corpora: list[str], inputs: dict) -> tuple[list[Point], dict]:
+    db = out / f"store-{size}"
+    base = corpus_docs(corpora[-1], -(-args.reingest_docs // 100))
+    docs = [{"id": f"re-{i}", "text": d["text"]} for i, d in enumerate(base[: args.reingest_docs])]
+    first = write_jsonl(out / "in-reingest", docs)
+    points = [
+        measure(Point("reingest: first", "reingest", size, 1), args.config, db, first, log),
+        measure(Point("reingest: unchanged", "reingest", size, 1), args.config, db, first, log),
+    ]
+    changed, expected = edited(docs)
+    folder = write_jsonl(out / "in-reingest-2", changed)
+    fill = [{"id": f"fill-{i}", "text": t} for i, t in enumerate(fill_texts(size // 10))]
+    write_jsonl(folder / "fill", fill, per_shard=20_000)
+    for c in corpora:  # the store-growth runs' documents stay too
+        shutil.copytree(inputs[c], folder / c)
+    expected["skipped"] += len(fill) + sum(len(corpus_docs(c)) for c in corpora)
+    last = Point("reingest: 5/5/5 %", "reingest", size, 1)
+    points.append(measure(last, args.config, db, folder, log, "--run.delete-missing", "true"))
+    return points, expected
+
+
+def render(points: list[Point], expected: dict) -> str:
+    lines = [
+        "| scenario | corpus | store chunks | corpus x | chunks | wall s | start-up s | write s | commit s | "
+        "write ms/chunk | groups | record B/chunk | driver peak MiB | chunk versions added |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.scenario} | {p.corpus} | {p.store_chunks:,} | {p.corpus_factor} | {p.chunks:,} | {p.wall_s:.1f} | "
+            f"{p.startup_s:.1f} | {p.write_s:.3f} | {p.commit_s:.3f} | {p.write_s_per_chunk * 1e3:.3f} | {p.groups} | "
+            f"{p.bytes_per_chunk:.1f} | {p.driver_peak_mb:,.0f} | {p.chunk_versions_added} |"
+        )
+    lines += ["", *checks(points, expected)]
+    return "\n".join(lines) + "\n"
+
+
+def checks(points: list[Point], expected: dict) -> list[str]:
+    out = []
+    store = [p for p in points if p.scenario == "store"]
+    for corpus in sorted({p.corpus for p in store}):
+        mine = sorted((p for p in store if p.corpus == corpus), key=lambda p: p.store_chunks)
+        small, big = mine[0], mine[-1]
+        ratio = big.write_s_per_chunk / small.write_s_per_chunk if small.write_s_per_chunk else float("nan")
+        out.append(
+            _check(f"{corpus}: write s per chunk at {big.store_chunks:,} / at {small.store_chunks:,}", ratio, 1.2)
+        )
+        out.append(f"- {corpus}: wall s {' / '.join(f'{p.wall_s:.1f}' for p in mine)} at store sizes "
+                   f"{' / '.join(f'{p.store_chunks:,}' for p in mine)}")  # fmt: skip
+    growth = sorted((p for p in points if p.scenario == "corpus"), key=lambda p: p.corpus_factor)
+    if growth:
+        ratio = growth[-1].driver_peak_mb / growth[0].driver_peak_mb
+        out.append(_check(f"driver peak RSS at {growth[-1].corpus_factor}x / 1x", ratio, 1.25))
+        total = sum(p.record_bytes for p in growth) / max(1, sum(p.chunks for p in growth))
+        out.append(_check("record bytes reaching the driver per chunk (corpus growth, all points)", total, 100))
+    reingest = {p.scenario: p for p in points if p.corpus == "reingest"}
+    if "reingest: unchanged" in reingest:
+        p = reingest["reingest: unchanged"]
+        ok = p.embedded_tokens == 0 and p.chunk_versions_added == 0 and p.skipped == reingest["reingest: first"].added
+        out.append(f"- {'PASS' if ok else 'FAIL'} unchanged rerun: {p.embedded_tokens} tokens embedded, "
+                   f"{p.chunk_versions_added} chunk-table versions added, {p.skipped} unchanged")  # fmt: skip
+    if "reingest: 5/5/5 %" in reingest:
+        p = reingest["reingest: 5/5/5 %"]
+        got = {k: getattr(p, k) for k in expected}
+        out.append(f"- {'PASS' if got == expected else 'FAIL'} 5/5/5 %: counts {got}, expected {expected}")
+    return out
+
+
+def _check(label: str, value: float, limit: float) -> str:
+    return f"- {'PASS' if value <= limit else 'FAIL'} {label}: {value:.3f} (target <= {limit})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

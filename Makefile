@@ -2,11 +2,13 @@
 # make test: set up .venv and run the tests
 # make query Q="...", make retrieval-check: search ./lancedb after make demo
 # make bench: set up .venv, write the benchmark corpus and run the benchmark job (report in bench_out/)
+# make bench-scale: per-run costs as the store and the corpus grow (report in bench_out/scale/)
+# make lint: ruff check and ruff format --check
 ENGINE ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test verify query index retrieval-check bench clean
+.PHONY: setup demo test lint verify query index retrieval-check bench bench-scale clean
 setup:
 	bash scripts/setup.sh $(ENGINE)
 
@@ -17,6 +19,13 @@ demo: setup
 bench: setup
 	$(PY) -m jobs.sample_corpus --all --out data/bench
 	$(PY) -m jobs.bench --config conf/bench.toml
+
+bench-scale: setup
+	$(PY) -m jobs.bench_scale --config conf/local.toml --out bench_out/scale
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 verify:
 	$(PY) -m jobs.verify --db lancedb

@@ -58,7 +58,8 @@ def main() -> None:
     mib = lambda n: n / 2**20  # noqa: E731
     print(
         f"{'model':<10}{'budget':>8}{'len':>6} | {'plan W':>8}{'plan A':>8}{'plan all':>9} | "
-        f"{'load +RSS':>10}{'peak +HWM':>10}{'ratio':>7}   (MiB; plan all = weights + activation + engine overhead; ratio = measured / plan)"
+        f"{'load +RSS':>10}{'peak +HWM':>10}{'ratio':>7}   "
+        "(MiB; plan all = weights + activation + engine overhead; ratio = measured / plan)"
     )
     for name, model, max_len in (("MiniLM", minilm_dir(), 512), ("tiny-4k", tiny, 2001)):
         config, model_dir = load_config(model)
@@ -85,7 +86,8 @@ def main() -> None:
             peak_growth = m["done"]["VmHWM"] - m["base"]["VmRSS"]
             predicted = plan.per_rank["needed"]
             print(
-                f"{name:<10}{budget:>8}{max_len:>6} | {mib(plan.weight_bytes):>8.1f}{mib(plan.activation['peak']):>8.1f}"
+                f"{name:<10}{budget:>8}{max_len:>6} | "
+                f"{mib(plan.weight_bytes):>8.1f}{mib(plan.activation['peak']):>8.1f}"
                 f"{mib(predicted):>9.1f} | {mib(load_growth):>10.1f}{mib(peak_growth):>10.1f}"
                 f"{peak_growth / predicted:>7.2f}"
             )

@@ -45,11 +45,10 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     on_gpu = device.type == "cuda"
     if on_gpu:
-        print(
-            f"device: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / GIB:.1f} GiB"
-        )
-    print(f"{'shape':<7}{'tokens':>8} | {'plan W':>9}{'meas W':>9}{'ratio':>6} | {'plan A':>9}{'meas A':>9}{'ratio':>6}"
-          f" | {'fwd s':>7}{'TFLOP/s':>9}   (GiB)")  # fmt: skip
+        total = torch.cuda.get_device_properties(0).total_memory / GIB
+        print(f"device: {torch.cuda.get_device_name(0)}, {total:.1f} GiB")
+    print(f"{'shape':<7}{'tokens':>8} | {'plan W':>9}{'meas W':>9}{'ratio':>6} | "
+          f"{'plan A':>9}{'meas A':>9}{'ratio':>6} | {'fwd s':>7}{'TFLOP/s':>9}   (GiB)")  # fmt: skip
     for name in args.shapes.split(","):
         model_type, fields = SHAPES[name]
         config = AutoConfig.for_model(model_type, **fields)
@@ -87,7 +86,8 @@ def main() -> None:
             )
             print(f"{name:<7}{tokens:>8} | {plan.weight_bytes / GIB:>9.3f}{weights / GIB:>9.3f}"
                   f"{weights / plan.weight_bytes:>6.2f} | {plan.activation['peak'] / GIB:>9.3f}{peak_act / GIB:>9.3f}"
-                  f"{peak_act / plan.activation['peak']:>6.2f} | {elapsed:>7.3f}{flops / elapsed / 1e12:>9.1f}")  # fmt: skip
+                  f"{peak_act / plan.activation['peak']:>6.2f} | "
+                  f"{elapsed:>7.3f}{flops / elapsed / 1e12:>9.1f}")  # fmt: skip
         del model
         if on_gpu:
             torch.cuda.empty_cache()

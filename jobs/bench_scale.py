@@ -82,7 +82,7 @@ def _reingest(args, out: Path, log: Path, size: int, corpora: list[str], inputs:
         shutil.copytree(inputs[c], folder / c)
     expected["skipped"] += len(fill) + sum(len(corpus_docs(c)) for c in corpora)
     last = Point("reingest: 5/5/5 %", "reingest", size, 1)
-    points.append(measure(last, args.config, db, folder, log, "--run.delete-missing", "true"))
+    points.append(measure(last, args.config, db, folder, log, "--run.delete-missing"))
     return points, expected
 
 

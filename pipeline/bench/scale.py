@@ -140,7 +140,7 @@ def prefill(db: Path, n_chunks: int, dim: int, metadata: dict, chunking: str, mo
 def run_job(conf: str, db: Path, inputs: Path, log: Path, *extra: str) -> dict:
     """One `python -m jobs.ingest` in its own process; its runs row."""
     args = [sys.executable, "-m", "jobs.ingest", "--config", conf, "--db", str(db), "--inputs", str(inputs),
-            "--index.after-run", "false", "--logging.json-format", "true", *extra]  # fmt: skip
+            "--no-index.after-run", "--logging.json-format", "true", *extra]  # fmt: skip
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
     with log.open("a") as out:

@@ -43,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(db)
     for factor in factors:
         folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
-        points.append(
-            measure(Point("corpus", corpora[0], 0, factor), args.config, out / f"corpus-{factor}", folder, log)
-        )
+        db = out / f"corpus-{factor}"
+        points.append(measure(Point("corpus", corpora[0], 0, factor), args.config, db, folder, log))
         shutil.rmtree(db)
     reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs)
     points += reingest

@@ -115,13 +115,14 @@ def run_ingest(settings: Settings) -> RunResult:
         writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
         outcome, status, error, upkeep = None, "failed", None, None
         try:
-            dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer)
-            last_report = time.perf_counter()
-            for record in ray_stages.iter_records(dataset):
-                committer.add(record)
-                if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
-                    last_report = time.perf_counter()
-                    _log_progress(committer, last_report - started)
+            with ray_stages.engine_placement(settings, plan) as placement:
+                dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer, placement)
+                last_report = time.perf_counter()
+                for record in ray_stages.iter_records(dataset):
+                    committer.add(record)
+                    if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
+                        last_report = time.perf_counter()
+                        _log_progress(committer, last_report - started)
             outcome = committer.finish(settings.run.delete_missing)
             status = "succeeded"
             if settings.index.after_run:

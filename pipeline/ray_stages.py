@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 from ray.exceptions import RayError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
@@ -99,9 +102,30 @@ def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard])
     )  # fmt: skip
 
 
+@contextmanager
+def engine_placement(settings: Settings, plan: JobPlan) -> Iterator[Callable[[], dict]]:
+    """Reserve one bundle per engine, spread over nodes (one per node before two on one), before any task of
+    the run can take the room; yields the engine actors' remote args, a bundle each. Released at the end."""
+    bundle = {"CPU": 1.0}
+    if plan.engine.device == "cuda":
+        bundle["GPU"] = float(settings.model.tensor_parallel_size)
+    group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
+    ray.get(group.ready())
+    counter = itertools.count()
+
+    def remote_args() -> dict:
+        index = next(counter) % plan.actors
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
+
+    try:
+        yield remote_args
+    finally:
+        ray.util.remove_placement_group(group)
+
+
 def build_dataset(
     settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
-    writer: ChunkWriter,
+    writer: ChunkWriter, placement: Callable[[], dict] = lambda: {},
 ) -> Dataset:  # fmt: skip
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
@@ -127,6 +151,9 @@ def build_dataset(
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
         num_cpus=0.5,
     )
+    # An actor takes a whole block per call: cut the chunk stage's blocks to one engine batch each, so every
+    # engine gets work however few documents a run has.
+    chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
         EmbedActor,
         fn_constructor_kwargs={"settings": settings, "plan": plan},
@@ -135,7 +162,7 @@ def build_dataset(
         compute=ActorPoolStrategy(size=plan.actors),
         num_gpus=settings.model.tensor_parallel_size if on_gpu else 0,
         num_cpus=1,
-        ray_remote_args_fn=_spread,  # one engine per node before two on one, on a multi-node cluster
+        ray_remote_args_fn=placement,
     )
     return embedded.map_batches(
         _write, fn_kwargs={"writer": writer}, batch_size=settings.run.commit_rows, batch_format="pyarrow",

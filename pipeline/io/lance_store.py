@@ -100,6 +100,7 @@ class LanceStore:
     def __init__(self, uri: str, prefix: str = "", storage_options: dict[str, str] | None = None):
         self.uri = uri
         self.storage_options = storage_options or None
+        self._chunks_seen = False
         self.names = TableNames.with_prefix(prefix)
         try:
             self.db = lancedb.connect(uri, storage_options=storage_options or None)
@@ -193,8 +194,10 @@ class LanceStore:
 
     def chunks_dataset(self):
         """The chunks table's latest version as a Lance dataset, or None while the table does not exist."""
-        if not self.exists(self.names.chunks):
-            return None
+        if not self._chunks_seen:
+            if not self.exists(self.names.chunks):
+                return None
+            self._chunks_seen = True  # once a table, always one: no more listing per commit
         import lance  # pylance: the transaction API the writer commits with
 
         return lance.dataset(self.chunks_uri, storage_options=self.storage_options)

@@ -245,8 +245,20 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "commit_s": result.outcome.commit_s,
         "record_bytes": result.outcome.record_bytes,
         "write_nodes": json.dumps(list(result.outcome.nodes)),
-        "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_mb": driver_peak_mb(),
     }
+
+
+def driver_peak_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a job
+    started by a large parent would report the parent's size."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _version(*dists: str) -> str | None:

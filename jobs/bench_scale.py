@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-factors", default="1,2,4,8")
     parser.add_argument("--corpora", default="docs,other", help="docs: the sample corpus; other: other modules")
     parser.add_argument("--reingest-docs", type=int, default=1000)
+    parser.add_argument("--parts", default="store,corpus,reingest", help="which scenarios to run")
+    parser.add_argument("--store-commit-rows", type=int, default=16,
+                        help="run.commit_rows of the store-growth runs: several commits a run, so the per-chunk "
+                             "write figure is not one commit's noise")  # fmt: skip
     args = parser.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -33,21 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     points: list[Point] = []
 
     inputs = {c: write_jsonl(out / f"in-{c}", corpus_docs(c)) for c in corpora}
-    for size in sizes:
+    parts = set(args.parts.split(","))
+    commit_rows = ("--run.commit-rows", str(args.store_commit_rows))
+    for size in sizes if parts & {"store", "reingest"} else []:
         db = out / f"store-{size}"
-        if size:
+        if size == max(sizes) or "store" in parts:
             prefill(db, size, dim, {"model": model}, chunking, model)
-        for c in corpora:
-            points.append(measure(Point("store", c, size, 1), args.config, db, inputs[c], log))
-        if size != max(sizes):
+        for c in corpora if "store" in parts else []:
+            points.append(measure(Point("store", c, size, 1), args.config, db, inputs[c], log, *commit_rows))
+        if size != max(sizes) and db.exists():
             shutil.rmtree(db)
-    for factor in factors:
+    for factor in factors if "corpus" in parts else []:
         folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
         db = out / f"corpus-{factor}"
         points.append(measure(Point("corpus", corpora[0], 0, factor), args.config, db, folder, log))
         shutil.rmtree(db)
-    reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs)
-    points += reingest
+    expected: dict = {}
+    if "reingest" in parts:
+        reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs, "store" in parts)
+        points += reingest
     (out / "scale.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
     report = render(points, expected)
     (out / "report.md").write_text(report)
@@ -64,9 +72,11 @@ def _model(conf: str) -> tuple[str, str, int]:
     return lengths.model_id, lengths.chunk.fingerprint, int(config["hidden_size"])
 
 
-def _reingest(args, out: Path, log: Path, size: int, corpora: list[str], inputs: dict) -> tuple[list[Point], dict]:
+def _reingest(
+    args, out: Path, log: Path, size: int, corpora: list[str], inputs: dict, stored_corpora: bool
+) -> tuple[list[Point], dict]:
     db = out / f"store-{size}"
-    base = corpus_docs(corpora[-1], -(-args.reingest_docs // 100))
+    base = corpus_docs(corpora[-1], -(-args.reingest_docs // len(corpus_docs(corpora[-1]))))
     docs = [{"id": f"re-{i}", "text": d["text"]} for i, d in enumerate(base[: args.reingest_docs])]
     first = write_jsonl(out / "in-reingest", docs)
     points = [
@@ -77,9 +87,9 @@ def _reingest(args, out: Path, log: Path, size: int, corpora: list[str], inputs:
     folder = write_jsonl(out / "in-reingest-2", changed)
     fill = [{"id": f"fill-{i}", "text": t} for i, t in enumerate(fill_texts(size // 10))]
     write_jsonl(folder / "fill", fill, per_shard=20_000)
-    for c in corpora:  # the store-growth runs' documents stay too
+    for c in corpora if stored_corpora else []:  # the store-growth runs' documents stay too
         shutil.copytree(inputs[c], folder / c)
-    expected["skipped"] += len(fill) + sum(len(corpus_docs(c)) for c in corpora)
+    expected["skipped"] += len(fill) + (sum(len(corpus_docs(c)) for c in corpora) if stored_corpora else 0)
     last = Point("reingest: 5/5/5 %", "reingest", size, 1)
     points.append(measure(last, args.config, db, folder, log, "--run.delete-missing"))
     return points, expected

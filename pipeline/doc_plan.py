@@ -29,6 +29,8 @@ def decide(group: pa.Table) -> pa.Table:
     """One plan key's rows (READ_SCHEMA) in, the same rows decided: the input copy with the smallest source and
     line is the one the run takes (whatever reached which worker first); every other copy becomes a
     duplicate_id reject naming it. A stored id no input row holds becomes a FATE_REMOVED marker."""
+    if group.num_rows == 1 and not group.column(s.IN_STORE)[0].as_py():
+        return group  # one copy, nothing stored to compare in this group: most documents
     rows = group.to_pylist()
     inputs = sorted((r for r in rows if not r[s.IN_STORE]), key=_order)
     stats = [r[s.SHARD_STATS] for r in rows if r[s.SHARD_STATS]]
@@ -104,6 +106,7 @@ def stored_fates(docs: pa.Table, stored: pa.Table, chunking: str) -> pa.Table:
 
 def with_fates(docs: pa.Table, lookup: Callable[[list[str]], pa.Table] | None, chunking: str) -> pa.Table:
     """stored_fates with the stored keys of the batch's pending documents fetched by `lookup` (None: no table)."""
+    docs = docs.combine_chunks()  # a block of many small groups arrives in as many chunks
     ids = pending_ids(docs)
     stored = lookup(ids) if lookup is not None and ids else NO_KEYS
     return stored_fates(docs, stored, chunking)

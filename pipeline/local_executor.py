@@ -5,9 +5,9 @@ for tools (the benchmark's fixed chunks); the job itself runs on Ray."""
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
@@ -32,10 +32,11 @@ def planned_documents(
     if keys is not None and delete_missing:
         parts += [stored_id_rows(keys.doc_ids(f)) for f in keys.fragment_ids()]
     rows = pa.concat_tables(parts) if parts else s.READ_SCHEMA.empty_table()
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, key in enumerate(rows.column(s.PLAN_KEY).to_pylist()):
-        groups[key].append(i)
-    decided = [decide(rows.take(groups[key])) for key in sorted(groups)]
+    rows = rows.take(pc.sort_indices(rows, [(s.PLAN_KEY, "ascending")]))
+    plan_keys = rows.column(s.PLAN_KEY).to_pylist()
+    starts = [i for i in range(len(plan_keys)) if i == 0 or plan_keys[i] != plan_keys[i - 1]]
+    ends = [*starts[1:], len(plan_keys)]
+    decided = [decide(rows.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)]
     planned = pa.concat_tables(decided) if decided else rows
     return with_fates(planned, keys.lookup if keys is not None else None, chunking)
 

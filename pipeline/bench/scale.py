@@ -94,10 +94,14 @@ def fill_texts(n_docs: int) -> list[str]:
 
 def prefill(db: Path, n_chunks: int, dim: int, metadata: dict, chunking: str, model: str) -> None:
     """A chunks table of n_chunks rows of other documents, as earlier runs would have left it (with the B-tree
-    indexes their maintenance builds), written straight through Lance."""
+    indexes their maintenance builds), written straight through Lance. With 0 rows, an empty table, so that no
+    measured run pays for creating one."""
     import lance
     from lancedb.index import BTree
 
+    if n_chunks == 0:
+        lancedb.connect(str(db)).create_table("chunks", schema=s.chunks_table_schema(dim, metadata))
+        return
     rng = np.random.default_rng(0)
     texts = fill_texts(n_chunks // FILL_CHUNKS_PER_DOC)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()

@@ -167,6 +167,26 @@ def test_killed_engine_actor_is_restarted_and_every_chunk_lands_once(tiny_model_
     assert runs(db)[-1]["status"] == "succeeded"
 
 
+def test_killed_write_task_is_retried_and_every_chunk_lands_once(tiny_model_path, corpus, clean, tmp_path):
+    """SIGKILL a worker process while it runs a write task (fragments maybe written, record not yet sent): Ray
+    retries the task, the retry's fragments are committed, the dead attempt's files stay orphans."""
+    db = tmp_path / "db"
+    job = IngestProcess(tiny_model_path, corpus, db)
+    killed: list[int] = []
+    deadline = time.monotonic() + 400
+    while not killed and job.proc.poll() is None and time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", "MapBatches\\(_write\\)"], capture_output=True, text=True)
+        for pid in [int(p) for p in found.stdout.split()]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.01)
+    assert killed, "no write task was seen running"
+    job.finish()
+    assert_same_as_clean(db, clean)
+    [run] = runs(db)
+    assert run["status"] == "succeeded" and run["docs_in"] == DOCS
+
+
 def test_a_second_job_on_the_same_store_is_refused_while_the_first_runs(tiny_model_path, corpus, clean, tmp_path):
     db = tmp_path / "db"
     first = IngestProcess(tiny_model_path, corpus, db)

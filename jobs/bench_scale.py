@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.bench.scale import Point, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
+from pipeline.bench.scale import Point, commit_latency, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-factors", default="1,2,4,8")
     parser.add_argument("--corpora", default="docs,other", help="docs: the sample corpus; other: other modules")
     parser.add_argument("--reingest-docs", type=int, default=1000)
-    parser.add_argument("--parts", default="store,corpus,reingest", help="which scenarios to run")
+    parser.add_argument("--parts", default="store,commit,corpus,reingest", help="which scenarios to run")
     parser.add_argument("--store-commit-rows", type=int, default=16,
                         help="run.commit_rows of the store-growth runs: several commits a run, so the per-chunk "
                              "write figure is not one commit's noise")  # fmt: skip
@@ -47,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             points.append(measure(Point("store", c, size, 1), args.config, db, inputs[c], log, *commit_rows))
         if size != max(sizes) and db.exists():
             shutil.rmtree(db)
+    latency = {}
+    if "commit" in parts:
+        stores = {size: out / f"commit-{size}" for size in sizes}
+        for size, db in stores.items():
+            prefill(db, size, dim, {"model": model}, chunking, model)
+        latency = commit_latency(stores, dim, model, chunking)
+        for db in stores.values():
+            shutil.rmtree(db)
     for factor in factors if "corpus" in parts else []:
         folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
         db = out / f"corpus-{factor}"
@@ -56,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if "reingest" in parts:
         reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs, "store" in parts)
         points += reingest
-    (out / "scale.json").write_text(json.dumps([asdict(p) for p in points], indent=1))
-    report = render(points, expected)
+    (out / "scale.json").write_text(json.dumps({"points": [asdict(p) for p in points], "commit": latency}, indent=1))
+    report = render(points, expected, latency)
     (out / "report.md").write_text(report)
     print(report)
     return 0
@@ -95,7 +103,7 @@ def _reingest(
     return points, expected
 
 
-def render(points: list[Point], expected: dict) -> str:
+def render(points: list[Point], expected: dict, latency: dict) -> str:
     lines = [
         "| scenario | corpus | store chunks | corpus x | chunks | wall s | start-up s | write s | commit s | "
         "write ms/chunk | groups | record B/chunk | driver peak MiB | chunk versions added |",
@@ -107,12 +115,23 @@ def render(points: list[Point], expected: dict) -> str:
             f"{p.startup_s:.1f} | {p.write_s:.3f} | {p.commit_s:.3f} | {p.write_s_per_chunk * 1e3:.3f} | {p.groups} | "
             f"{p.bytes_per_chunk:.1f} | {p.driver_peak_mb:,.0f} | {p.chunk_versions_added} |"
         )
-    lines += ["", *checks(points, expected)]
+    if latency:
+        base = latency[min(latency)]
+        header = "| store chunks | write ms / group (worker) | commit ms / group (driver) | both vs empty store |"
+        lines += ["", header, "|---|---|---|---|"]
+        for size, t in sorted(latency.items()):
+            ratio = (t["write"] + t["commit"]) / (base["write"] + base["commit"])
+            lines.append(f"| {size:,} | {t['write'] * 1e3:.1f} | {t['commit'] * 1e3:.1f} | {ratio:.2f} |")
+    lines += ["", *checks(points, expected, latency)]
     return "\n".join(lines) + "\n"
 
 
-def checks(points: list[Point], expected: dict) -> list[str]:
+def checks(points: list[Point], expected: dict, latency: dict) -> list[str]:
     out = []
+    if latency:
+        small, big = latency[min(latency)], latency[max(latency)]
+        ratio = (big["write"] + big["commit"]) / (small["write"] + small["commit"])
+        out.append(_check(f"write + commit s per group at {max(latency):,} / at {min(latency):,} chunks", ratio, 1.2))
     store = [p for p in points if p.scenario == "store"]
     for corpus in sorted({p.corpus for p in store}):
         mine = sorted((p for p in store if p.corpus == corpus), key=lambda p: p.store_chunks)

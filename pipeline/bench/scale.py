@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,3 +186,51 @@ def edited(docs: list[dict], seed: int = 1) -> tuple[list[dict], dict[str, int]]
     ]
     out += [{"id": f"new-{i}", "text": f"A new document, number {i}.\n\n" + docs[i]["text"]} for i in range(n)]
     return out, {"added": n, "replaced": n, "removed": n, "skipped": len(docs) - 2 * n}
+
+
+def commit_latency(stores: dict[int, Path], dim: int, model: str, chunking: str, groups: int = 40, rows: int = 64):
+    """Seconds to write one group's fragments (worker side) and to commit it (driver side), per store size: the
+    same groups of new chunks, alternating between the stores so the machine's drift hits all alike."""
+    from pipeline.io.lance_store import LanceStore
+    from pipeline.io.run_commit import RunCommitter
+
+    rng = np.random.default_rng(1)
+    sides = {}
+    for size, db in stores.items():
+        store = LanceStore(str(db))
+        store.ensure_side_tables()
+        run_id = f"latency-{size}"
+        sides[size] = (store.chunk_writer(run_id, model, chunking, {"model": model}),
+                       RunCommitter(store, run_id, {"model": model}))  # fmt: skip
+    timings: dict[int, dict[str, list[float]]] = {size: {"write": [], "commit": []} for size in stores}
+    for g in range(groups):
+        batch = _embedded_rows(rng, dim, rows, f"latency-{g}", chunking)
+        for size, (writer, committer) in sides.items():
+            t0 = time.perf_counter()
+            record = writer.write(batch)
+            t1 = time.perf_counter()
+            committer.add(record)
+            timings[size]["write"].append(t1 - t0)
+            timings[size]["commit"].append(time.perf_counter() - t1)
+    return {size: {k: float(np.median(v)) for k, v in t.items()} for size, t in timings.items()}
+
+
+def _embedded_rows(rng: np.random.Generator, dim: int, n: int, doc: str, chunking: str) -> pa.Table:
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    rows = {
+        s.CHUNK_ID: [hashlib.sha256(f"{doc}-{i}".encode()).hexdigest()[:32] for i in range(n)],
+        s.DOC_ID: [doc] * n,
+        s.SOURCE: ["latency.jsonl"] * n,
+        s.LINE: [1] * n,
+        s.CHUNK_INDEX: list(range(n)),
+        s.DOC_CHUNKS: [n] * n,
+        s.TEXT: ["x" * FILL_TEXT] * n,
+        s.CHAR_START: [0] * n,
+        s.CHAR_END: [FILL_TEXT] * n,
+        s.N_TOKENS: [200] * n,
+        s.DOC_HASH: [doc] * n,
+        s.FATE: [s.FATE_NEW] * n,
+        s.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+    }
+    schema = s.embedded_schema(dim)
+    return pa.table({f.name: rows.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)

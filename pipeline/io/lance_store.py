@@ -49,7 +49,7 @@ def store_lock(
 ) -> Iterator[bool]:
     """Serialize runs on one set of tables. A local store uses an OS file lock (released if the process dies);
     an s3:// store a lease object in the bucket (expires ttl_s after its holder stops renewing it); other
-    object stores are not locked, and upserts on chunk_id keep concurrent runs from duplicating rows.
+    object stores are not locked, and two runs there at once could both add the same new document.
     Yields whether other writers are excluded (maintenance that deletes files runs only then)."""
     if uri.startswith("s3://"):
         from pipeline.io.object_store import S3Lease, S3Options
@@ -63,7 +63,9 @@ def store_lock(
         return
     if "://" in uri and not uri.startswith("file://"):
         log.warning(
-            "store_not_locked", uri=uri, reason="only local and s3:// stores are locked; avoid concurrent runs"
+            "store_not_locked",
+            uri=uri,
+            reason="only local and s3:// stores are locked; concurrent runs could add a document twice",
         )
         yield False
         return

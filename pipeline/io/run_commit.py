@@ -77,7 +77,6 @@ class RunCommitter:
         self.commit_s = 0.0
         """Seconds the driver spent committing (chunks, rejects, batch stats); write_s adds the workers' writing."""
         self._discarded = RunTotals()
-        self._version: int | None = None
 
     # -- groups -------------------------------------------------------------------------------------------
     def add(self, record: dict) -> None:
@@ -93,8 +92,9 @@ class RunCommitter:
                 self.nodes.add(record["node"])
             self._side_rows(record)
         finally:
-            self.commit_s += time.perf_counter() - started
-            self.stages["write_s"] += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.commit_s += elapsed
+            self.stages["write_s"] += elapsed
         self.applied.add(record["group"])
         for key in ("rows", "tokens", "docs_new", "docs_changed", "unchanged"):
             self.counts[key] += record[key]
@@ -119,9 +119,11 @@ class RunCommitter:
                 self.engine_info = self.engine_info or payload["engine"]
         rejects = []
         for r in record["rejects"]:
+            fate = r.pop(s.FATE, None)
             if r["reason"] == ENGINE_REJECTED:
-                self.failed.setdefault(r[s.DOC_ID], r.pop(s.FATE, None))
-            r.pop(s.FATE, None)
+                if r[s.DOC_ID] in self.failed:
+                    continue  # another refused chunk of a document already rejected: one reject per document
+                self.failed[r[s.DOC_ID]] = fate
             self.no_id_rejects += r[s.DOC_ID] is None
             rejects.append({**r, "rejected_at": datetime.fromisoformat(r["rejected_at"])})
         self.counts["rejected"] += len(rejects)
@@ -193,8 +195,9 @@ class RunCommitter:
         """Drop what the run wrote for documents the engine refused; remove documents gone from the inputs."""
         started = time.perf_counter()
         self._finish(delete_missing)
-        self.commit_s += time.perf_counter() - started
-        self.stages["write_s"] += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.commit_s += elapsed
+        self.stages["write_s"] += elapsed
         return self.outcome()
 
     def _finish(self, delete_missing: bool) -> None:

@@ -130,6 +130,18 @@ def test_chunk_the_engine_refuses_rejects_its_whole_document(tokenizer, corpus):
     assert (outcome.totals.docs, outcome.totals.rejected, outcome.totals.docs_in) == (9, 1, 10)
 
 
+def test_several_refused_chunks_of_one_document_give_one_reject(tokenizer, corpus):
+    inputs, db, docs = corpus
+    victim_token = tokenizer.encode("zebra")[0][0]
+    docs = dict(docs)
+    docs["d3"] = "zebra " + docs["d3"] + " zebra"
+    write_docs(inputs / "a.jsonl", docs)
+    outcome, _ = run_once(tokenizer, inputs, db, "r1", refuse_token=victim_token)
+    rejects = lancedb.connect(str(db)).open_table("rejects").to_arrow().to_pylist()
+    assert [(r["doc_id"], r["reason"]) for r in rejects] == [("d3", "engine_rejected")]
+    assert (outcome.totals.docs, outcome.totals.rejected, outcome.totals.docs_in) == (9, 1, 10)
+
+
 def test_unreadable_shard_is_rejected_and_blocks_removal(tokenizer, corpus):
     inputs, db, _ = corpus
     run_once(tokenizer, inputs, db, "r1")

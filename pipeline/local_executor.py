@@ -28,7 +28,7 @@ def planned_documents(
     """Every input document with its fate, every reject, and (delete_missing) a marker per removed document."""
     fs, shards = list_shards(cfg)
     reader = PieceReader(fs, cfg)
-    parts = [t for sh in shards for piece in split_shard(sh, fs, int(cfg.piece_mb * 2**20)) for t in reader(piece)]
+    parts = [t for sh in shards for piece in split_shard(sh, fs, cfg.piece_bytes) for t in reader(piece)]
     if keys is not None and delete_missing:
         parts += [stored_id_rows(keys.doc_ids(f)) for f in keys.fragment_ids()]
     rows = pa.concat_tables(parts) if parts else s.READ_SCHEMA.empty_table()

@@ -94,7 +94,7 @@ def _write(batch: pa.Table, writer: ChunkWriter) -> pa.Table:
 
 def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
-    pieces = split_pieces(shards, fs, int(settings.input.piece_mb * 2**20))
+    pieces = split_pieces(shards, fs, settings.input.piece_bytes)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",

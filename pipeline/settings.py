@@ -72,6 +72,10 @@ class InputSettings(_Section):
     """A plain jsonl or parquet shard larger than this is read by several tasks, cut at line ends or between row
     groups (compressed jsonl and text files are read whole, as streams)."""
 
+    @property
+    def piece_bytes(self) -> int:
+        return int(self.piece_mb * 2**20)
+
 
 class ModelSettings(_Section):
     path: str

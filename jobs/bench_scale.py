@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpora", default="docs,other", help="docs: the sample corpus; other: other modules")
     parser.add_argument("--reingest-docs", type=int, default=1000)
     parser.add_argument("--parts", default="store,commit,corpus,reingest", help="which scenarios to run")
-    parser.add_argument("--store-commit-rows", type=int, default=16,
+    parser.add_argument("--store-repeats", type=int, default=3, help="rounds of the store-growth runs (medians)")
+    parser.add_argument("--store-commit-rows", type=int, default=8,
                         help="run.commit_rows of the store-growth runs: several commits a run, so the per-chunk "
                              "write figure is not one commit's noise")  # fmt: skip
     args = parser.parse_args(argv)
@@ -36,24 +38,32 @@ def main(argv: list[str] | None = None) -> int:
     model, chunking, dim = _model(args.config)
     points: list[Point] = []
 
-    inputs = {c: write_jsonl(out / f"in-{c}", corpus_docs(c)) for c in corpora}
     parts = set(args.parts.split(","))
     commit_rows = ("--run.commit-rows", str(args.store_commit_rows))
-    for size in sizes if parts & {"store", "reingest"} else []:
-        db = out / f"store-{size}"
+    stored_inputs: list[Path] = []
+    stores = {size: out / f"store-{size}" for size in sizes}
+    for size, db in stores.items() if parts & {"store", "reingest"} else []:
         if size == max(sizes) or "store" in parts:
             prefill(db, size, dim, {"model": model}, chunking, model)
-        for c in corpora if "store" in parts else []:
-            points.append(measure(Point("store", c, size, 1), args.config, db, inputs[c], log, *commit_rows))
+    # Rounds over every store size in turn, so the machine's drift falls on all sizes alike; each round's
+    # documents have new ids (the same texts), so every run writes the same number of new chunks.
+    for rnd in range(args.store_repeats) if "store" in parts else []:
+        for c in corpora:
+            folder = write_jsonl(out / f"in-{c}-r{rnd}", corpus_docs(c, id_suffix=f"r{rnd}"))
+            stored_inputs.append(folder)
+            for size, db in stores.items():
+                point = Point("store", c, size, 1, repeat=rnd)
+                points.append(measure(point, args.config, db, folder, log, *commit_rows))
+    for size, db in stores.items():
         if size != max(sizes) and db.exists():
             shutil.rmtree(db)
     latency = {}
     if "commit" in parts:
-        stores = {size: out / f"commit-{size}" for size in sizes}
-        for size, db in stores.items():
+        commit_stores = {size: out / f"commit-{size}" for size in sizes}
+        for size, db in commit_stores.items():
             prefill(db, size, dim, {"model": model}, chunking, model)
-        latency = commit_latency(stores, dim, model, chunking)
-        for db in stores.values():
+        latency = commit_latency(commit_stores, dim, model, chunking)
+        for db in commit_stores.values():
             shutil.rmtree(db)
     for factor in factors if "corpus" in parts else []:
         folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
@@ -62,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(db)
     expected: dict = {}
     if "reingest" in parts:
-        reingest, expected = _reingest(args, out, log, max(sizes), corpora, inputs, "store" in parts)
+        reingest, expected = _reingest(args, out, log, max(sizes), corpora, stored_inputs)
         points += reingest
     (out / "scale.json").write_text(json.dumps({"points": [asdict(p) for p in points], "commit": latency}, indent=1))
     report = render(points, expected, latency)
@@ -81,7 +91,7 @@ def _model(conf: str) -> tuple[str, str, int]:
 
 
 def _reingest(
-    args, out: Path, log: Path, size: int, corpora: list[str], inputs: dict, stored_corpora: bool
+    args, out: Path, log: Path, size: int, corpora: list[str], stored_inputs: list[Path]
 ) -> tuple[list[Point], dict]:
     db = out / f"store-{size}"
     base = corpus_docs(corpora[-1], -(-args.reingest_docs // len(corpus_docs(corpora[-1]))))
@@ -95,23 +105,28 @@ def _reingest(
     folder = write_jsonl(out / "in-reingest-2", changed)
     fill = [{"id": f"fill-{i}", "text": t} for i, t in enumerate(fill_texts(size // 10))]
     write_jsonl(folder / "fill", fill, per_shard=20_000)
-    for c in corpora if stored_corpora else []:  # the store-growth runs' documents stay too
-        shutil.copytree(inputs[c], folder / c)
-    expected["skipped"] += len(fill) + (sum(len(corpus_docs(c)) for c in corpora) if stored_corpora else 0)
+    for stored in stored_inputs:  # the store-growth runs' documents stay too
+        shutil.copytree(stored, folder / stored.name)
+    expected["skipped"] += len(fill) + sum(_lines(p) for p in stored_inputs)
     last = Point("reingest: 5/5/5 %", "reingest", size, 1)
     points.append(measure(last, args.config, db, folder, log, "--run.delete-missing"))
     return points, expected
 
 
+def _lines(folder: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in folder.glob("*.jsonl"))
+
+
 def render(points: list[Point], expected: dict, latency: dict) -> str:
     lines = [
-        "| scenario | corpus | store chunks | corpus x | chunks | wall s | start-up s | write s | commit s | "
+        "| scenario | corpus | store chunks | corpus x | round | chunks | wall s | start-up s | write s | commit s | "
         "write ms/chunk | groups | record B/chunk | driver peak MiB | chunk versions added |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         lines.append(
-            f"| {p.scenario} | {p.corpus} | {p.store_chunks:,} | {p.corpus_factor} | {p.chunks:,} | {p.wall_s:.1f} | "
+            f"| {p.scenario} | {p.corpus} | {p.store_chunks:,} | {p.corpus_factor} | {p.repeat} | {p.chunks:,} | "
+            f"{p.wall_s:.1f} | "
             f"{p.startup_s:.1f} | {p.write_s:.3f} | {p.commit_s:.3f} | {p.write_s_per_chunk * 1e3:.3f} | {p.groups} | "
             f"{p.bytes_per_chunk:.1f} | {p.driver_peak_mb:,.0f} | {p.chunk_versions_added} |"
         )
@@ -134,14 +149,20 @@ def checks(points: list[Point], expected: dict, latency: dict) -> list[str]:
         out.append(_check(f"write + commit s per group at {max(latency):,} / at {min(latency):,} chunks", ratio, 1.2))
     store = [p for p in points if p.scenario == "store"]
     for corpus in sorted({p.corpus for p in store}):
-        mine = sorted((p for p in store if p.corpus == corpus), key=lambda p: p.store_chunks)
-        small, big = mine[0], mine[-1]
-        ratio = big.write_s_per_chunk / small.write_s_per_chunk if small.write_s_per_chunk else float("nan")
-        out.append(
-            _check(f"{corpus}: write s per chunk at {big.store_chunks:,} / at {small.store_chunks:,}", ratio, 1.2)
-        )
-        out.append(f"- {corpus}: wall s {' / '.join(f'{p.wall_s:.1f}' for p in mine)} at store sizes "
-                   f"{' / '.join(f'{p.store_chunks:,}' for p in mine)}")  # fmt: skip
+        by_size: dict[int, list[Point]] = {}
+        for p in store:
+            if p.corpus == corpus:
+                by_size.setdefault(p.store_chunks, []).append(p)
+        small, big = min(by_size), max(by_size)
+        per_chunk = {n: statistics.median(p.write_s_per_chunk for p in ps) for n, ps in by_size.items()}
+        ratio = per_chunk[big] / per_chunk[small] if per_chunk[small] else float("nan")
+        label = f"{corpus}: write s per chunk at {big:,} / at {small:,} (medians of {len(by_size[big])} runs)"
+        out.append(_check(label, ratio, 1.2))
+        walls = {n: sorted(p.wall_s for p in ps) for n, ps in sorted(by_size.items())}
+        spread = ", ".join(f"{n:,}: {statistics.median(w):.1f} ({w[0]:.1f}-{w[-1]:.1f})" for n, w in walls.items())
+        within = statistics.median(walls[big]) <= walls[small][-1]
+        out.append(f"- {'PASS' if within else 'FAIL'} {corpus}: median wall s at {big:,} within the empty store's "
+                   f"range; wall s median (min-max) by store size: {spread}")  # fmt: skip
     growth = sorted((p for p in points if p.scenario == "corpus"), key=lambda p: p.corpus_factor)
     if growth:
         ratio = growth[-1].driver_peak_mb / growth[0].driver_peak_mb

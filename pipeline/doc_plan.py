@@ -1,7 +1,7 @@
 """The plan: what happens to each input document, decided before anything is embedded. Pure: no ray or vllm.
 
 Rows arrive grouped by plan key (the document id): every input copy of an id, and, when the run removes
-documents gone from the inputs, one row per stored document id. `decide` picks the copy that counts and
+documents gone from the inputs, one row per stored document id. `decide_all` picks the copy that counts and
 marks removals; `stored_fates` then compares the kept copies with the stored chunks' keys. The driver never
 sees the documents; Ray does the grouping (a hash shuffle on the key) and the lookups run in workers.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,19 +26,44 @@ def _order(row: dict) -> tuple:
     return (row[s.SOURCE], -1 if row[s.LINE] is None else row[s.LINE])
 
 
+def decide_all(rows: pa.Table) -> pa.Table:
+    """Rows of any number of plan keys (READ_SCHEMA, every row of each key present) in, decided as `decide`
+    decides each key's rows. Vectorized for what most keys hold: one input copy, with or without a stored id
+    beside it (the copy passes as it is), or a stored id alone (a removal marker); only keys with several input
+    copies go through `decide` one by one."""
+    if not len(rows):
+        return rows
+    rows = rows.combine_chunks()
+    rows = rows.take(pc.sort_indices(rows, [(s.PLAN_KEY, "ascending")]))
+    keys = rows.column(s.PLAN_KEY)
+    starts_here = np.ones(len(rows), dtype=bool)
+    if len(rows) > 1:
+        starts_here[1:] = pc.not_equal(keys.slice(1), keys.slice(0, len(rows) - 1)).to_numpy(zero_copy_only=False)
+    group = np.cumsum(starts_here) - 1
+    stored = pc.fill_null(rows.column(s.IN_STORE), False).to_numpy(zero_copy_only=False)
+    inputs = np.bincount(group, weights=~stored).astype(np.int64)[group]
+    starts = np.flatnonzero(starts_here)
+    out = [rows.filter(pa.array(~stored & (inputs == 1)))]
+    gone = starts[inputs[starts] == 0]
+    if len(gone):
+        out.append(removal_rows(rows.column(s.DOC_ID).take(pa.array(gone))))
+    ends = np.append(starts[1:], len(rows))
+    for start, end in zip(starts, ends, strict=True):
+        if inputs[start] > 1:
+            out.append(decide(rows.slice(start, end - start)))
+    return pa.concat_tables(out).combine_chunks()
+
+
 def decide(group: pa.Table) -> pa.Table:
     """One plan key's rows (READ_SCHEMA) in, the same rows decided: the input copy with the smallest source and
     line is the one the run takes (whatever reached which worker first); every other copy becomes a
     duplicate_id reject naming it. A stored id no input row holds becomes a FATE_REMOVED marker."""
-    if group.num_rows == 1 and not group.column(s.IN_STORE)[0].as_py():
-        return group  # one copy, nothing stored to compare in this group: most documents
     rows = group.to_pylist()
     inputs = sorted((r for r in rows if not r[s.IN_STORE]), key=_order)
     stats = [r[s.SHARD_STATS] for r in rows if r[s.SHARD_STATS]]
     if not inputs:
-        doc_id = rows[0][s.DOC_ID]
-        out = [{s.DOC_ID: doc_id, s.SOURCE: "", s.PLAN_KEY: doc_id, s.FATE: s.FATE_REMOVED, s.IN_STORE: True}]
-    elif len(inputs) == 1 or inputs[0][s.DOC_ID] is None:
+        return removal_rows(pa.array([rows[0][s.DOC_ID]], pa.string()))
+    if len(inputs) == 1 or inputs[0][s.DOC_ID] is None:
         out = inputs
     else:
         first = inputs[0]
@@ -51,6 +77,23 @@ def decide(group: pa.Table) -> pa.Table:
         r[s.SHARD_STATS] = None
     out[0][s.SHARD_STATS] = merge_stats(stats)
     return pa.Table.from_pylist(out, schema=s.READ_SCHEMA)
+
+
+def _id_rows(doc_ids: pa.Array, fate: str | None) -> pa.Table:
+    n = len(doc_ids)
+    given = {
+        s.DOC_ID: doc_ids,
+        s.PLAN_KEY: doc_ids,
+        s.SOURCE: pa.array([""] * n, pa.string()),
+        s.IN_STORE: pa.array(np.ones(n, dtype=bool)),
+        s.FATE: pa.array([fate] * n, pa.string()),
+    }
+    return pa.table({f.name: given.get(f.name, pa.nulls(n, f.type)) for f in s.READ_SCHEMA}, schema=s.READ_SCHEMA)
+
+
+def removal_rows(doc_ids: pa.Array) -> pa.Table:
+    """FATE_REMOVED markers: stored documents no input holds."""
+    return _id_rows(doc_ids, s.FATE_REMOVED)
 
 
 def merge_stats(payloads: list[str]) -> str | None:
@@ -112,10 +155,9 @@ def with_fates(docs: pa.Table, lookup: Callable[[list[str]], pa.Table] | None, c
     return stored_fates(docs, stored, chunking)
 
 
-def stored_id_rows(doc_ids: list[str]) -> pa.Table:
+def stored_id_rows(doc_ids: list[str] | pa.Array) -> pa.Table:
     """Plan rows saying the store holds these documents (read only when the run removes what the inputs lost)."""
-    rows = [{s.DOC_ID: d, s.SOURCE: "", s.PLAN_KEY: d, s.IN_STORE: True} for d in doc_ids]
-    return pa.Table.from_pylist(rows, schema=s.READ_SCHEMA)
+    return _id_rows(pa.array(doc_ids, pa.string()), None)
 
 
 def pending_ids(docs: pa.Table) -> list[str]:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
-from pipeline.doc_plan import decide, stored_id_rows, with_fates
+from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.embedding import Embedder, EmbedStep
 from pipeline.io.lance_store import LanceStore
 from pipeline.io.run_commit import RunCommitter, RunOutcome
@@ -31,13 +30,7 @@ def planned_documents(
     parts = [t for sh in shards for piece in split_shard(sh, fs, cfg.piece_bytes) for t in reader(piece)]
     if keys is not None and delete_missing:
         parts += [stored_id_rows(keys.doc_ids(f)) for f in keys.fragment_ids()]
-    rows = pa.concat_tables(parts) if parts else s.READ_SCHEMA.empty_table()
-    rows = rows.take(pc.sort_indices(rows, [(s.PLAN_KEY, "ascending")]))
-    plan_keys = rows.column(s.PLAN_KEY).to_pylist()
-    starts = [i for i in range(len(plan_keys)) if i == 0 or plan_keys[i] != plan_keys[i - 1]]
-    ends = [*starts[1:], len(plan_keys)]
-    decided = [decide(rows.slice(a, b - a)) for a, b in zip(starts, ends, strict=True)]
-    planned = pa.concat_tables(decided) if decided else rows
+    planned = decide_all(pa.concat_tables(parts) if parts else s.READ_SCHEMA.empty_table())
     return with_fates(planned, keys.lookup if keys is not None else None, chunking)
 
 

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
-from pipeline.doc_plan import decide, stored_id_rows, with_fates
+from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
 from pipeline.errors import EngineError, PipelineError
@@ -80,7 +80,8 @@ def _read(pieces: pa.Table, reader: PieceReader) -> Iterator[pa.Table]:
 
 
 def _stored_ids(fragments: pa.Table, keys: StoredKeys) -> pa.Table:
-    return stored_id_rows([d for f in fragments.column("fragment").to_pylist() for d in keys.doc_ids(f)])
+    ids = [keys.doc_ids(f) for f in fragments.column("fragment").to_pylist()]
+    return stored_id_rows(pa.concat_arrays(ids) if ids else [])
 
 
 def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str) -> pa.Table:
@@ -136,8 +137,11 @@ def build_dataset(
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
         docs = docs.union(fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys}, batch_format="pyarrow"))
-    planned = docs.groupby(s.PLAN_KEY, num_partitions=settings.run.plan_partitions or min(cpus, 64)).map_groups(
-        decide, batch_format="pyarrow"
+    # Every row of a plan key lands in one partition, and a hash shuffle emits each partition as one block:
+    # decide_all sees all copies of an id at once. (map_groups would call Python once per document.)
+    partitions = settings.run.plan_partitions or min(cpus, 64)
+    planned = docs.repartition(partitions, keys=[s.PLAN_KEY]).map_batches(
+        decide_all, batch_size=None, batch_format="pyarrow", num_cpus=0.25
     )
     planned = planned.map_batches(
         _fates, fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint}, batch_size=LOOKUP_IDS,

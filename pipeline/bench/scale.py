@@ -39,6 +39,7 @@ class Point:
     corpus: str
     store_chunks: int
     corpus_factor: int
+    repeat: int = 0
     wall_s: float = 0.0
     startup_s: float = 0.0
     chunks: int = 0
@@ -64,16 +65,16 @@ class Point:
         return self.record_bytes / self.chunks if self.chunks else 0.0
 
 
-def corpus_docs(name: str, factor: int = 1) -> list[dict]:
+def corpus_docs(name: str, factor: int = 1, id_suffix: str = "") -> list[dict]:
     """'docs': the sample corpus's modules; 'other': as many other standard-library modules. `factor` copies
-    under new ids, each copy's text marked so no two documents are the same."""
+    under new ids, each copy's text marked so no two documents are the same; `id_suffix` renames them all."""
     if name == "docs":
         modules = list(DEFAULT_MODULES)
     else:
         modules = [m for m in all_stdlib_modules() if m not in set(DEFAULT_MODULES)][: len(DEFAULT_MODULES)]
     base = list(documents(modules, 6000))
     return [
-        {"id": f"{d['id']}#{k}", "text": d["text"] if k == 0 else f"Copy {k}.\n\n{d['text']}"}
+        {"id": f"{d['id']}#{k}{id_suffix}", "text": d["text"] if k == 0 else f"Copy {k}.\n\n{d['text']}"}
         for k in range(factor)
         for d in base
     ]

@@ -50,10 +50,10 @@ class StoredKeys:
     def fragment_ids(self) -> list[int]:
         return [f.fragment_id for f in self._dataset().get_fragments()]
 
-    def doc_ids(self, fragment_id: int) -> list[str]:
+    def doc_ids(self, fragment_id: int) -> pa.Array:
         """The distinct document ids one fragment holds (deleted rows left out)."""
         table = self._dataset().get_fragment(fragment_id).to_table(columns=[s.DOC_ID])
-        return pc.unique(table.column(s.DOC_ID)).to_pylist()
+        return pc.unique(table.column(s.DOC_ID).combine_chunks())
 
     def has_key_index(self) -> bool:
         return any(s.DOC_ID in idx.get("fields", []) for idx in self._dataset().list_indices())

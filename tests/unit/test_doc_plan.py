@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.doc_plan import KEY_COLUMNS, complete_documents, decide, stored_fates, stored_id_rows
+from pipeline.doc_plan import KEY_COLUMNS, complete_documents, decide, decide_all, stored_fates, stored_id_rows
 
 
 def copy(source: str, line: int | None, text: str = "t", doc_id: str = "x") -> dict:
@@ -60,3 +60,32 @@ def test_fates_compare_the_kept_copy_with_what_is_stored():
     out = stored_fates(docs, stored, "c").to_pylist()
     assert [r[s.FATE] for r in out] == [s.FATE_UNCHANGED, s.FATE_CHANGED, s.FATE_NEW]
     assert out[0][s.TEXT] is None and out[1][s.TEXT] == "new-text"  # unchanged documents leave their text behind
+
+
+def _decided_per_key(rows: pa.Table) -> list[dict]:
+    by_key: dict[str, list[dict]] = {}
+    for row in rows.to_pylist():
+        by_key.setdefault(row[s.PLAN_KEY], []).append(row)
+    out = []
+    for group in by_key.values():
+        out += decide(pa.Table.from_pylist(group, schema=s.READ_SCHEMA)).to_pylist()
+    return out
+
+
+def _canonical(rows: list[dict]) -> list[tuple]:
+    return sorted(tuple((k, str(v)) for k, v in sorted(r.items())) for r in rows)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from(["a.jsonl", "b.jsonl"]), st.integers(1, 5))),
+    st.sets(st.sampled_from("abcdefgh")),
+)
+def test_decide_all_decides_each_key_as_decide_does(copies, stored):
+    inputs = [copy(src, line, doc_id=d) | {s.SHARD_STATS: f'{{"read_s": {line}}}'} for d, src, line in copies]
+    parts = [pa.Table.from_pylist(inputs, schema=s.READ_SCHEMA), stored_id_rows(sorted(stored))]
+    rows = pa.concat_tables(parts)
+    rows = rows.take(pa.array(random.Random(len(copies)).sample(range(len(rows)), len(rows)), pa.int64()))
+    got = decide_all(rows).to_pylist()
+    assert _canonical(got) == _canonical(_decided_per_key(rows))
+    removed = {r[s.DOC_ID] for r in got if r[s.FATE] == s.FATE_REMOVED}
+    assert removed == stored - {d for d, _, _ in copies}

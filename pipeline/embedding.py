@@ -16,6 +16,7 @@ import pyarrow as pa
 import structlog
 
 from pipeline import schema as s
+from pipeline.engine_slots import bind_spec, core_sets
 from pipeline.errors import ChunkBudgetError, EngineError, InputRejected
 from pipeline.settings import ModelSettings
 from pipeline.stats import BatchStats
@@ -70,10 +71,13 @@ class EngineSpec:
     cpu_threads: int
     allow_long_max_model_len: bool
     engine_log_level: str
+    engines_per_device: int = 1
+    """Engines sharing this engine's GPU or CPU node."""
 
 
-def engine_environment(spec: EngineSpec) -> dict[str, str]:
-    """Environment vLLM reads at import: one process per engine, CPU threads and core binding, offline hub."""
+def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, str]:
+    """Environment vLLM reads at import: one process per engine, CPU threads and core binding, offline hub.
+    `slot`: this engine's place among the engines sharing its CPU node; it is bound to that slot's cores."""
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": spec.engine_log_level,
@@ -83,10 +87,14 @@ def engine_environment(spec: EngineSpec) -> dict[str, str]:
     if spec.allow_long_max_model_len:
         env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
     if spec.device == "cpu":
+        bind, threads = cpu_bind(spec.cpu_threads), spec.cpu_threads
+        if slot is not None and spec.engines_per_device > 1:
+            cores = core_sets(_cores(), spec.engines_per_device)[slot]
+            bind, threads = bind_spec(cores), len(cores)
         env |= {
-            "VLLM_CPU_OMP_THREADS_BIND": cpu_bind(spec.cpu_threads),
+            "VLLM_CPU_OMP_THREADS_BIND": bind,
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "OMP_NUM_THREADS": str(spec.cpu_threads),
+            "OMP_NUM_THREADS": str(threads),
         }
     return env
 
@@ -99,7 +107,8 @@ def engine_kwargs(spec: EngineSpec) -> dict:
         "max_model_len": spec.max_model_len,
         "max_num_batched_tokens": m.max_num_batched_tokens,
         "tensor_parallel_size": m.tensor_parallel_size,
-        "gpu_memory_utilization": m.gpu_memory_utilization,
+        # vLLM reads the fraction as of the whole device: engines sharing one split it.
+        "gpu_memory_utilization": m.gpu_memory_utilization / (spec.engines_per_device if spec.device == "cuda" else 1),
         "dtype": m.dtype,
         "enforce_eager": m.enforce_eager,
         "trust_remote_code": m.trust_remote_code,
@@ -107,9 +116,13 @@ def engine_kwargs(spec: EngineSpec) -> dict:
     }
 
 
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def cpu_bind(threads: int) -> str:
     """Pin the engine to this process's cores when it uses all of them; otherwise let the OS place threads."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = _cores()
     if threads == len(cores) and cores == list(range(cores[0], cores[-1] + 1)):
         return f"{cores[0]}-{cores[-1]}"
     return "nobind"
@@ -118,8 +131,8 @@ def cpu_bind(threads: int) -> str:
 class VllmEmbedder:
     """One vllm.LLM with the pooling runner; receives token ids, never text."""
 
-    def __init__(self, spec: EngineSpec):
-        os.environ.update(engine_environment(spec))
+    def __init__(self, spec: EngineSpec, slot: int | None = None):
+        os.environ.update(engine_environment(spec, slot))
         from vllm import LLM  # only here: importing vllm is slow and needs its engine build
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
@@ -180,7 +193,9 @@ class VllmEmbedder:
             "max_num_seqs": config.scheduler_config.max_num_seqs,
             "chunked_prefill": config.scheduler_config.enable_chunked_prefill,
             "dtype": str(config.model_config.dtype),
-            "cpu_threads": spec.cpu_threads if spec.device == "cpu" else None,
+            "cpu_threads": int(os.environ["OMP_NUM_THREADS"]) if spec.device == "cpu" else None,
+            "cpu_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") if spec.device == "cpu" else None,
+            "engines_per_device": spec.engines_per_device,
         }
 
     def close(self) -> None:

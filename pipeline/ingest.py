@@ -86,8 +86,11 @@ def run_ingest(settings: Settings) -> RunResult:
     store = LanceStore.from_settings(settings.store)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         ray_stages.start_ray(settings)
-        plan = place_engines(settings, lengths, *ray_stages.cluster_resources())
-        memory = check_memory(settings, plan, device_memory_bytes(settings, plan.engine.device))
+        gpus, cpus = ray_stages.cluster_resources()
+        device = settings.model.device if settings.model.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
+        device_memory = device_memory_bytes(settings, device)
+        plan = place_engines(settings, lengths, gpus, cpus, device_memory)
+        memory = check_memory(settings, plan, device_memory)
         for note in plan.notes:
             log.warning("setting_adjusted", note=note)
         for warning in memory.warnings:
@@ -98,6 +101,7 @@ def run_ingest(settings: Settings) -> RunResult:
             model=plan.model_id,
             device=plan.engine.device,
             actors=plan.actors,
+            engines_per_device=plan.engine.engines_per_device,
             max_model_len=plan.engine.max_model_len,
             max_num_batched_tokens=settings.model.max_num_batched_tokens,
             chunk_tokens=plan.chunk.max_tokens,
@@ -195,6 +199,7 @@ def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan,
         "chunk_tokens": plan.chunk.max_tokens,
         "device": plan.engine.device,
         "actors": plan.actors,
+        "engines_per_device": plan.engine.engines_per_device,
         "cpu_threads": plan.engine.cpu_threads,
         "notes": plan.notes,
     }

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from pipeline.chunking import ChunkPlan
 from pipeline.embedding import EngineSpec
+from pipeline.engine_slots import choose_engines_per_device
 from pipeline.errors import ConfigError
-from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, load_config, plan_memory
+from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, engines_that_fit, load_config, plan_memory
 from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.model_params import shape_from_config
 from pipeline.reference_embedding import pooling_of
@@ -83,8 +84,11 @@ def splits_long_prompts(model_dir: Path) -> bool:
     return pooling_of(model_dir)[0] == "last" or not (model_dir / "modules.json").is_file()
 
 
-def place_engines(settings: Settings, lengths: LengthPlan, gpus: float, cpus: int) -> JobPlan:
-    """Device, number of engines and threads, from the cluster's GPUs and CPUs."""
+def place_engines(
+    settings: Settings, lengths: LengthPlan, gpus: float, cpus: int, device_memory_bytes: int | None = None
+) -> JobPlan:
+    """Device, number of engines (and how many share each device) and threads, from the cluster's GPUs and
+    CPUs and, on GPUs, the memory planner's fit at `device_memory_bytes`."""
     m = settings.model
     device = m.device if m.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
     if device == "cuda" and gpus < m.tensor_parallel_size:
@@ -96,23 +100,44 @@ def place_engines(settings: Settings, lengths: LengthPlan, gpus: float, cpus: in
     if device == "cpu" and m.tensor_parallel_size != 1:
         msg = f"model.tensor_parallel_size={m.tensor_parallel_size} needs GPUs; set it to 1 on the CPU backend"
         raise ConfigError(msg)
-    actors = settings.run.actors or (int(gpus // m.tensor_parallel_size) if device == "cuda" else 1)
-    if device == "cuda" and actors * m.tensor_parallel_size > gpus:
+    fitting = None
+    if device == "cuda" and device_memory_bytes:
+        config, model_dir = load_config(lengths.model_dir)
+        request = PlanRequest(
+            dtype=m.dtype, max_model_len=lengths.max_model_len, max_num_batched_tokens=m.max_num_batched_tokens,
+            tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
+            device=device, device_memory_bytes=device_memory_bytes,
+        )  # fmt: skip
+        fitting = engines_that_fit(config, request, model_dir)
+    r = settings.run
+    share = choose_engines_per_device(
+        r.engines_per_device, r.max_engines_per_device, device, m.tensor_parallel_size, fitting, cpus
+    )
+    per_device = share.engines_per_device
+    groups = int(gpus // m.tensor_parallel_size) if device == "cuda" else 1
+    actors = r.actors or groups * per_device
+    if device == "cuda" and actors > groups * per_device:
+        shared = f" at {per_device} engines per GPU" if per_device > 1 else ""
         msg = (
             f"run.actors={actors} x model.tensor_parallel_size={m.tensor_parallel_size} needs "
-            f"{actors * m.tensor_parallel_size} GPUs but the cluster has {gpus:g}; lower run.actors"
+            f"{actors * m.tensor_parallel_size / per_device:g} GPUs{shared} but the cluster has {gpus:g}; lower "
+            f"run.actors or raise run.engines_per_device"
         )
         raise ConfigError(msg)
+    notes = list(lengths.notes)
+    if per_device > 1 or r.engines_per_device is not None:
+        notes.append(f"engines_per_device {per_device}: {share.note}")
     engine = EngineSpec(
         model_dir=lengths.model_dir,
         model=m,
         max_model_len=lengths.max_model_len,
         device=device,
-        cpu_threads=m.cpu_threads or max(1, cpus // actors),
+        cpu_threads=m.cpu_threads or max(1, cpus // (per_device if r.engines_per_device else actors)),
         allow_long_max_model_len=lengths.allow_long_max_model_len,
         engine_log_level=settings.logging.engine_level,
+        engines_per_device=per_device,
     )
-    return JobPlan(lengths.model_id, engine, lengths.chunk, actors, lengths.notes)
+    return JobPlan(lengths.model_id, engine, lengths.chunk, actors, notes)
 
 
 def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) -> int:
@@ -184,7 +209,7 @@ def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | N
         max_model_len=plan.engine.max_model_len,
         max_num_batched_tokens=m.max_num_batched_tokens,
         tensor_parallel_size=m.tensor_parallel_size,
-        engines_per_device=plan.actors if on_cpu else 1,
+        engines_per_device=plan.actors if on_cpu else plan.engine.engines_per_device,
         gpu_memory_utilization=m.gpu_memory_utilization,
         device=plan.engine.device,
         device_memory_bytes=device_memory_bytes,

@@ -161,6 +161,15 @@ def plan_memory(config: dict, request: PlanRequest, model_dir: Path | None = Non
     return plan
 
 
+def engines_that_fit(config: dict, request: PlanRequest, model_dir: Path | None = None) -> int | None:
+    """How many engines one device holds at these settings (0: not even one); None when its memory is unknown."""
+    if not request.device_memory_bytes:
+        return None
+    shape = shape_from_config(config)
+    weights = plan_memory(config, request, model_dir).weight_bytes
+    return _largest(lambda n: _fits(weights, shape, request, engines_per_device=n), 1, 64, 1) or 0
+
+
 def kv_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
     return 0 if shape.kind == "encoder" else tokens * shape.num_layers * 2 * shape.kv_size * dtype_bytes
 

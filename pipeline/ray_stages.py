@@ -22,6 +22,7 @@ from pipeline.chunking import Chunker
 from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.engine_slots import SLOT_ENV, node_slots
 from pipeline.errors import EngineError, PipelineError
 from pipeline.io.chunk_writer import ChunkWriter
 from pipeline.io.stored_keys import LOOKUP_IDS, StoredKeys
@@ -56,7 +57,8 @@ class EmbedActor:
     def __init__(self, settings: Settings, plan: JobPlan):
         configure_logging(settings.logging.level, settings.logging.json_format)
         actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
-        self.step = EmbedStep(VllmEmbedder(plan.engine), actor)
+        slot = os.environ.get(SLOT_ENV)
+        self.step = EmbedStep(VllmEmbedder(plan.engine, int(slot) if slot else None), actor)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.step(batch)
@@ -106,17 +108,23 @@ def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard])
 @contextmanager
 def engine_placement(settings: Settings, plan: JobPlan) -> Iterator[Callable[[], dict]]:
     """Reserve one bundle per engine, spread over nodes (one per node before two on one), before any task of
-    the run can take the room; yields the engine actors' remote args, a bundle each. Released at the end."""
+    the run can take the room; yields the engine actors' remote args, a bundle each, with the engine's slot
+    among the engines on its node (which cores or which share of the GPU it takes). Released at the end."""
     bundle = {"CPU": 1.0}
     if plan.engine.device == "cuda":
-        bundle["GPU"] = float(settings.model.tensor_parallel_size)
+        bundle["GPU"] = settings.model.tensor_parallel_size / plan.engine.engines_per_device
     group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
     ray.get(group.ready())
+    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
+    slots = node_slots([nodes[i] for i in range(plan.actors)])
     counter = itertools.count()
 
     def remote_args() -> dict:
         index = next(counter) % plan.actors
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)}
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index),
+            "runtime_env": {"env_vars": {SLOT_ENV: str(slots[index] % plan.engine.engines_per_device)}},
+        }
 
     try:
         yield remote_args

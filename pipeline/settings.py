@@ -129,7 +129,14 @@ class ChunkSettings(_Section):
 
 class RunSettings(_Section):
     actors: int | None = Field(default=None, ge=1)
-    """Embedding actors (engines). Unset: one per tensor-parallel group of GPUs, or one without GPUs."""
+    """Embedding actors (engines). Unset: engines_per_device on each tensor-parallel group of GPUs, or
+    engines_per_device on a machine without GPUs."""
+    engines_per_device: int | None = Field(default=None, ge=1)
+    """Engines sharing one GPU (each gets 1/n of it and of gpu_memory_utilization) or one CPU node (each bound
+    to its own cores). Unset: on GPUs as many as the memory planner fits, at most max_engines_per_device; on
+    CPUs one."""
+    max_engines_per_device: int = Field(default=4, ge=1)
+    """Cap on the engines per GPU that the planner chooses when engines_per_device is unset."""
     chunk_actors: int = Field(default=1, ge=1)
     """Actors that parse and tokenize shards."""
     batch_rows: int = Field(default=64, ge=1)

@@ -56,12 +56,20 @@ class EmbedActor:
 
     def __init__(self, settings: Settings, plan: JobPlan):
         configure_logging(settings.logging.level, settings.logging.json_format)
-        actor = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
         slot = os.environ.get(SLOT_ENV)
-        self.step = EmbedStep(VllmEmbedder(plan.engine, int(slot) if slot else None), actor)
+        embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
+        self.step = EmbedStep(embedder, engine_label(ray.get_runtime_context().get_node_id(), embedder.info()))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.step(batch)
+
+
+def engine_label(node_id: str, info: dict) -> str:
+    """How batch rows name their engine: node and process, and the cores it is bound to when it shares a node."""
+    label = f"{node_id[:8]}:{os.getpid()}"
+    if info.get("engines_per_device", 1) > 1 and info.get("cpu_bind") not in (None, "nobind"):
+        label += f" cores {info['cpu_bind']}"
+    return label
 
 
 @ray.remote(num_cpus=0.25)

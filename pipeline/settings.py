@@ -236,6 +236,9 @@ class BenchSettings(_Section):
     """Engine actor counts to sweep; empty: run.actors only."""
     batch_rows: list[int] = Field(default_factory=list)
     """Chunks per engine call to sweep; empty: run.batch_rows only."""
+    engines_per_device: list[int | None] = Field(default_factory=list)
+    """Engines per device to sweep (on CPUs each gets the node's cores divided among them; null: the planner's
+    choice); empty: run.engines_per_device only."""
     baselines: list[Literal["bare", "serve", "ray_data_llm"]] = Field(
         default_factory=lambda: ["bare", "serve", "ray_data_llm"]
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline import schema as s
 from pipeline.bench import corpus
+from pipeline.bench.cpu_use import CpuSampler, Sample, cpu_by_role
 from pipeline.bench.metrics import Point
 from pipeline.embedding import EngineSpec
 
@@ -20,8 +21,10 @@ SAMPLE_VECTORS = 32
 
 
 def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    with CpuSampler() as sampler, ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         result = pool.submit(_embed_all, spec, str(chunks_path)).result()
+    bare_roles = [Sample(x.t, x.pid, "driver" if x.role == "driver" else "engine (bare)", x.cpu_s)
+                  for x in sampler.samples]  # fmt: skip
     point = Point(
         kind="bare",
         label=label,
@@ -34,6 +37,7 @@ def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, di
         stages={"embed_s": result["embed_s"]},
         tokens_per_call=float(result["tokens"]),
         note="one LLM.embed call with every chunk",
+        cpu=cpu_by_role(bare_roles, result["embed_from"], result["embed_from"] + result["embed_s"]),
     )
     return point, result["vectors"]
 
@@ -49,7 +53,7 @@ def _embed_all(spec: EngineSpec, chunks_path: str) -> dict:
     from vllm.inputs import TokensPrompt
 
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]
-    t0 = time.perf_counter()
+    embed_from, t0 = time.time(), time.perf_counter()
     outputs = embedder.llm.embed(prompts, use_tqdm=False)
     embed_s = time.perf_counter() - t0
     ids = table.column(s.CHUNK_ID).to_pylist()
@@ -57,6 +61,7 @@ def _embed_all(spec: EngineSpec, chunks_path: str) -> dict:
     return {
         "start_s": start_s,
         "embed_s": embed_s,
+        "embed_from": embed_from,
         "chunks": len(outputs),
         "tokens": sum(len(t) for t in token_ids),
         "engine_tokens": sum(len(o.prompt_token_ids) for o in outputs),

@@ -92,6 +92,8 @@ class Point:
     run_id: str | None = None
     error: str | None = None
     note: str | None = None
+    cpu: dict = field(default_factory=dict)
+    """CPU-seconds per process role in the steady window (pipeline and bare points), from pipeline.bench.cpu_use."""
 
     @property
     def steady_s(self) -> float:

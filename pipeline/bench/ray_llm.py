@@ -49,6 +49,7 @@ def run_ray_data_llm(
             "embedding": row["embeddings"],
             "num_input_tokens": row["num_input_tokens"],
             "time_taken_llm": row["time_taken_llm"],
+            "finished_at": time.time(),
         },
     )
     source = chunks.select([s.CHUNK_ID, s.TOKEN_IDS])
@@ -58,11 +59,11 @@ def run_ray_data_llm(
     by_id = {cid: i for i, cid in enumerate(chunks.column(s.CHUNK_ID).to_pylist())}
     vectors: dict[str, list[float]] = {}
     pending: list[str] = []
-    engine_tokens, first_out, first_llm_s = 0, None, 0.0
+    engine_tokens, batch_starts = 0, []
+    started_at = time.time()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if first_out is None:
-            first_out = time.perf_counter() - started
-            first_llm_s = max(batch.column("time_taken_llm").to_pylist())
+        batch_starts += batch_start_times(batch.column("finished_at").to_pylist(),
+                                          batch.column("time_taken_llm").to_pylist())  # fmt: skip
         ids = batch.column(s.CHUNK_ID).to_pylist()
         engine_tokens += sum(batch.column("num_input_tokens").to_pylist())
         for cid, vec in zip(ids, batch.column("embedding").to_pylist(), strict=True):
@@ -74,9 +75,9 @@ def run_ray_data_llm(
     if pending:
         write_rows(store, table_name, chunks.take(pa.array([by_id[c] for c in pending])), vectors)
     wall_s = time.perf_counter() - started
-    # The engine starts inside the first batch's actor: start-up is the wait for the first output less the
-    # engine time of that batch (an estimate; Ray Data does not report when its engine became ready).
-    startup_s = max((first_out or 0.0) - first_llm_s, 0.0)
+    # As for the pipeline, start-up ends when the first engine call began: each batch's rows carry when the
+    # processor finished it and how long its engine call took.
+    startup_s = max(min(batch_starts, default=started_at) - started_at, 0.0)
     point = Point(
         kind="ray_data_llm",
         label="ray.data.llm",
@@ -91,6 +92,11 @@ def run_ray_data_llm(
         tokens=sum(chunks.column(s.N_TOKENS).to_pylist()),
         engine_tokens=engine_tokens,
         tokens_per_call=None,
-        note="start-up estimated as first output time minus that batch's engine time; Ray already running",
+        note="start-up until its first engine call began (per-batch timestamps), as for the pipeline; Ray running",
     )
     return point, {cid: vectors[cid] for cid in chunks.column(s.CHUNK_ID).to_pylist()[:32] if cid in vectors}
+
+
+def batch_start_times(finished_at: list[float], llm_s: list[float]) -> list[float]:
+    """When each engine call began: its rows' finish time less the call's engine seconds."""
+    return [f - t for f, t in zip(finished_at, llm_s, strict=True)]

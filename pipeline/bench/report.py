@@ -90,6 +90,8 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         "Stages overlap in a pipeline (reading and chunking run while the engine works), so the busy seconds do "
         "not add up to the wall time; *engine idle* is engine time spent waiting between calls.",
         "",
+        *cpu_lines(result),
+        "",
         "## Device and ceilings",
         "",
         f"- FLOPs per token (planner arithmetic at this corpus's chunk lengths): {result.flops_per_token / 1e9:.3f} "
@@ -138,6 +140,46 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
     lines += ["", "## Settings", "", "```json", json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
               "```", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def cpu_lines(result: BenchResult) -> list[str]:
+    """CPU-seconds per process role in each point's steady window, sampled every second."""
+    points = [p for p in result.points if p.ok and p.cpu and p.kind in ("bare", "pipeline")]
+    if not points:
+        return []
+    roles = sorted(
+        {r for p in points for r in p.cpu}, key=lambda r: -max(p.cpu.get(r, {}).get("cpu_s", 0) for p in points)
+    )
+    lines = [
+        "## Where the CPU goes in the steady window",
+        "",
+        f"CPU-seconds of each process role while the engines were steady ({result.cores} cores; in brackets, how "
+        "many processes held the role). *Besides the engine* is everything but the engine's own process.",
+        "",
+        "| process role | " + " | ".join(p.label for p in points) + " |",
+        "|" + "---|" * (len(points) + 1),
+    ]
+    for role in roles:
+        cells = [
+            f"{p.cpu[role]['cpu_s']:.1f} ({p.cpu[role]['processes']:.0f})" if role in p.cpu else "" for p in points
+        ]
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    totals, besides, windows = [], [], []
+    for p in points:
+        total = sum(v["cpu_s"] for v in p.cpu.values())
+        engine = sum(v["cpu_s"] for r, v in p.cpu.items() if r in ENGINE_ROLES)
+        totals.append(f"{total:.1f}")
+        besides.append(f"{total - engine:.1f} ({(total - engine) / total:.0%})" if total else "")
+        windows.append(f"{p.steady_s * result.cores:.1f}")
+    lines += [
+        "| **all** | " + " | ".join(totals) + " |",
+        "| **besides the engine** | " + " | ".join(besides) + " |",
+        "| core-seconds available | " + " | ".join(windows) + " |",
+    ]
+    return lines
+
+
+ENGINE_ROLES = ("engine actors", "engine (bare)")
 
 
 def _f(v: float | None) -> str:

@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.bench import corpus
+from pipeline.bench.cpu_use import CpuSampler, cpu_by_role
 from pipeline.bench.device import DeviceFigures, measure_device
 from pipeline.bench.metrics import Point, flops_per_token, peak_tflops
 from pipeline.embedding import EngineSpec
@@ -55,6 +56,7 @@ class BenchResult:
     """Lowest cosine between a runner's vectors and the bare engine's, over the first chunks."""
     missing: dict[str, str] = field(default_factory=dict)
     """Baselines that did not run, and why."""
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def of(self, kind: str) -> list[Point]:
         return [p for p in self.points if p.kind == kind]
@@ -81,15 +83,19 @@ def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
     lens = b.max_model_lens or [settings.model.max_model_len]
     actors = b.actors or [settings.run.actors]
     rows = b.batch_rows or [settings.run.batch_rows]
+    shares = b.engines_per_device or [settings.run.engines_per_device]
     points = []
-    for i, (budget, mml, n_actors, batch) in enumerate(itertools.product(b.budgets, lens, actors, rows)):
+    sweep = itertools.product(shares, b.budgets, lens, actors, rows)
+    for i, (per_device, budget, mml, n_actors, batch) in enumerate(sweep):
         points.append(
             settings.model_copy(
                 update={
                     "model": settings.model.model_copy(
                         update={"max_num_batched_tokens": budget, "max_model_len": mml}
                     ),
-                    "run": settings.run.model_copy(update={"actors": n_actors, "batch_rows": batch}),
+                    "run": settings.run.model_copy(
+                        update={"actors": n_actors, "batch_rows": batch, "engines_per_device": per_device}
+                    ),
                     "store": settings.store.model_copy(update={"table_prefix": f"{prefix}p{i}_"}),
                     "index": settings.index.model_copy(update={"after_run": False}),
                 }
@@ -99,7 +105,8 @@ def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
 
 
 def engine_spec(settings: Settings) -> EngineSpec:
-    """The engine one pipeline actor would get with these settings, for the baselines."""
+    """The engine one pipeline actor would get with these settings, alone on its device, for the baselines."""
+    settings = settings.model_copy(update={"run": settings.run.model_copy(update={"engines_per_device": 1})})
     tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
     cpus = settings.run.num_cpus or os.cpu_count() or 1
     gpus = {"cpu": 0.0, "cuda": max(_gpus(), settings.model.tensor_parallel_size)}.get(settings.model.device, _gpus())
@@ -191,12 +198,15 @@ def _bare(settings: Settings, chunks_path: Path, label: str, vectors: dict) -> P
 
 def _pipeline_point(settings: Settings, label: str, vectors: dict) -> Point:
     try:
-        run = run_ingest(settings)
+        with CpuSampler() as sampler:
+            run = run_ingest(settings)
     except PipelineError as exc:
         log.error("pipeline_point_failed", label=label, error=str(exc))
         return _failed("pipeline", label, settings, exc)
     store = open_store(settings)
     point = point_from_rows(store, run.run_id, label)
+    began = run.started_at.timestamp()
+    point = replace(point, cpu=cpu_by_role(sampler.samples, began + point.startup_s, began + point.wall_s))
     vectors.setdefault("pipeline", {})
     vectors["pipeline"].update(_stored_vectors(store, vectors.get("bare", {})))
     log.info("pipeline_measured", label=label, tokens_per_s=round(point.tokens_per_s), wall_s=round(point.wall_s, 1))
@@ -218,6 +228,8 @@ def point_from_rows(store: LanceStore, run_id: str, label: str) -> Point:
             "max_num_batched_tokens": run["max_num_batched_tokens"],
             "max_model_len": run["max_model_len"],
             "actors": resolved["actors"],
+            "engines_per_device": resolved.get("engines_per_device", 1),
+            "engines_per_device_set": json.loads(run["settings"])["run"].get("engines_per_device"),
             "batch_rows": json.loads(run["settings"])["run"]["batch_rows"],
             "engine_max_num_batched_tokens": engine.get("max_num_batched_tokens"),
             "engine_max_num_seqs": engine.get("max_num_seqs"),

@@ -48,3 +48,22 @@ def test_report_and_bench_rows(tmp_path, minilm_path):
     assert abs(p0["efficiency"] - 0.95) < 1e-9 and abs(p0["vs_serve"] - 1.14) < 1e-9
     assert p0["diagnosis"].startswith("engine-bound") and rows["bare"]["diagnosis"] is None
     assert rows["ray.data.llm"]["error"] == "Boom: no"
+
+
+def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
+    from pipeline.bench.report import cpu_lines
+
+    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
+                        input={"paths": ["corpus"]})  # fmt: skip
+    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
+                         flops_per_token=2.5e7, peak_tflops=None, peak_source="", device=None, engine_devices=1,
+                         cores=2)  # fmt: skip
+    cpu = {"engine actors": {"cpu_s": 90.0, "processes": 1}, "raylet": {"cpu_s": 6.0, "processes": 1},
+           "driver": {"cpu_s": 4.0, "processes": 1}}  # fmt: skip
+    result.points = [_point("bare", "bare", 8192, 6000.0, cpu={"engine (bare)": {"cpu_s": 99.0, "processes": 1}}),
+                     _point("pipeline", "pipeline p0", 8192, 5700.0, cpu=cpu)]  # fmt: skip
+    text = "\n".join(cpu_lines(result))
+    assert "| process role | bare | pipeline p0 |" in text
+    assert "| raylet |  | 6.0 (1) |" in text and "| engine (bare) | 99.0 (1) |  |" in text
+    assert "| **besides the engine** | 0.0 (0%) | 10.0 (10%) |" in text
+    assert "| core-seconds available | 100.0 | 100.0 |" in text

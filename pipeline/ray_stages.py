@@ -118,7 +118,7 @@ def engine_placement(settings: Settings, plan: JobPlan) -> Iterator[Callable[[],
     """Reserve one bundle per engine, spread over nodes (one per node before two on one), before any task of
     the run can take the room; yields the engine actors' remote args, a bundle each, with the engine's slot
     among the engines on its node (which cores or which share of the GPU it takes). Released at the end."""
-    bundle = {"CPU": 1.0}
+    bundle = {"CPU": engine_cpus(plan)}
     if plan.engine.device == "cuda":
         bundle["GPU"] = settings.model.tensor_parallel_size / plan.engine.engines_per_device
     group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
@@ -138,6 +138,13 @@ def engine_placement(settings: Settings, plan: JobPlan) -> Iterator[Callable[[],
         yield remote_args
     finally:
         ray.util.remove_placement_group(group)
+
+
+def engine_cpus(plan: JobPlan) -> float:
+    """Logical CPUs an engine actor reserves. Engines sharing a CPU node split one CPU's worth, as engines sharing a
+    GPU split it: their real cores come from the binding, and the rest stays free for the plan's shuffle tasks
+    (which ask for a whole CPU each)."""
+    return 1.0 / plan.engine.engines_per_device if plan.engine.device == "cpu" else 1.0
 
 
 def build_dataset(
@@ -180,8 +187,8 @@ def build_dataset(
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=plan.actors),
-        num_gpus=settings.model.tensor_parallel_size if on_gpu else 0,
-        num_cpus=1,
+        num_gpus=settings.model.tensor_parallel_size / plan.engine.engines_per_device if on_gpu else 0,
+        num_cpus=engine_cpus(plan),
         ray_remote_args_fn=placement,
     )
     return embedded.map_batches(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline import schema as s
-from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose
+from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose, efficiency
 from pipeline.bench.runner import BenchResult, bench_rows, open_store
 
 KIND_NAMES = {"pipeline": "pipeline", "bare": "bare LLM.embed", "serve": "vLLM server + HTTP",
@@ -17,7 +17,8 @@ def sweeps(result: BenchResult) -> dict[tuple, list[Point]]:
     """Pipeline points grouped by everything but the budget."""
     groups: dict[tuple, list[Point]] = {}
     for p in result.of("pipeline"):
-        key = (p.params.get("max_model_len"), p.params.get("actors"), p.params.get("batch_rows"))
+        key = (p.params.get("max_model_len"), p.params.get("actors"), p.params.get("batch_rows"),
+               p.params.get("engines_per_device", 1))  # fmt: skip
         groups.setdefault(key, []).append(p)
     return groups
 
@@ -55,8 +56,10 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         "",
     ]
     for key, text in diag.items():
-        lines.append(f"- max_model_len {key[0]}, actors {key[1]}, batch_rows {key[2]}: {text}")
-    lines += ["", "## Results", ""]
+        lines.append(
+            f"- max_model_len {key[0]}, actors {key[1]}, batch_rows {key[2]}, engines per device {key[3]}: {text}"
+        )
+    lines += ["", "## Targets", "", *target_lines(result), "", "## Results", ""]
     lines.append(
         "| runner | budget | wall s | start-up s | steady s | tokens/s | end to end | efficiency | vs serve | "
         "vs Ray Data LLM | MFU | engine busy | tokens per call | tokens (chunker / engine) | run |"
@@ -140,6 +143,56 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
     lines += ["", "## Settings", "", "```json", json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
               "```", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+EFFICIENCY_TARGET, STARTUP_TARGET = 0.95, 1.15
+
+
+def target_lines(result: BenchResult) -> list[str]:
+    """The throughput issue's four ratios, per engines-per-device setting of the sweep, and which setting won."""
+    pipeline = [p for p in result.of("pipeline") if p.ok]
+    if not pipeline:
+        return ["- no pipeline point finished"]
+    serve = best(result.of("serve"))
+    rdl = best(result.of("ray_data_llm"))
+    bare_starts = sorted(p.startup_s for p in result.of("bare") if p.ok)
+    by_share: dict = {}
+    for p in pipeline:
+        by_share.setdefault(p.params.get("engines_per_device", 1), []).append(p)
+    lines = []
+    for share, points in by_share.items():
+        effs = [efficiency(p, result.bare_for(p), result.engine_devices) for p in points]
+        top = best(points)
+        first = points[0]
+        head = f"engines per device {share}:"
+        if all(e is not None for e in effs):
+            ok = min(effs) >= EFFICIENCY_TARGET
+            budgets = ", ".join(f"{p.params.get('max_num_batched_tokens'):,}" for p in points)
+            lines.append(f"- {_verdict(ok)} {head} efficiency {', '.join(f'{e:.2f}' for e in effs)} at budgets "
+                         f"{budgets} (target >= {EFFICIENCY_TARGET} at every budget)")  # fmt: skip
+        if serve:
+            ratio = top.tokens_per_s / serve.tokens_per_s
+            lines.append(f"- {_verdict(ratio >= 1)} {head} best {top.tokens_per_s:,.0f} tokens/s = {ratio:.2f}x "
+                         f"vLLM serve at its best ({serve.label}, {serve.tokens_per_s:,.0f})")  # fmt: skip
+        if rdl:
+            steady, e2e = first.tokens_per_s / rdl.tokens_per_s, first.e2e_tokens_per_s / rdl.e2e_tokens_per_s
+            lines.append(f"- {_verdict(min(steady, e2e) >= 1)} {head} {steady:.2f}x Ray Data LLM steady, "
+                         f"{e2e:.2f}x end to end (same budget)")  # fmt: skip
+        if bare_starts:
+            starts = sorted(p.startup_s for p in points)
+            ratio = starts[len(starts) // 2] / bare_starts[len(bare_starts) // 2]
+            lines.append(f"- {_verdict(ratio <= STARTUP_TARGET)} {head} start-up {ratio:.2f}x the bare engine's "
+                         f"(medians {starts[len(starts) // 2]:.1f} s and {bare_starts[len(bare_starts) // 2]:.1f} s; "
+                         f"target <= {STARTUP_TARGET})")  # fmt: skip
+    if len(by_share) > 1:
+        winner = max(by_share, key=lambda k: best(by_share[k]).tokens_per_s)
+        rates = ", ".join(f"{k}: {best(v).tokens_per_s:,.0f}" for k, v in by_share.items())
+        lines.append(f"- engines per device sweep (best tokens/s per setting) {rates}: {winner} won")
+    return lines
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
 def cpu_lines(result: BenchResult) -> list[str]:

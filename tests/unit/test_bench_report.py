@@ -67,3 +67,32 @@ def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
     assert "| raylet |  | 6.0 (1) |" in text and "| engine (bare) | 99.0 (1) |  |" in text
     assert "| **besides the engine** | 0.0 (0%) | 10.0 (10%) |" in text
     assert "| core-seconds available | 100.0 | 100.0 |" in text
+
+
+def test_targets_per_engines_per_device_setting_and_the_winner(tmp_path, minilm_path):
+    from pipeline.bench.report import target_lines
+
+    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
+                        input={"paths": ["corpus"]})  # fmt: skip
+    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
+                         flops_per_token=2.5e7, peak_tflops=None, peak_source="", device=None,
+                         engine_devices=1)  # fmt: skip
+
+    def pipe(label, budget, tps, share, startup):
+        point = _point("pipeline", label, budget, tps, startup=startup)
+        return Point(**{**point.__dict__, "params": {**point.params, "engines_per_device": share}})
+
+    result.points = [
+        _point("bare", "bare", 8192, 6000.0, startup=20.0),
+        pipe("p0", 8192, 5800.0, 1, 22.0),
+        pipe("p1", 8192, 5000.0, 2, 30.0),
+        _point("serve", "serve c=16", 8192, 5900.0, startup=30.0),
+        _point("ray_data_llm", "ray.data.llm", 8192, 5500.0, startup=25.0),
+    ]
+    text = "\n".join(target_lines(result))
+    assert "- PASS engines per device 1: efficiency 0.97 at budgets 8,192" in text
+    assert "- FAIL engines per device 1: best 5,800 tokens/s = 0.98x vLLM serve" in text
+    assert "- PASS engines per device 1: 1.05x Ray Data LLM steady" in text
+    assert "- PASS engines per device 1: start-up 1.10x the bare engine's" in text
+    assert "- FAIL engines per device 2: efficiency 0.83" in text and "start-up 1.50x" in text
+    assert "1: 5,800, 2: 5,000: 1 won" in text

@@ -19,12 +19,16 @@ def _point(kind, label, budget, tps, startup=10.0, **kw):
                  **kw)  # fmt: skip
 
 
-def test_report_and_bench_rows(tmp_path, minilm_path):
+def _result(tmp_path, minilm_path, **kw) -> BenchResult:
     settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
                         input={"paths": ["corpus"]})  # fmt: skip
-    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
-                         flops_per_token=2.5e7, peak_tflops=None, peak_source="no known peak", device=None,
-                         engine_devices=1)  # fmt: skip
+    return BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
+                       flops_per_token=2.5e7, peak_tflops=None, peak_source="no known peak", device=None,
+                       engine_devices=1, **kw)  # fmt: skip
+
+
+def test_report_and_bench_rows(tmp_path, minilm_path):
+    result = _result(tmp_path, minilm_path)
     result.points = [
         _point("bare", "bare", 8192, 6000.0),
         _point("pipeline", "pipeline p0", 8192, 5700.0, run_id="r0"),
@@ -53,11 +57,7 @@ def test_report_and_bench_rows(tmp_path, minilm_path):
 def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
     from pipeline.bench.report import cpu_lines
 
-    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
-                        input={"paths": ["corpus"]})  # fmt: skip
-    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
-                         flops_per_token=2.5e7, peak_tflops=None, peak_source="", device=None, engine_devices=1,
-                         cores=2)  # fmt: skip
+    result = _result(tmp_path, minilm_path, cores=2)
     cpu = {"engine actors": {"cpu_s": 90.0, "processes": 1}, "raylet": {"cpu_s": 6.0, "processes": 1},
            "driver": {"cpu_s": 4.0, "processes": 1}}  # fmt: skip
     result.points = [_point("bare", "bare", 8192, 6000.0, cpu={"engine (bare)": {"cpu_s": 99.0, "processes": 1}}),
@@ -72,11 +72,7 @@ def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
 def test_targets_per_engines_per_device_setting_and_the_winner(tmp_path, minilm_path):
     from pipeline.bench.report import target_lines
 
-    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
-                        input={"paths": ["corpus"]})  # fmt: skip
-    result = BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
-                         flops_per_token=2.5e7, peak_tflops=None, peak_source="", device=None,
-                         engine_devices=1)  # fmt: skip
+    result = _result(tmp_path, minilm_path)
 
     def pipe(label, budget, tps, share, startup):
         point = _point("pipeline", label, budget, tps, startup=startup)

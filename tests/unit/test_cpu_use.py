@@ -16,6 +16,9 @@ def test_roles_from_ray_process_titles():
     assert role_of("/x/ray/core/src/ray/gcs/gcs_server --port 0", 7, 1) == "Ray GCS"
     assert role_of("python -u /x/ray/dashboard/agent.py --node-ip-address=...", 7, 1) == "dashboard agent"
     assert role_of("ray::IDLE", 7, 1) == "idle Ray workers"
+    assert role_of("ray::DashboardAgent", 7, 1) == "dashboard agent"  # Ray renames its agents' processes
+    assert role_of("ray::RuntimeEnvAgent", 7, 1) == "runtime-env agent"
+    assert role_of("ray::ActorLocationTracker", 7, 1) == "Ray Data coordinator actors"
     assert role_of("python -m jobs.bench", 1, 1) == "driver"
     assert role_of("sleep 5", 7, 1) == "other processes"
 

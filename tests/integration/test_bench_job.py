@@ -30,7 +30,8 @@ def bench(tmp_path_factory, sample_texts):
     env.pop("RAY_ADDRESS", None)
     args = [sys.executable, "-m", "jobs.bench", "--config", "conf/bench.toml", "--inputs", str(corpus),
             "--db", str(root / "db"), "--bench.output-dir", str(root / "out"), "--budgets", "[8192]",
-            "--bench.serve-concurrency", "[2]", "--bench.bare-runs", "1", "--run.batch-rows", "16"]  # fmt: skip
+            "--bench.serve-concurrency", "[2]", "--bench.bare-runs", "1", "--run.batch-rows", "16",
+            "--bench.engines-per-device", "[1]"]  # fmt: skip
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc

@@ -19,7 +19,7 @@ from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
 from pipeline.io.run_commit import RunCommitter, RunOutcome
 from pipeline.io.sources import list_shards
-from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths
+from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths, resolve_device
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import model_fingerprint, resolve_model_dir
 from pipeline.schema import RUN_KIND_INGEST
@@ -87,8 +87,7 @@ def run_ingest(settings: Settings) -> RunResult:
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         ray_stages.start_ray(settings)
         gpus, cpus = ray_stages.cluster_resources()
-        device = settings.model.device if settings.model.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
-        device_memory = device_memory_bytes(settings, device)
+        device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)
         memory = check_memory(settings, plan, device_memory)
         for note in plan.notes:

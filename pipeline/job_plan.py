@@ -84,13 +84,18 @@ def splits_long_prompts(model_dir: Path) -> bool:
     return pooling_of(model_dir)[0] == "last" or not (model_dir / "modules.json").is_file()
 
 
+def resolve_device(setting: str, gpus: float) -> str:
+    """model.device with "auto" resolved: GPUs when the cluster has any."""
+    return setting if setting != "auto" else ("cuda" if gpus >= 1 else "cpu")
+
+
 def place_engines(
     settings: Settings, lengths: LengthPlan, gpus: float, cpus: int, device_memory_bytes: int | None = None
 ) -> JobPlan:
     """Device, number of engines (and how many share each device) and threads, from the cluster's GPUs and
     CPUs and, on GPUs, the memory planner's fit at `device_memory_bytes`."""
     m = settings.model
-    device = m.device if m.device != "auto" else ("cuda" if gpus >= 1 else "cpu")
+    device = resolve_device(m.device, gpus)
     if device == "cuda" and gpus < m.tensor_parallel_size:
         msg = (
             f"model.tensor_parallel_size={m.tensor_parallel_size} needs that many GPUs per engine but the cluster "

@@ -54,13 +54,12 @@ def run_ray_data_llm(
     )
     source = chunks.select([s.CHUNK_ID, s.TOKEN_IDS])
     blocks = [source.slice(i, batch_rows) for i in range(0, len(source), batch_rows)]
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     dataset = processor(ray.data.from_arrow(blocks))
     by_id = {cid: i for i, cid in enumerate(chunks.column(s.CHUNK_ID).to_pylist())}
     vectors: dict[str, list[float]] = {}
     pending: list[str] = []
     engine_tokens, batch_starts = 0, []
-    started_at = time.time()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         batch_starts += batch_start_times(batch.column("finished_at").to_pylist(),
                                           batch.column("time_taken_llm").to_pylist())  # fmt: skip

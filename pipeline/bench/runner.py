@@ -229,7 +229,6 @@ def point_from_rows(store: LanceStore, run_id: str, label: str) -> Point:
             "max_model_len": run["max_model_len"],
             "actors": resolved["actors"],
             "engines_per_device": resolved.get("engines_per_device", 1),
-            "engines_per_device_set": json.loads(run["settings"])["run"].get("engines_per_device"),
             "batch_rows": json.loads(run["settings"])["run"]["batch_rows"],
             "engine_max_num_batched_tokens": engine.get("max_num_batched_tokens"),
             "engine_max_num_seqs": engine.get("max_num_seqs"),

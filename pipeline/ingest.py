@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
+from pipeline.cpu_priority import PriorityKeeper
 from pipeline.documents import Shard
 from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
@@ -118,7 +119,8 @@ def run_ingest(settings: Settings) -> RunResult:
         writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
         outcome, status, error, upkeep = None, "failed", None, None
         try:
-            with ray_stages.engine_placement(settings, plan) as placement:
+            keeper = PriorityKeeper(settings.run.helper_niceness)
+            with ray_stages.engine_placement(settings, plan) as placement, keeper:
                 dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer, placement)
                 last_report = time.perf_counter()
                 for record in ray_stages.iter_records(dataset):

@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
+from pipeline.cpu_priority import demote_self
 from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
@@ -44,6 +45,7 @@ class ChunkActor:
 
     def __init__(self, settings: Settings, plan: JobPlan):
         configure_logging(settings.logging.level, settings.logging.json_format)
+        demote_self(settings.run.helper_niceness)
         tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
         self.step = ChunkStep(Chunker(tokenizer, plan.chunk))
 
@@ -73,44 +75,58 @@ def engine_label(node_id: str, info: dict) -> str:
 
 
 @ray.remote(num_cpus=0.25)
-def _split(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int) -> list[Piece]:
+def _split(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, niceness: int) -> list[Piece]:
+    demote_self(niceness)
     return [piece for shard in shards for piece in split_shard(shard, fs, piece_bytes)]
 
 
-def split_pieces(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int) -> list[Piece]:
+def split_pieces(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, niceness: int = 0) -> list[Piece]:
     """Every shard's pieces, found by tasks (parquet footers, line ends of large jsonl files); the driver keeps
     their offsets only, as it keeps the shard list."""
-    refs = [_split.remote(shards[i : i + 64], fs, piece_bytes) for i in range(0, len(shards), 64)]
+    refs = [_split.remote(shards[i : i + 64], fs, piece_bytes, niceness) for i in range(0, len(shards), 64)]
     return [piece for part in ray.get(refs) for piece in part]
 
 
-def _read(pieces: pa.Table, reader: PieceReader) -> Iterator[pa.Table]:
+def _read(pieces: pa.Table, reader: PieceReader, niceness: int) -> Iterator[pa.Table]:
+    demote_self(niceness)
     for row in pieces.to_pylist():
         yield from reader(Piece.from_row(row))
 
 
-def _stored_ids(fragments: pa.Table, keys: StoredKeys) -> pa.Table:
+def _stored_ids(fragments: pa.Table, keys: StoredKeys, niceness: int) -> pa.Table:
+    demote_self(niceness)
     ids = [keys.doc_ids(f) for f in fragments.column("fragment").to_pylist()]
     return stored_id_rows(pa.concat_arrays(ids) if ids else [])
 
 
-def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str) -> pa.Table:
+def _decide(docs: pa.Table, niceness: int) -> pa.Table:
+    demote_self(niceness)
+    return decide_all(docs)
+
+
+def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, niceness: int) -> pa.Table:
+    demote_self(niceness)
     return with_fates(docs, keys.lookup if keys is not None else None, chunking)
 
 
-def _write(batch: pa.Table, writer: ChunkWriter) -> pa.Table:
+def _write(batch: pa.Table, writer: ChunkWriter, niceness: int) -> pa.Table:
+    demote_self(niceness)
     record = writer.write(batch, node=ray.get_runtime_context().get_node_id())
     return pa.table({RECORD: [json.dumps(record)]})
 
 
 def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
-    pieces = split_pieces(shards, fs, settings.input.piece_bytes)
+    niceness = settings.run.helper_niceness
+    pieces = split_pieces(shards, fs, settings.input.piece_bytes, niceness)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
-        _read, fn_kwargs={"reader": PieceReader(fs, settings.input)}, batch_size=1, batch_format="pyarrow",
+        _read,
+        fn_kwargs={"reader": PieceReader(fs, settings.input), "niceness": niceness},
+        batch_size=1,
+        batch_format="pyarrow",
         num_cpus=0.5,
-    )  # fmt: skip
+    )
 
 
 @contextmanager
@@ -154,22 +170,28 @@ def build_dataset(
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     on_gpu = plan.engine.device == "cuda"
+    niceness = settings.run.helper_niceness
     _, cpus = cluster_resources()
     docs = read_documents(settings, fs, shards)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
-        docs = docs.union(fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys}, batch_format="pyarrow"))
+        docs = docs.union(
+            fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys, "niceness": niceness}, batch_format="pyarrow")
+        )
     # Every row of a plan key lands in one partition, and a hash shuffle emits each partition as one block:
     # decide_all sees all copies of an id at once. (map_groups would call Python once per document.)
     partitions = settings.run.plan_partitions or min(cpus, 64)
     planned = docs.repartition(partitions, keys=[s.PLAN_KEY]).map_batches(
-        decide_all, batch_size=None, batch_format="pyarrow", num_cpus=0.25
+        _decide, fn_kwargs={"niceness": niceness}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
     )
     planned = planned.map_batches(
-        _fates, fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint}, batch_size=LOOKUP_IDS,
-        batch_format="pyarrow", num_cpus=0.25,
-    )  # fmt: skip
+        _fates,
+        fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint, "niceness": niceness},
+        batch_size=LOOKUP_IDS,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+    )
     chunks = planned.map_batches(
         ChunkActor,
         fn_constructor_kwargs={"settings": settings, "plan": plan},
@@ -192,9 +214,13 @@ def build_dataset(
         ray_remote_args_fn=placement,
     )
     return embedded.map_batches(
-        _write, fn_kwargs={"writer": writer}, batch_size=settings.run.commit_rows, batch_format="pyarrow",
-        num_cpus=0.25, ray_remote_args_fn=_spread,
-    )  # fmt: skip
+        _write,
+        fn_kwargs={"writer": writer, "niceness": niceness},
+        batch_size=settings.run.commit_rows,
+        batch_format="pyarrow",
+        num_cpus=0.25,
+        ray_remote_args_fn=_spread,
+    )
 
 
 def _spread() -> dict:

@@ -10,36 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-ROLES = (
-    ("EmbedActor", "engine actors"),
-    ("ChunkActor", "chunk actors"),
-    ("_write", "write tasks"),
-    ("_StatsActor", "Ray Data stats actor"),
-    ("SplitCoordinator", "Ray Data coordinator actors"),
-    ("AutoscalingRequester", "Ray Data coordinator actors"),
-    ("HashShuffle", "plan shuffle"),
-    ("Aggregator", "plan shuffle"),
-    ("_read", "read and plan tasks"),
-    ("_split", "read and plan tasks"),
-    ("_fates", "read and plan tasks"),
-    ("decide_all", "read and plan tasks"),
-    ("_stored_ids", "read and plan tasks"),
-    ("ActorLocationTracker", "Ray Data coordinator actors"),
-    ("_AutoscalingCoordinatorActor", "Ray Data coordinator actors"),
-    ("ray::IDLE", "idle Ray workers"),
-    ("DashboardAgent", "dashboard agent"),
-    ("RuntimeEnvAgent", "runtime-env agent"),
-    ("gcs_server", "Ray GCS"),
-    ("raylet", "raylet"),
-    ("dashboard/agent.py", "dashboard agent"),
-    ("runtime_env/agent", "runtime-env agent"),
-    ("log_monitor", "log monitor"),
-    ("dashboard/dashboard.py", "dashboard"),
-    ("autoscaler/_private/monitor.py", "autoscaler monitor"),
-    ("ray::", "other Ray workers"),
-)
-"""Substring of a process's title or command line -> its role, first match wins (Ray names a worker after the
-actor or task it runs, so a worker's role can change between samples)."""
+from pipeline.process_roles import role_of
 
 
 @dataclass(frozen=True)
@@ -50,15 +21,6 @@ class Sample:
     role: str
     cpu_s: float
     """The process's user + system CPU seconds so far."""
-
-
-def role_of(command: str, pid: int, driver_pid: int) -> str:
-    if pid == driver_pid:
-        return "driver"
-    for needle, role in ROLES:
-        if needle in command:
-            return role
-    return "other processes"
 
 
 def cpu_by_role(samples: list[Sample], start: float, end: float) -> dict[str, dict[str, float]]:

@@ -1,0 +1,63 @@
+"""What each process of a run is, from its title or command line: the benchmark's CPU table counts CPU-seconds by
+these roles, and the CPU priority keeper lowers the priority of the helper roles below the engines'."""
+
+from __future__ import annotations
+
+ROLES = (
+    ("EmbedActor", "engine actors"),
+    ("ChunkActor", "chunk actors"),
+    ("_write", "write tasks"),
+    ("_StatsActor", "Ray Data stats actor"),
+    ("SplitCoordinator", "Ray Data coordinator actors"),
+    ("AutoscalingRequester", "Ray Data coordinator actors"),
+    ("HashShuffle", "plan shuffle"),
+    ("Aggregator", "plan shuffle"),
+    ("_read", "read and plan tasks"),
+    ("_split", "read and plan tasks"),
+    ("_fates", "read and plan tasks"),
+    ("_decide", "read and plan tasks"),
+    ("_stored_ids", "read and plan tasks"),
+    ("ActorLocationTracker", "Ray Data coordinator actors"),
+    ("_AutoscalingCoordinatorActor", "Ray Data coordinator actors"),
+    ("ray::IDLE", "idle Ray workers"),
+    ("DashboardAgent", "dashboard agent"),
+    ("RuntimeEnvAgent", "runtime-env agent"),
+    ("gcs_server", "Ray GCS"),
+    ("raylet", "raylet"),
+    ("dashboard/agent.py", "dashboard agent"),
+    ("runtime_env/agent", "runtime-env agent"),
+    ("log_monitor", "log monitor"),
+    ("dashboard/dashboard.py", "dashboard"),
+    ("autoscaler/_private/monitor.py", "autoscaler monitor"),
+    ("ray::", "other Ray workers"),
+)
+"""Substring of a process's title or command line -> its role, first match wins (Ray names a worker after the
+actor or task it runs, so a worker's role can change between samples)."""
+
+HELPER_ROLES = frozenset(
+    {
+        "chunk actors",
+        "write tasks",
+        "Ray Data stats actor",
+        "Ray Data coordinator actors",
+        "plan shuffle",
+        "read and plan tasks",
+        "dashboard agent",
+        "runtime-env agent",
+        "Ray GCS",
+        "log monitor",
+        "dashboard",
+        "autoscaler monitor",
+    }
+)
+"""Roles that may run below the engines' priority. Not the raylet: it forks the workers, engines included, and a
+child starts at its parent's niceness. Not idle or unnamed workers: one may become an engine."""
+
+
+def role_of(command: str, pid: int, driver_pid: int) -> str:
+    if pid == driver_pid:
+        return "driver"
+    for needle, role in ROLES:
+        if needle in command:
+            return role
+    return "other processes"

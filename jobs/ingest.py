@@ -8,6 +8,7 @@ import sys
 import structlog
 
 from jobs.common import parse, run
+from pipeline.log import json_lines
 
 log = structlog.get_logger("jobs.ingest")
 
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, settings = parse(parser, argv)
-    log.info("settings_resolved", settings=settings.model_dump(mode="json"))
+    # a record for schedulers' logs; a person on a terminal finds the same in the runs row
+    record = log.info if json_lines(settings.logging.json_format) else log.debug
+    record("settings_resolved", settings=settings.model_dump(mode="json"))
     if args.dry_run:
         return _dry_run(settings)
     from pipeline.ingest import run_ingest

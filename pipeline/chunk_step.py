@@ -12,8 +12,6 @@ from pipeline import schema as s
 from pipeline.chunking import Chunker
 from pipeline.doc_plan import merge_stats
 
-_TO_CHUNK = (s.FATE_NEW, s.FATE_CHANGED)
-
 
 class ChunkStep:
     def __init__(self, chunker: Chunker):
@@ -26,7 +24,7 @@ class ChunkStep:
         for doc in docs.to_pylist():
             if doc[s.REJECT_REASON] is not None:
                 rows.append(_passed_on(doc))
-            elif doc[s.FATE] in _TO_CHUNK:
+            elif doc[s.FATE] in s.FATES_TO_CHUNK:
                 rows.extend({**r, s.FATE: doc[s.FATE]} for r in self.chunker.chunk_document(doc))
             else:
                 rows.append(_passed_on(doc))

@@ -92,6 +92,9 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
             cores = core_sets(_cores(), spec.engines_per_device)[slot]
             bind, threads = bind_spec(cores), len(cores)
         env |= {
+            # vLLM 0.32's AOT compile artifacts fail to load on the CPU build ("'function' object has no attribute
+            # 'finalize_loading'") and every start compiled again; the older compile cache loads.
+            "VLLM_USE_AOT_COMPILE": "0",
             "VLLM_CPU_OMP_THREADS_BIND": bind,
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "OMP_NUM_THREADS": str(threads),
@@ -110,10 +113,15 @@ def engine_kwargs(spec: EngineSpec) -> dict:
         # vLLM reads the fraction as of the whole device: engines sharing one split it.
         "gpu_memory_utilization": m.gpu_memory_utilization / (spec.engines_per_device if spec.device == "cuda" else 1),
         "dtype": m.dtype,
-        "enforce_eager": m.enforce_eager,
+        "enforce_eager": eager(m.enforce_eager, spec.device),
         "trust_remote_code": m.trust_remote_code,
         "seed": 0,
     }
+
+
+def eager(setting: bool | None, device: str) -> bool:
+    """model.enforce_eager resolved: unset means eager on the CPU backend only."""
+    return device == "cpu" if setting is None else setting
 
 
 def _cores() -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -23,6 +24,7 @@ from pipeline.io.sources import list_shards
 from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths, resolve_device
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
 from pipeline.model_dir import model_fingerprint, resolve_model_dir
+from pipeline.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
 from pipeline.stats import STAGE_LABELS, RunTotals
@@ -71,22 +73,31 @@ def _stage_text(stages: dict[str, float]) -> str:
 
 def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Shard]]:
     """Everything that can fail on settings, paths or the model, checked before Ray or any engine starts."""
-    tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
-    lengths = plan_lengths(settings, tokenizer.num_special_tokens)
     fs, shards = list_shards(settings.input)
-    return lengths, fs, shards
+    return model_lengths(settings), fs, shards
+
+
+def model_lengths(settings: Settings) -> LengthPlan:
+    """The model's checks and lengths (loading its tokenizer: a few seconds, mostly importing transformers)."""
+    tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
+    return plan_lengths(settings, tokenizer.num_special_tokens)
 
 
 def run_ingest(settings: Settings) -> RunResult:
     from pipeline import ray_stages  # keeps ray out of imports of this module's callers that only plan
 
     started, started_at = time.perf_counter(), datetime.now(timezone.utc)
-    lengths, fs, shards = preflight(settings)
+    fs, shards = list_shards(settings.input)
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     store = LanceStore.from_settings(settings.store)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
-        ray_stages.start_ray(settings)
+        # The model's checks run while Ray starts: a refused model costs a Ray start, every run saves the
+        # shorter of the two (a few seconds each).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checks") as pool:
+            checked = pool.submit(model_lengths, settings)
+            ray_stages.start_ray(settings)
+            lengths = checked.result()
         gpus, cpus = ray_stages.cluster_resources()
         device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)
@@ -105,6 +116,7 @@ def run_ingest(settings: Settings) -> RunResult:
             max_model_len=plan.engine.max_model_len,
             max_num_batched_tokens=settings.model.max_num_batched_tokens,
             chunk_tokens=plan.chunk.max_tokens,
+            logs=ray_stages.logs_dir(),
         )
         metadata = _table_metadata(plan)
         store.check_chunks_table(plan.model_id)
@@ -120,14 +132,14 @@ def run_ingest(settings: Settings) -> RunResult:
         outcome, status, error, upkeep = None, "failed", None, None
         try:
             keeper = PriorityKeeper(settings.run.helper_niceness)
-            with ray_stages.engine_placement(settings, plan) as placement, keeper:
-                dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer, placement)
-                last_report = time.perf_counter()
+            board = ray_stages.ProgressBoard.remote(settings.run.helper_niceness)
+            display = ProgressDisplay(
+                ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
+            )
+            with ray_stages.engine_placement(settings, plan) as placement, keeper, display:
+                dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer, placement, board)
                 for record in ray_stages.iter_records(dataset):
                     committer.add(record)
-                    if time.perf_counter() - last_report >= PROGRESS_EVERY_S:
-                        last_report = time.perf_counter()
-                        _log_progress(committer, last_report - started)
             outcome = committer.finish(settings.run.delete_missing)
             status = "succeeded"
             if settings.index.after_run:
@@ -156,21 +168,14 @@ def _maintain(store: LanceStore, settings: Settings, model_dir: str, exclusive: 
         log.error("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
         report = MaintenanceReport(skipped=f"failed: {type(exc).__name__}: {exc}"[:2000])
     for line in report.lines():
-        log.info("maintenance", detail=line)
+        log.debug("maintenance", detail=line)  # the job prints these lines; the runs row keeps them
     return report
 
 
-def _log_progress(committer: RunCommitter, elapsed_s: float) -> None:
+def _written(committer: RunCommitter) -> dict[str, int]:
     c = committer.counts
-    log.info(
-        "progress",
-        chunks=c["rows"],
-        tokens=c["tokens"],
-        rejected=c["rejected"],
-        unchanged=c["unchanged"],
-        elapsed_s=round(elapsed_s, 1),
-        tokens_per_s=round(c["tokens"] / elapsed_s),
-    )
+    return {"chunks_written": c["rows"], "tokens_written": c["tokens"], "rejected": c["rejected"],
+            "unchanged": c["unchanged"]}  # fmt: skip
 
 
 def _table_metadata(plan: JobPlan) -> dict:

@@ -77,6 +77,26 @@ class ModelLimits:
     serving_limit: int | None
     """max_seq_length from sentence_bert_config.json: what sentence-transformers serves; vLLM reads it too."""
     hidden_size: int | None
+    tokenizer_limit: int | None = None
+    """model_max_length from tokenizer_config.json, when it is a real number (tokenizers without one say 1e30)."""
+
+    def serving(self) -> tuple[int, str] | None:
+        """The longest input the model is served at and where that is stated, when it states one below (or at)
+        its positions: sentence-transformers' max_seq_length, or the tokenizer's model_max_length when that is
+        smaller than the positions."""
+        stated = []
+        if self.serving_limit is not None:
+            stated.append((self.serving_limit, f"max_seq_length {self.serving_limit} in sentence_bert_config.json"))
+        if self.tokenizer_limit is not None and (
+            self.position_limit is None or self.tokenizer_limit < self.position_limit
+        ):
+            stated.append((self.tokenizer_limit, f"model_max_length {self.tokenizer_limit} in tokenizer_config.json"))
+        if not stated:
+            return None
+        limit, source = min(stated)
+        if self.position_limit is not None and limit > self.position_limit:
+            return None
+        return limit, source
 
 
 def read_model_limits(model_dir: Path) -> ModelLimits:
@@ -86,7 +106,11 @@ def read_model_limits(model_dir: Path) -> ModelLimits:
     sbert = model_dir / "sentence_bert_config.json"
     serving = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
     hidden = text_config.get("hidden_size") or text_config.get("d_model")
-    return ModelLimits(model_type, usable_positions(config), int(serving) if serving else None, hidden)
+    tok = model_dir / "tokenizer_config.json"
+    stated = _read_json(tok).get("model_max_length") if tok.is_file() else None
+    tokenizer_limit = int(stated) if isinstance(stated, int | float) and 0 < stated < 10**7 else None
+    serving_limit = int(serving) if serving else None
+    return ModelLimits(model_type, usable_positions(config), serving_limit, hidden, tokenizer_limit)
 
 
 def similarity_of(model_dir: Path) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 ROLES = (
     ("EmbedActor", "engine actors"),
     ("ChunkActor", "chunk actors"),
+    ("ProgressBoard", "progress board"),
     ("_write", "write tasks"),
     ("_StatsActor", "Ray Data stats actor"),
     ("SplitCoordinator", "Ray Data coordinator actors"),
@@ -37,6 +38,7 @@ actor or task it runs, so a worker's role can change between samples)."""
 HELPER_ROLES = frozenset(
     {
         "chunk actors",
+        "progress board",
         "write tasks",
         "Ray Data stats actor",
         "Ray Data coordinator actors",

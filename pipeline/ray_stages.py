@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -30,6 +32,7 @@ from pipeline.io.stored_keys import LOOKUP_IDS, StoredKeys
 from pipeline.job_plan import JobPlan
 from pipeline.log import configure_logging
 from pipeline.pieces import Piece, PieceReader, split_shard
+from pipeline.progress import Progress, chunked_counts, embedded_counts, planned_counts
 from pipeline.settings import Settings
 from pipeline.tokenizer import load_tokenizer
 
@@ -40,30 +43,59 @@ SHUFFLE_CPU_HEADROOM = 1
 and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
 
 
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Counts the plan and chunk stages send as they go (fire and forget), for the driver's progress display."""
+
+    def __init__(self, niceness: int):
+        demote_self(niceness)
+        self.progress = Progress()
+
+    def add(self, counts: dict[str, int]) -> None:
+        self.progress.add(counts)
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self.progress)
+
+
+def board_reader(board) -> Callable[[], dict[str, int]]:
+    return lambda: ray.get(board.snapshot.remote(), timeout=2.0)
+
+
 class ChunkActor:
     """Chunks the planned documents with the model's tokenizer."""
 
-    def __init__(self, settings: Settings, plan: JobPlan):
+    def __init__(self, settings: Settings, plan: JobPlan, board=None):
         configure_logging(settings.logging.level, settings.logging.json_format)
         demote_self(settings.run.helper_niceness)
         tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
         self.step = ChunkStep(Chunker(tokenizer, plan.chunk))
+        self.board = board
 
     def __call__(self, docs: pa.Table) -> pa.Table:
-        return self.step(docs)
+        chunks = self.step(docs)
+        if self.board is not None:
+            self.board.add.remote(chunked_counts(docs, chunks))
+        return chunks
 
 
 class EmbedActor:
     """Hosts one vLLM engine and embeds chunk batches by their token ids."""
 
-    def __init__(self, settings: Settings, plan: JobPlan):
+    def __init__(self, settings: Settings, plan: JobPlan, board=None):
         configure_logging(settings.logging.level, settings.logging.json_format)
         slot = os.environ.get(SLOT_ENV)
         embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
         self.step = EmbedStep(embedder, engine_label(ray.get_runtime_context().get_node_id(), embedder.info()))
+        self.board = board
+        if board is not None:
+            board.add.remote({"engines_ready": 1})
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.step(batch)
+        out = self.step(batch)
+        if self.board is not None:
+            self.board.add.remote(embedded_counts(batch))
+        return out
 
 
 def engine_label(node_id: str, info: dict) -> str:
@@ -104,9 +136,12 @@ def _decide(docs: pa.Table, niceness: int) -> pa.Table:
     return decide_all(docs)
 
 
-def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, niceness: int) -> pa.Table:
+def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, niceness: int, board=None) -> pa.Table:
     demote_self(niceness)
-    return with_fates(docs, keys.lookup if keys is not None else None, chunking)
+    planned = with_fates(docs, keys.lookup if keys is not None else None, chunking)
+    if board is not None:
+        board.add.remote(planned_counts(planned))
+    return planned
 
 
 def _write(batch: pa.Table, writer: ChunkWriter, niceness: int) -> pa.Table:
@@ -165,7 +200,7 @@ def engine_cpus(plan: JobPlan) -> float:
 
 def build_dataset(
     settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
-    writer: ChunkWriter, placement: Callable[[], dict] = lambda: {},
+    writer: ChunkWriter, placement: Callable[[], dict] = lambda: {}, board=None,
 ) -> Dataset:  # fmt: skip
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
@@ -187,14 +222,14 @@ def build_dataset(
     )
     planned = planned.map_batches(
         _fates,
-        fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint, "niceness": niceness},
+        fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint, "niceness": niceness, "board": board},
         batch_size=LOOKUP_IDS,
         batch_format="pyarrow",
         num_cpus=0.25,
     )
     chunks = planned.map_batches(
         ChunkActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan},
+        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board},
         batch_size=64,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
@@ -205,7 +240,7 @@ def build_dataset(
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan},
+        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board},
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=plan.actors),
@@ -228,13 +263,19 @@ def _spread() -> dict:
 
 
 def start_ray(settings: Settings) -> None:
-    """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine."""
+    """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine. A local Ray keeps its
+    workers' output (vLLM's messages among it) in its session's log files, not on the screen."""
     if ray.is_initialized():
         return
     # Ray starts its processes with fork+exec; lancedb's at-fork hook warns about fork alone.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+    # Known and tracked (the README's notes): the per-engine placement uses it until Ray 2.64 removes it.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+    # A local Ray enables token authentication by itself and says so at every start.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
+        quiet_console()
         return
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     store_mb = settings.run.object_store_mb or min(2048, max(256, total_mb // 10))
@@ -242,9 +283,28 @@ def start_ray(settings: Settings) -> None:
         num_cpus=(settings.run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
         object_store_memory=store_mb * 2**20,
         include_dashboard=False,
-        log_to_driver=True,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
         _system_config={"worker_niceness": settings.run.worker_niceness},
     )
+    quiet_console()
+
+
+def quiet_console() -> None:
+    """Ray Data's progress bars and notices go to its log file (ray-data.log), not the screen: the run's own
+    progress display replaces them."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+
+
+def logs_dir() -> str | None:
+    """Where this Ray's processes write their logs (the engines' among them), on the driver's node."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def cluster_resources() -> tuple[float, int]:

@@ -1,10 +1,13 @@
 """Retrieval check: sample chunks, query the table with each chunk's own text, and count how often that chunk
 comes back first and in the top k, by exact search and through the ANN index. A broken embedding, pooling or
-normalization shows up as a low number. No ray or vllm imports; the caller brings the query embedder."""
+normalization shows up as a low number. Span queries ask what a user would: one sentence from inside a document
+must find a chunk of that document; they show what the chunk size does to retrieval. No ray or vllm imports; the
+caller brings the query embedder."""
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +21,9 @@ from pipeline.search import Hit, SearchOptions, search
 from pipeline.sql import sql_list
 
 EMBED_BATCH = 64
+SPAN_WORDS = (8, 40)
+"""A span query is one sentence of this many words (inclusive), so it is a question-sized piece of a document."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
 class QueryVectors(Protocol):
@@ -48,6 +54,12 @@ class RecallReport:
     results: list[Recall] = field(default_factory=list)
     ann: str | None = None
     """The ANN index searched, or why there is none."""
+    spans: Recall | None = None
+    """Span queries: a sentence from inside a document, found when a chunk of its document comes back."""
+    span_docs: int = 0
+    """Documents sampled for span queries (each gives one sentence; documents with no sentence of SPAN_WORDS
+    words give none)."""
+    span_checked: int = 0
 
     def lines(self) -> list[str]:
         out = [
@@ -61,6 +73,15 @@ class RecallReport:
             )
         if self.ann and not any(r.search.startswith("ANN") for r in self.results):
             out.append(f"  ANN: {self.ann}")
+        if self.spans is not None:
+            out.append(
+                f"span queries: {self.span_checked} sentences of {SPAN_WORDS[0]}-{SPAN_WORDS[1]} words from inside "
+                f"{self.span_docs} sampled documents; found when a chunk of the sentence's document comes back"
+            )
+            r = self.spans
+            out.append(
+                f"  {r.search:<40} recall@1 {r.at_1:.3f}  recall@{self.k} {r.at_k:.3f}  {r.ms_per_query:.1f} ms/query"
+            )
         return out
 
     def to_json_dict(self) -> dict:
@@ -106,6 +127,7 @@ def check_retrieval(
             report.too_long += 1
     vectors = [v for i in range(0, len(ids), EMBED_BATCH) for v in embedder.embed_ids(ids[i : i + EMBED_BATCH])]
     report.checked = len(queries)
+    _check_spans(table, metric, embedder, sample, k, seed, report)
     searches = [("exact (every vector compared)", True)]
     if search_ann:
         searches.append((f"ANN {ann}", False))
@@ -128,3 +150,70 @@ def check_retrieval(
 def found(hits: Sequence[Hit], row: dict) -> bool:
     """The chunk itself, or a chunk with the same text (the query cannot tell them apart)."""
     return any(h.chunk_id == row[s.CHUNK_ID] or h.text == row[s.TEXT] for h in hits)
+
+
+def sentences(text: str) -> list[str]:
+    """The text's sentences of SPAN_WORDS words, whitespace folded."""
+    low, high = SPAN_WORDS
+    out = []
+    for piece in _SENTENCE_END.split(text):
+        words = piece.split()
+        if low <= len(words) <= high:
+            out.append(" ".join(words))
+    return out
+
+
+def pick_documents(doc_ids: Sequence[str], n: int, seed: int) -> list[str]:
+    """n document ids chosen at random (seeded, from the sorted distinct ids): the same documents whatever the
+    chunk size, so tables chunked differently compare."""
+    distinct = sorted(set(doc_ids))
+    return random.Random(seed).sample(distinct, min(n, len(distinct)))
+
+
+def sample_spans(doc_texts: dict[str, str], seed: int) -> list[tuple[str, str]]:
+    """(doc_id, sentence): one sentence of each document that has one, chosen by a generator seeded with the
+    seed and the document's id (so a document gives the same sentence in every table)."""
+    out = []
+    for doc_id in sorted(doc_texts):
+        candidates = sentences(doc_texts[doc_id])
+        if candidates:
+            out.append((doc_id, random.Random(f"{seed}:{doc_id}").choice(candidates)))
+    return out
+
+
+def document_texts(table, doc_ids: list[str]) -> dict[str, str]:
+    """The documents' texts, each its chunks joined in order (chunk texts are spans of the document)."""
+    parts: dict[str, list[tuple[int, str]]] = {}
+    for i in range(0, len(doc_ids), 500):
+        where = f"{s.DOC_ID} IN ({sql_list(doc_ids[i : i + 500])})"
+        rows = table.search().where(where).select([s.DOC_ID, s.CHUNK_INDEX, s.TEXT]).limit(None).to_list()
+        for row in rows:
+            parts.setdefault(row[s.DOC_ID], []).append((row[s.CHUNK_INDEX], row[s.TEXT]))
+    return {doc_id: " ".join(t for _, t in sorted(chunks)) for doc_id, chunks in parts.items()}
+
+
+def _check_spans(table, metric: str, embedder: QueryVectors, sample: int, k: int, seed: int, report) -> None:
+    all_ids = table.search().select([s.DOC_ID]).limit(None).to_arrow().column(s.DOC_ID).to_pylist()
+    picked = pick_documents(all_ids, sample, seed)
+    spans = sample_spans(document_texts(table, picked), seed)
+    queries, ids = [], []
+    for doc_id, span in spans:
+        try:
+            ids.append(embedder.token_ids(span))
+            queries.append(doc_id)
+        except QueryTooLong:
+            continue
+    vectors = [v for i in range(0, len(ids), EMBED_BATCH) for v in embedder.embed_ids(ids[i : i + EMBED_BATCH])]
+    opts = SearchOptions(k=k, exact=True)
+    at_1 = at_k = 0
+    started = time.perf_counter()
+    for doc_id, vector in zip(queries, vectors, strict=True):
+        hits = search(table, metric, vector, None, opts, has_fts=False)
+        at_1 += bool(hits) and hits[0].doc_id == doc_id
+        at_k += any(h.doc_id == doc_id for h in hits)
+    n = max(1, len(queries))
+    report.span_docs = len(picked)
+    report.span_checked = len(queries)
+    report.spans = Recall(
+        "exact (every vector compared)", at_1 / n, at_k / n, 1000 * (time.perf_counter() - started) / n
+    )

@@ -26,6 +26,7 @@ FATE_CHANGED = "changed"
 """Some chunks stored, but not exactly this text's with this chunking: replaced."""
 FATE_UNCHANGED = "unchanged"
 FATE_REMOVED = "removed"
+FATES_TO_CHUNK = (FATE_NEW, FATE_CHANGED)
 
 # chunks
 CHUNK_ID = "chunk_id"

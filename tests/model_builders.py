@@ -41,10 +41,15 @@ def build_tiny_bert(out: Path, max_positions: int = 4096) -> Path:
     pooling["word_embedding_dimension"] = 128
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_positions}))
+    _tokenizer_states(out, max_positions)
+    return out
+
+
+def _tokenizer_states(out: Path, max_positions: int) -> None:
+    """MiniLM's tokenizer_config.json says 512; a model built longer states its own length, as real ones do."""
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     tok_cfg["model_max_length"] = max_positions
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
-    return out
 
 
 def build_bpe_tokenizer(out: Path, corpus: list[str], vocab_size: int = 2000) -> Path:
@@ -91,6 +96,7 @@ def build_tiny_qwen3(out: Path, max_positions: int = 4096) -> Path:
     Qwen3Model(config).eval().save_pretrained(out, safe_serialization=True)
     for name in TOKENIZER_FILES:
         shutil.copy(minilm_dir() / name, out / name)
+    _tokenizer_states(out, max_positions)
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(
         json.dumps(

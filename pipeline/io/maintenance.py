@@ -126,7 +126,7 @@ def maintain_store(
     for action in actions:
         seconds = _apply(chunks, action) if action.action in ("create", "retrain") else None
         report.indexes.append({**action.to_json_dict(), "seconds": seconds})
-        log.info("index", column=action.column, kind=action.kind, action=action.action, reason=action.reason)
+        log.debug("index", column=action.column, kind=action.kind, action=action.action, reason=action.reason)
     report.seconds = time.perf_counter() - started
     return report
 

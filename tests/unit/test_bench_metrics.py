@@ -113,7 +113,7 @@ def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
                                "max_num_batched_tokens": 16192, "enforce_eager": True})  # fmt: skip
     spec = engine_spec(settings)
     kwargs = engine_kwargs(spec)
-    assert (kwargs["max_num_batched_tokens"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (16192, 512, True)
+    assert (kwargs["max_num_batched_tokens"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (16192, 256, True)
     cmd = " ".join(server_command(spec, 8000))
-    assert "--max-num-batched-tokens 16192 " in cmd and "--max-model-len 512 " in cmd and "--dtype float32" in cmd
+    assert "--max-num-batched-tokens 16192 " in cmd and "--max-model-len 256 " in cmd and "--dtype float32" in cmd
     assert "--enforce-eager" in cmd and "--trust-remote-code" not in cmd

@@ -13,11 +13,16 @@ import pytest
 
 from pipeline.cpu_priority import PriorityKeeper, demote_process, helper_pids, raise_niceness
 
-THREADS = "import threading, time\nfor _ in range(3): threading.Thread(target=time.sleep, args=(60,)).start()\ntime.sleep(60)"
+THREADS = (
+    "import threading, time\n"
+    "for _ in range(3): threading.Thread(target=time.sleep, args=(60,)).start()\n"
+    "time.sleep(60)"
+)
 
 
 def _thread_niceness(pid: int) -> list[int]:
-    return [int(Path(t, "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in Path(f"/proc/{pid}/task").iterdir()]
+    stats = [Path(t, "stat").read_text() for t in Path(f"/proc/{pid}/task").iterdir()]
+    return [int(stat.rsplit(")", 1)[1].split()[16]) for stat in stats]
 
 
 @pytest.fixture

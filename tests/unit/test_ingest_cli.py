@@ -25,12 +25,12 @@ def test_missing_input_fails_with_exit_2_and_the_fix(tmp_path):
 def test_chunk_size_the_model_cannot_serve_is_refused():
     proc = ingest("--config", "conf/local.toml", "--chunk-tokens", "600")
     assert proc.returncode == 2
-    assert "chunk.tokens=600 does not fit model.max_model_len=512" in proc.stderr
+    assert "chunk.tokens=600 does not fit model.max_model_len=256" in proc.stderr
 
 
 def test_dry_run_reports_the_lowered_chunk_size(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
     proc = ingest("--config", "conf/local.toml", "--inputs", str(tmp_path), "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "chunk.tokens lowered from 2000 to 511" in proc.stdout
-    assert "1 shards" in proc.stdout and "max_model_len 512" in proc.stdout
+    assert "chunk.tokens lowered from 2000 to 255" in proc.stdout
+    assert "1 shards" in proc.stdout and "max_model_len 256" in proc.stdout

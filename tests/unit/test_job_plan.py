@@ -11,25 +11,51 @@ def settings(model_path, chunk=None, **model):
     return Settings(model={"path": str(model_path), **model}, chunk=chunk or {})
 
 
-def test_minilm_positions_lower_the_default_chunk_size_and_say_so(minilm_path):
+def test_minilm_serving_limit_lowers_the_default_chunk_size_and_says_so(minilm_path):
     plan = plan_job(settings(minilm_path), num_special_tokens=2, gpus=0, cpus=2)
-    assert plan.engine.max_model_len == 512  # config.json max_position_embeddings
-    assert plan.chunk.max_tokens == 511  # max_model_len - 1
-    assert any("lowered from 2000 to 511" in n for n in plan.notes)
-    # sentence_bert_config.json says 256; vLLM needs permission to go to the 512 positions the model has
-    assert plan.engine.allow_long_max_model_len
+    assert plan.engine.max_model_len == 256  # sentence_bert_config.json max_seq_length, below its 512 positions
+    assert plan.chunk.max_tokens == 255  # max_model_len - 1
+    assert any("lowered from 2000 to 255" in n for n in plan.notes)
+    assert any("serving limit (max_seq_length 256 in sentence_bert_config.json" in n for n in plan.notes)
+    assert not plan.engine.allow_long_max_model_len  # vLLM serves 256 on its own
     assert plan.engine.device == "cpu" and plan.actors == 1 and plan.engine.cpu_threads == 2
+
+
+def test_going_past_the_serving_limit_needs_the_opt_in(minilm_path):
+    with pytest.raises(ConfigError, match=r"max_model_len=512 is past the 256 tokens the model is served at.*"
+                       r"allow_long_max_model_len = true"):  # fmt: skip
+        plan_job(settings(minilm_path, max_model_len=512), 2, 0, 2)
+    explicit = plan_job(settings(minilm_path, max_model_len=512, allow_long_max_model_len=True), 2, 0, 2)
+    default = plan_job(settings(minilm_path, allow_long_max_model_len=True), 2, 0, 2)
+    assert explicit.engine.max_model_len == default.engine.max_model_len == 512  # up to the positions
+    assert explicit.engine.allow_long_max_model_len and default.engine.allow_long_max_model_len
+    assert any("allow_long_max_model_len: past max_seq_length 256" in n for n in default.notes)
+
+
+def test_a_tokenizer_limit_below_the_positions_is_the_serving_limit(tiny_model_path, tmp_path):
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_model_path, tmp_path / "m")
+    (model / "sentence_bert_config.json").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 1024}))
+    plan = plan_job(settings(model), 2, 0, 2)
+    assert plan.engine.max_model_len == 1024 and plan.chunk.max_tokens == 1023
+    assert any("model_max_length 1024 in tokenizer_config.json" in n for n in plan.notes)
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 1e30}))  # "none stated"
+    assert plan_job(settings(model), 2, 0, 2).engine.max_model_len == 2001  # chunk.tokens + 1, below 4096
 
 
 def test_max_model_len_defaults_to_chunk_plus_one_below_the_model_limit(tiny_model_path):
     plan = plan_job(settings(tiny_model_path), num_special_tokens=2, gpus=0, cpus=2)
     assert (plan.engine.max_model_len, plan.chunk.max_tokens) == (2001, 2000)
-    assert any("instead of the model's 4096" in n for n in plan.notes)
+    assert any("instead of the model's serving limit (max_seq_length 4096" in n for n in plan.notes)
 
 
 def test_explicit_chunk_size_that_does_not_fit_is_refused(minilm_path):
     with pytest.raises(
-        ConfigError, match=r"chunk.tokens=600 does not fit model.max_model_len=512.*lower chunk.tokens"
+        ConfigError, match=r"chunk.tokens=600 does not fit model.max_model_len=256.*lower chunk.tokens"
     ):
         plan_job(settings(minilm_path, chunk={"tokens": 600}), 2, 0, 2)
 
@@ -102,3 +128,16 @@ def test_a_last_token_pooling_decoder_may_have_a_budget_below_max_model_len(tmp_
     plan = plan_job(settings(model, max_model_len=2048, max_num_batched_tokens=512), 2, 0, 2)
     assert plan.engine.max_model_len == 2048
     assert any("splits longer prompts" in n for n in plan.notes)
+
+
+def test_eager_by_default_on_cpu_only_and_the_compile_cache_that_loads(minilm_path):
+    from pipeline.embedding import engine_environment, engine_kwargs
+
+    cpu = plan_job(settings(minilm_path), 2, gpus=0, cpus=2)
+    gpu = plan_job(settings(minilm_path), 2, gpus=1, cpus=8)
+    compiled = plan_job(settings(minilm_path, enforce_eager=False), 2, gpus=0, cpus=2)
+    assert engine_kwargs(cpu.engine)["enforce_eager"] is True and any("enforce_eager on" in n for n in cpu.notes)
+    assert engine_kwargs(gpu.engine)["enforce_eager"] is False and not any("enforce_eager" in n for n in gpu.notes)
+    assert engine_kwargs(compiled.engine)["enforce_eager"] is False
+    assert engine_environment(compiled.engine)["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in engine_environment(gpu.engine)

@@ -38,6 +38,7 @@ def test_cli_names_map_onto_the_settings_fields(toml):
             "--max-num-batched-tokens",
             "16384",
             "--model.enforce-eager",
+            "true",  # unset is a third value (eager on CPU only), so the flag takes one
         ],
     )
     assert s.input.paths == ["a.jsonl", "b/"]

@@ -215,3 +215,5 @@ def test_retrieval_check_scores_a_working_and_a_broken_embedder(store, tokenizer
     broken = check_retrieval(table, "dot", FakeQueries(tokenizer, drop_special_tokens=True), sample=60, k=10)
     assert broken.recall("exact").at_1 < 0.2 and broken.recall("ANN") is None
     assert any("recall@1 1.000" in line for line in good.lines())
+    assert good.span_docs > 0 and 0 < good.span_checked <= good.span_docs
+    assert 0.0 <= good.spans.at_1 <= good.spans.at_k <= 1.0 and any("span queries" in x for x in good.lines())

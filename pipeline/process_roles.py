@@ -37,7 +37,6 @@ actor or task it runs, so a worker's role can change between samples)."""
 
 HELPER_ROLES = frozenset(
     {
-        "chunk actors",
         "progress board",
         "write tasks",
         "Ray Data stats actor",
@@ -52,8 +51,9 @@ HELPER_ROLES = frozenset(
         "autoscaler monitor",
     }
 )
-"""Roles that may run below the engines' priority. Not the raylet: it forks the workers, engines included, and a
-child starts at its parent's niceness. Not idle or unnamed workers: one may become an engine."""
+"""Roles that may run below the engines' priority. Not the chunk actors: they feed the engines. Not the raylet: it
+forks the workers, engines included, and a child starts at its parent's niceness. Not idle or unnamed workers:
+one may become an engine."""
 
 
 def role_of(command: str, pid: int, driver_pid: int) -> str:

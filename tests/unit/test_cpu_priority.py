@@ -46,7 +46,7 @@ def _wait_threads(pid: int, count: int) -> None:
         time.sleep(0.05)
 
 
-def test_helpers_are_demoted_and_engines_raylet_and_idle_workers_are_not():
+def test_helpers_are_demoted_and_engines_chunkers_raylet_and_idle_workers_are_not():
     processes = [
         (10, "ray::MapWorker(MapBatches(EmbedActor))"),
         (11, "ray::MapWorker(MapBatches(ChunkActor))"),
@@ -59,7 +59,7 @@ def test_helpers_are_demoted_and_engines_raylet_and_idle_workers_are_not():
         (18, "ray::SomethingElse"),
         (1, "python -m jobs.ingest"),
     ]
-    assert helper_pids(processes, driver_pid=1) == [11, 12, 14, 16, 17]
+    assert helper_pids(processes, driver_pid=1) == [12, 14, 16, 17]  # chunk actors feed the engines: not demoted
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="per-thread niceness is Linux's")

@@ -92,12 +92,18 @@ def run_ingest(settings: Settings) -> RunResult:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     store = LanceStore.from_settings(settings.store)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
-        # The model's checks run while Ray starts: a refused model costs a Ray start, every run saves the
-        # shorter of the two (a few seconds each).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checks") as pool:
-            checked = pool.submit(model_lengths, settings)
+        if ray_stages.joins_cluster():
+            # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
+            # directory; an import running beside it then fails (transformers resolves a path at import).
+            lengths = model_lengths(settings)
             ray_stages.start_ray(settings)
-            lengths = checked.result()
+        else:
+            # The model's checks run while a local Ray starts: a refused model costs a Ray start, every run
+            # saves the shorter of the two (a few seconds each).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checks") as pool:
+                checked = pool.submit(model_lengths, settings)
+                ray_stages.start_ray(settings)
+                lengths = checked.result()
         gpus, cpus = ray_stages.cluster_resources()
         device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)

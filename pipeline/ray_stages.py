@@ -263,6 +263,10 @@ def _spread() -> dict:
     return {"scheduling_strategy": "SPREAD"}
 
 
+def joins_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+
+
 def start_ray(settings: Settings) -> None:
     """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine. A local Ray keeps its
     workers' output (vLLM's messages among it) in its session's log files, not on the screen."""

@@ -30,7 +30,7 @@ class IngestProcess:
     def __init__(self, model: Path, inputs: Path, db: Path, *extra: str):
         args = [
             sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml",
-            "--model-path", str(model), "--model.name", "tiny", "--model.enforce-eager",
+            "--model-path", str(model), "--model.name", "tiny", "--model.enforce-eager", "true",
             "--model.gpu-memory-utilization", "0.1", "--chunk-tokens", "128",
             "--inputs", str(inputs), "--db", str(db), "--run.commit-rows", "16", "--run.batch-rows", "8",
             "--logging.json-format", "true", *extra,

@@ -18,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
+DOCS = 80
+"""Enough tokens (about 90 k) for the engine to work through several batches while the display ticks."""
 
 
 def run_on_a_terminal(args: list[str], env: dict, timeout_s: float = 600) -> tuple[int, str]:
@@ -48,7 +50,7 @@ def test_a_terminal_run_shows_live_progress_and_keeps_engine_messages_off_screen
     corpus.mkdir()
     words = "the pipeline chunks documents with the model's own tokenizer and embeds them on an engine ".split()
     with (corpus / "a.jsonl").open("w") as f:
-        for i in range(24):
+        for i in range(DOCS):
             f.write(json.dumps({"id": f"d{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(900))}))
             f.write("\n")
     env = {**os.environ, "TERM": "xterm", "EMBEDPIPE_RUN__NUM_CPUS": "2"}
@@ -59,12 +61,13 @@ def test_a_terminal_run_shows_live_progress_and_keeps_engine_messages_off_screen
     assert code == 0, screen[-3000:]
     redraws = [line for line in screen.split("\r\x1b[2K") if "ETA" in line]
     assert len(redraws) >= 2, screen[-3000:]  # redrawn in place, not printed line after line
-    shape = r"docs \d+/24 · chunks \d+ · tokens [\d.k]+/[\d.k]+ · [\d,]+ tok/s · ETA \d"
+    shape = rf"docs \d+/{DOCS} · chunks \d+/\d+ · tokens [\d.k]+/[\d.k]+ · [\d,]+ tok/s · ETA \d"
     assert any(re.search(shape, r) for r in redraws), redraws
     assert "Ingestion took" in screen  # the summary line follows the display
     # vLLM's messages (WARNING 12-02 10:00:00 [model.py:123] ...), Ray's worker prefixes and Ray Data's block
     # counts never reach the screen; the job names the directory where they are
     assert not re.search(r"(INFO|WARNING) \d\d-\d\d [\d:]+ \[", screen), screen[-3000:]
     assert "(MapWorker" not in screen and "Running Dataset" not in screen and "logging_progress" not in screen
-    logs = re.search(r"logs=(\S+)", screen)
-    assert logs and Path(logs.group(1).strip("'\"\x1b[0m")).is_dir()
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", screen)  # the console renderer colours keys and values
+    logs = re.search(r"logs=(\S+)", plain)
+    assert logs and Path(logs.group(1)).is_dir(), plain[-3000:]

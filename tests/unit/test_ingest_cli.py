@@ -22,8 +22,9 @@ def test_missing_input_fails_with_exit_2_and_the_fix(tmp_path):
     assert "Started a local Ray instance" not in proc.stderr and "raylet" not in proc.stderr  # Ray never started
 
 
-def test_chunk_size_the_model_cannot_serve_is_refused():
-    proc = ingest("--config", "conf/local.toml", "--chunk-tokens", "600")
+def test_chunk_size_the_model_cannot_serve_is_refused(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    proc = ingest("--config", "conf/local.toml", "--inputs", str(tmp_path), "--chunk-tokens", "600")
     assert proc.returncode == 2
     assert "chunk.tokens=600 does not fit model.max_model_len=256" in proc.stderr
 

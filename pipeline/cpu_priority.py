@@ -43,8 +43,9 @@ def demote_process(pid: int, niceness: int) -> int:
 
 
 def demote_self(niceness: int) -> None:
-    """Called by every helper stage (read, plan, chunk, write) on the worker it runs on; once per process. Engines
-    never share these workers: their actors carry their own runtime environment, so Ray starts them apart."""
+    """Called by every helper stage (read, plan, write; not chunk, which feeds the engines) on the worker it runs
+    on; once per process. Engines never share these workers: their actors carry their own runtime environment, so
+    Ray starts them apart."""
     global _process_niceness
     if niceness > _process_niceness:
         demote_process(os.getpid(), niceness)
@@ -90,16 +91,15 @@ class PriorityKeeper:
             if thread.name.startswith(EXECUTOR_THREAD) and thread.native_id is not None:
                 raise_niceness(self.niceness, thread.native_id)
         me = psutil.Process()
-        found: dict[int, float] = {}
+        created: dict[int, float] = {}
         named: list[tuple[int, str]] = []
         for proc in me.children(recursive=True):
             try:
-                key = (proc.pid, proc.create_time())
-                if key not in self.demoted:
+                if (proc.pid, proc.create_time()) not in self.demoted:
+                    created[proc.pid] = proc.create_time()
                     named.append((proc.pid, " ".join(proc.cmdline()) or proc.name()))
-                    found[proc.pid] = key[1]
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         for pid in helper_pids(named, me.pid):
             demote_process(pid, self.niceness)
-            self.demoted.add((pid, found[pid]))
+            self.demoted.add((pid, created[pid]))

@@ -180,8 +180,7 @@ def _maintain(store: LanceStore, settings: Settings, model_dir: str, exclusive: 
 
 def _written(committer: RunCommitter) -> dict[str, int]:
     c = committer.counts
-    return {"chunks_written": c["rows"], "tokens_written": c["tokens"], "rejected": c["rejected"],
-            "unchanged": c["unchanged"]}  # fmt: skip
+    return {"chunks_written": c["rows"], "rejected": c["rejected"], "unchanged": c["unchanged"]}
 
 
 def _table_metadata(plan: JobPlan) -> dict:

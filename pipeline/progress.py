@@ -32,7 +32,6 @@ class Progress:
     chunks_embedded: int = 0
     tokens_embedded: int = 0
     chunks_written: int = 0
-    tokens_written: int = 0
     rejected: int = 0
     unchanged: int = 0
 

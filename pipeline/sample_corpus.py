@@ -1,7 +1,9 @@
-"""A corpus of real English text made offline from the documentation every Python installation carries.
+"""Corpora of real English text made offline from what a Python installation carries.
 
-Each document is one standard-library module's documentation: its docstring followed by those of its
-public classes and functions. No ray or vllm imports.
+`documents`: each document is one standard-library module's documentation, its docstring followed by those of
+its public classes and functions. `package_documents`: each is one installed distribution's long description
+(its README as published: markdown or reStructuredText, with code, tables and links), a second corpus of
+another shape for the benchmarks. No ray or vllm imports.
 """
 
 from __future__ import annotations
@@ -60,6 +62,31 @@ def documents(modules: list[str], max_chars: int) -> Iterator[dict]:
             yield {"id": f"python-docs/{name}", "text": text, "module": name}
 
 
+def package_documents(max_chars: int, min_chars: int = 3000) -> Iterator[dict]:
+    """Installed distributions' long descriptions of at least `min_chars`, by distribution name, each once."""
+    from importlib import metadata
+
+    seen = set()
+    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
+        name = (dist.metadata["Name"] or "").lower()
+        text = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if not name or name in seen or name == "embedpipe" or len(text) < min_chars:
+            continue
+        seen.add(name)
+        if len(text) > max_chars:
+            cut = text.rfind("\n\n", 0, max_chars)
+            text = text[: cut if cut > 0 else max_chars]
+        yield {"id": f"packages/{name}", "text": text.strip(), "module": name}
+
+
+def write_text_files(out: Path, docs: list[dict]) -> int:
+    """One markdown file per document (its id is then the file's path under `out`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for doc in docs:
+        (out / f"{doc['module']}.md").write_text(doc["text"], encoding="utf-8")
+    return len(docs)
+
+
 def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool = False) -> dict[str, int]:
     """jsonl shards, a parquet shard and markdown files (unless jsonl_only); returns files per format."""
     out.mkdir(parents=True, exist_ok=True)
@@ -84,11 +111,7 @@ def write_corpus(out: Path, modules: list[str], max_chars: int, jsonl_only: bool
         table = pa.Table.from_pylist([{"id": d["id"], "text": d["text"]} for d in groups["parquet"]])
         pq.write_table(table, out / "docs.parquet")
         counts["parquet"] = 1
-        md = out / "modules"
-        md.mkdir(exist_ok=True)
-        for doc in groups["text"]:
-            (md / f"{doc['module']}.md").write_text(doc["text"], encoding="utf-8")
-        counts["text"] = len(groups["text"])
+        counts["text"] = write_text_files(out / "modules", groups["text"])
     return counts
 
 

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
-from pipeline.cpu_priority import PriorityKeeper
+from pipeline.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.documents import Shard
 from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
@@ -137,13 +137,16 @@ def run_ingest(settings: Settings) -> RunResult:
         writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
         outcome, status, error, upkeep = None, "failed", None, None
         try:
-            keeper = PriorityKeeper(settings.run.helper_niceness)
-            board = ray_stages.ProgressBoard.remote(settings.run.helper_niceness)
+            priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
+            keeper = PriorityKeeper(priority)
+            board = ray_stages.ProgressBoard.remote()
             display = ProgressDisplay(
                 ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
             )
             with ray_stages.engine_placement(settings, plan) as placement, keeper, display:
-                dataset = ray_stages.build_dataset(settings, plan, fs, shards, keys, writer, placement, board)
+                dataset = ray_stages.build_dataset(
+                    settings, plan, fs, shards, keys, writer, placement, board=board, priority=priority
+                )
                 for record in ray_stages.iter_records(dataset):
                     committer.add(record)
             outcome = committer.finish(settings.run.delete_missing)

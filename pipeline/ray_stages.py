@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker
-from pipeline.cpu_priority import demote_self
+from pipeline.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.documents import Shard
 from pipeline.embedding import EmbedStep, VllmEmbedder
@@ -38,17 +38,27 @@ from pipeline.tokenizer import load_tokenizer
 
 RECORD = "record"
 MAX_READ_BLOCKS = 4096
+LOCAL_RAY_CONFIG = {
+    "enable_metrics_collection": False,
+    "metrics_report_interval_ms": 600_000,
+    "task_events_report_interval_ms": 0,
+    "event_stats": False,
+}
+"""A local Ray's own bookkeeping that nothing reads in an embedded run (no dashboard): metric exports and task
+events from every process. Off, a local run's start-up was 2-4.6 s shorter in three paired runs on 2 cores."""
 SHUFFLE_CPU_HEADROOM = 1
 """Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
 and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
+
+
+NO_DEMOTION = HelperPriority(0, "")
 
 
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Counts the plan and chunk stages send as they go (fire and forget), for the driver's progress display."""
 
-    def __init__(self, niceness: int):
-        demote_self(niceness)
+    def __init__(self):
         self.progress = Progress()
 
     def add(self, counts: dict[str, int]) -> None:
@@ -81,14 +91,17 @@ class ChunkActor:
 
 
 class EmbedActor:
-    """Hosts one vLLM engine and embeds chunk batches by their token ids."""
+    """Hosts one vLLM engine and embeds chunk batches by their token ids. Once ready, it leaves the flag that lets
+    the helper stages on its node step aside."""
 
-    def __init__(self, settings: Settings, plan: JobPlan, board=None):
+    def __init__(self, settings: Settings, plan: JobPlan, board=None, priority: HelperPriority = NO_DEMOTION):
         configure_logging(settings.logging.level, settings.logging.json_format)
         slot = os.environ.get(SLOT_ENV)
         embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
         self.step = EmbedStep(embedder, engine_label(ray.get_runtime_context().get_node_id(), embedder.info()))
         self.board = board
+        if priority.niceness:
+            mark_engines_ready(priority.engines_ready_flag)
         if board is not None:
             board.add.remote({"engines_ready": 1})
 
@@ -108,57 +121,60 @@ def engine_label(node_id: str, info: dict) -> str:
 
 
 @ray.remote(num_cpus=0.25)
-def _split(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, niceness: int) -> list[Piece]:
-    demote_self(niceness)
+def _split(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, priority: HelperPriority) -> list[Piece]:
+    priority.apply()
     return [piece for shard in shards for piece in split_shard(shard, fs, piece_bytes)]
 
 
-def split_pieces(shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, niceness: int = 0) -> list[Piece]:
+def split_pieces(
+    shards: list[Shard], fs: pafs.FileSystem, piece_bytes: int, priority: HelperPriority = NO_DEMOTION
+) -> list[Piece]:
     """Every shard's pieces, found by tasks (parquet footers, line ends of large jsonl files); the driver keeps
     their offsets only, as it keeps the shard list."""
-    refs = [_split.remote(shards[i : i + 64], fs, piece_bytes, niceness) for i in range(0, len(shards), 64)]
+    refs = [_split.remote(shards[i : i + 64], fs, piece_bytes, priority) for i in range(0, len(shards), 64)]
     return [piece for part in ray.get(refs) for piece in part]
 
 
-def _read(pieces: pa.Table, reader: PieceReader, niceness: int) -> Iterator[pa.Table]:
-    demote_self(niceness)
+def _read(pieces: pa.Table, reader: PieceReader, priority: HelperPriority) -> Iterator[pa.Table]:
+    priority.apply()
     for row in pieces.to_pylist():
         yield from reader(Piece.from_row(row))
 
 
-def _stored_ids(fragments: pa.Table, keys: StoredKeys, niceness: int) -> pa.Table:
-    demote_self(niceness)
+def _stored_ids(fragments: pa.Table, keys: StoredKeys, priority: HelperPriority) -> pa.Table:
+    priority.apply()
     ids = [keys.doc_ids(f) for f in fragments.column("fragment").to_pylist()]
     return stored_id_rows(pa.concat_arrays(ids) if ids else [])
 
 
-def _decide(docs: pa.Table, niceness: int) -> pa.Table:
-    demote_self(niceness)
+def _decide(docs: pa.Table, priority: HelperPriority) -> pa.Table:
+    priority.apply()
     return decide_all(docs)
 
 
-def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, niceness: int, board=None) -> pa.Table:
-    demote_self(niceness)
+def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, priority: HelperPriority, board=None) -> pa.Table:
+    priority.apply()
     planned = with_fates(docs, keys.lookup if keys is not None else None, chunking)
     if board is not None:
         board.add.remote(planned_counts(planned))
     return planned
 
 
-def _write(batch: pa.Table, writer: ChunkWriter, niceness: int) -> pa.Table:
-    demote_self(niceness)
+def _write(batch: pa.Table, writer: ChunkWriter, priority: HelperPriority) -> pa.Table:
+    priority.apply()
     record = writer.write(batch, node=ray.get_runtime_context().get_node_id())
     return pa.table({RECORD: [json.dumps(record)]})
 
 
-def read_documents(settings: Settings, fs: pafs.FileSystem, shards: list[Shard]) -> Dataset:
+def read_documents(
+    settings: Settings, fs: pafs.FileSystem, shards: list[Shard], priority: HelperPriority = NO_DEMOTION
+) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
-    niceness = settings.run.helper_niceness
-    pieces = split_pieces(shards, fs, settings.input.piece_bytes, niceness)
+    pieces = split_pieces(shards, fs, settings.input.piece_bytes, priority)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
-        fn_kwargs={"reader": PieceReader(fs, settings.input), "niceness": niceness},
+        fn_kwargs={"reader": PieceReader(fs, settings.input), "priority": priority},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=0.5,
@@ -202,28 +218,28 @@ def engine_cpus(plan: JobPlan) -> float:
 def build_dataset(
     settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
     writer: ChunkWriter, placement: Callable[[], dict] = lambda: {}, board=None,
+    priority: HelperPriority = NO_DEMOTION,
 ) -> Dataset:  # fmt: skip
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     on_gpu = plan.engine.device == "cuda"
-    niceness = settings.run.helper_niceness
     _, cpus = cluster_resources()
-    docs = read_documents(settings, fs, shards)
+    docs = read_documents(settings, fs, shards, priority)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
         docs = docs.union(
-            fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys, "niceness": niceness}, batch_format="pyarrow")
+            fragments.map_batches(_stored_ids, fn_kwargs={"keys": keys, "priority": priority}, batch_format="pyarrow")
         )
     # Every row of a plan key lands in one partition, and a hash shuffle emits each partition as one block:
     # decide_all sees all copies of an id at once. (map_groups would call Python once per document.)
     partitions = settings.run.plan_partitions or min(cpus, 64)
     planned = docs.repartition(partitions, keys=[s.PLAN_KEY]).map_batches(
-        _decide, fn_kwargs={"niceness": niceness}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
+        _decide, fn_kwargs={"priority": priority}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
     )
     planned = planned.map_batches(
         _fates,
-        fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint, "niceness": niceness, "board": board},
+        fn_kwargs={"keys": keys, "chunking": plan.chunk.fingerprint, "priority": priority, "board": board},
         batch_size=LOOKUP_IDS,
         batch_format="pyarrow",
         num_cpus=0.25,
@@ -241,7 +257,7 @@ def build_dataset(
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board},
+        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board, "priority": priority},
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=plan.actors),
@@ -251,7 +267,7 @@ def build_dataset(
     )
     return embedded.map_batches(
         _write,
-        fn_kwargs={"writer": writer, "niceness": niceness},
+        fn_kwargs={"writer": writer, "priority": priority},
         batch_size=settings.run.commit_rows,
         batch_format="pyarrow",
         num_cpus=0.25,
@@ -290,7 +306,7 @@ def start_ray(settings: Settings) -> None:
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
-        _system_config={"worker_niceness": settings.run.worker_niceness},
+        _system_config={"worker_niceness": settings.run.worker_niceness, **LOCAL_RAY_CONFIG},
     )
     quiet_console()
 

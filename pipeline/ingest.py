@@ -139,16 +139,16 @@ def run_ingest(settings: Settings) -> RunResult:
         try:
             priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
             keeper = PriorityKeeper(priority)
-            board = ray_stages.ProgressBoard.remote()
-            display = ProgressDisplay(
-                ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
-            )
-            with ray_stages.engine_placement(settings, plan) as placement, keeper, display:
-                dataset = ray_stages.build_dataset(
-                    settings, plan, fs, shards, keys, writer, placement, board=board, priority=priority
+            with ray_stages.progress_board() as board:
+                display = ProgressDisplay(
+                    ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
                 )
-                for record in ray_stages.iter_records(dataset):
-                    committer.add(record)
+                with ray_stages.engine_placement(settings, plan) as placement, keeper, display:
+                    dataset = ray_stages.build_dataset(
+                        settings, plan, fs, shards, keys, writer, placement, board=board, priority=priority
+                    )
+                    for record in ray_stages.iter_records(dataset):
+                        committer.add(record)
             outcome = committer.finish(settings.run.delete_missing)
             status = "succeeded"
             if settings.index.after_run:

@@ -159,10 +159,12 @@ class RunSettings(_Section):
     """An s3:// store's lock is renewed every third of this while a run lives; a dead run's lock is taken over
     after this long without renewal."""
     helper_niceness: int = Field(default=19, ge=0, le=19)
-    """Niceness the processes around the engines take on (read, plan and write tasks, Ray Data's helper actors and
-    executor thread, a local Ray's daemons but the raylet; not the chunk actors, which feed the engines), so they
-    use the CPU the engines leave instead of preempting them: on 2 cores, a tenth of the CPU used by others at
-    niceness 0 cost a CPU engine 13% of its speed, at 19 about 3%. 0 leaves them as they start."""
+    """Niceness the processes around the engines take on once an engine on their node is ready (read, plan and write
+    tasks, Ray Data's helper actors, idle workers, the driver's threads but its main one, a local Ray's daemons but
+    the raylet; not the chunk actors, which feed the engines), so they use the CPU the engines leave instead of
+    preempting them: on 2 cores, a tenth of the CPU used by others at niceness 0 cost a CPU engine 13% of its speed,
+    at 19 about 3%. Before that they keep their priority, so the first chunks are ready when the engine is. 0 leaves
+    them as they start."""
     worker_niceness: int = Field(default=0, ge=0, le=19)
     """Niceness of the worker processes of a local Ray. Ray's own default, 15, lets the driver and Ray's daemons
     preempt the engines, which costs a CPU engine about a tenth of its speed; a cluster takes RAY_worker_niceness

@@ -1,0 +1,30 @@
+"""The Ray side's own resources on real Ray: what a run starts, it stops."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_the_progress_board_counts_while_the_run_lives_and_is_gone_after_it(ray_local):
+    from ray.exceptions import RayActorError
+
+    from pipeline.ray_stages import board_reader, progress_board
+
+    with progress_board() as board:
+        board.add.remote({"docs_chunked": 3})
+        board.add.remote({"docs_chunked": 2, "chunks_made": 7})
+        seen = board_reader(board)()
+        assert (seen["docs_chunked"], seen["chunks_made"]) == (5, 7)
+    with pytest.raises(RayActorError):
+        ray_local.get(board.snapshot.remote(), timeout=30)

@@ -9,15 +9,6 @@ import pytest
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_the_progress_board_counts_while_the_run_lives_and_is_gone_after_it(ray_local):
     from ray.exceptions import RayActorError
 

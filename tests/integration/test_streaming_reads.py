@@ -17,15 +17,6 @@ from pipeline.settings import InputSettings, Settings
 pytestmark = [pytest.mark.ray]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:
     """Every document read, with the id of the task that read it; and the number of distinct read tasks."""
     from pipeline.ray_stages import read_documents

@@ -33,6 +33,14 @@ DEFAULT_MODULES = (
 ).split()
 
 
+def clip(text: str, max_chars: int) -> str:
+    """At most `max_chars`, cut at the last paragraph break before the limit where there is one."""
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind("\n\n", 0, max_chars)
+    return text[: cut if cut > 0 else max_chars]
+
+
 def module_document(name: str, max_chars: int) -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -48,10 +56,7 @@ def module_document(name: str, max_chars: int) -> str | None:
             doc = inspect.getdoc(obj)
             if doc:
                 parts.append(f"\n## {name}.{attr}\n\n{doc}")
-    text = "\n".join(parts).strip()
-    if len(text) > max_chars:
-        cut = text.rfind("\n\n", 0, max_chars)
-        text = text[: cut if cut > 0 else max_chars]
+    text = clip("\n".join(parts).strip(), max_chars)
     return text if len(text) > 200 else None
 
 
@@ -73,10 +78,7 @@ def package_documents(max_chars: int, min_chars: int = 3000) -> Iterator[dict]:
         if not name or name in seen or name == "embedpipe" or len(text) < min_chars:
             continue
         seen.add(name)
-        if len(text) > max_chars:
-            cut = text.rfind("\n\n", 0, max_chars)
-            text = text[: cut if cut > 0 else max_chars]
-        yield {"id": f"packages/{name}", "text": text.strip(), "module": name}
+        yield {"id": f"packages/{name}", "text": clip(text, max_chars).strip(), "module": name}
 
 
 def write_text_files(out: Path, docs: list[dict]) -> int:

@@ -6,6 +6,7 @@ import json
 import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -28,7 +29,7 @@ from pipeline.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
 from pipeline.stats import STAGE_LABELS, RunTotals
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import FastTokenizer, load_tokenizer
 
 log = structlog.get_logger(__name__)
 PROGRESS_EVERY_S = 15.0
@@ -78,9 +79,14 @@ def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Sha
 
 
 def model_lengths(settings: Settings) -> LengthPlan:
-    """The model's checks and lengths (loading its tokenizer: a few seconds, mostly importing transformers)."""
+    return model_checks(settings)[0]
+
+
+def model_checks(settings: Settings) -> tuple[LengthPlan, FastTokenizer]:
+    """The model's checks and lengths, and its tokenizer (loading it takes a few seconds, mostly importing
+    transformers; the chunk actors get it loaded, and import only the tokenizers library)."""
     tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
-    return plan_lengths(settings, tokenizer.num_special_tokens)
+    return plan_lengths(settings, tokenizer.num_special_tokens), tokenizer
 
 
 def run_ingest(settings: Settings) -> RunResult:
@@ -95,15 +101,15 @@ def run_ingest(settings: Settings) -> RunResult:
         if ray_stages.joins_cluster():
             # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
             # directory; an import running beside it then fails (transformers resolves a path at import).
-            lengths = model_lengths(settings)
+            lengths, tokenizer = model_checks(settings)
             ray_stages.start_ray(settings)
         else:
             # The model's checks run while a local Ray starts: a refused model costs a Ray start, every run
             # saves the shorter of the two (a few seconds each).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checks") as pool:
-                checked = pool.submit(model_lengths, settings)
+                checked = pool.submit(model_checks, settings)
                 ray_stages.start_ray(settings)
-                lengths = checked.result()
+                lengths, tokenizer = checked.result()
         gpus, cpus = ray_stages.cluster_resources()
         device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)
@@ -124,47 +130,50 @@ def run_ingest(settings: Settings) -> RunResult:
             chunk_tokens=plan.chunk.max_tokens,
             logs=ray_stages.logs_dir(),
         )
-        metadata = _table_metadata(plan)
         store.check_chunks_table(plan.model_id)
-        store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
-        store.ensure_side_tables()
-        keys = store.stored_keys()
-        if keys is not None and not keys.has_key_index():
-            log.warning("store_unindexed", reason="no B-tree on doc_id: each plan lookup scans the chunks table; "
-                        "keep doc_id in index.scalar_columns with index.after_run")  # fmt: skip
-        log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
-        committer = RunCommitter(store, run_id, metadata)
-        writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
-        outcome, status, error, upkeep = None, "failed", None, None
-        try:
-            priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
-            keeper = PriorityKeeper(priority)
-            with ray_stages.progress_board() as board:
+        priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
+        with ExitStack() as run_scope:
+            board = run_scope.enter_context(ray_stages.progress_board())
+            # The engines start loading now, while the store is read and Ray Data starts, reads and chunks.
+            engines = run_scope.enter_context(ray_stages.engine_actors(settings, plan, board, priority))
+            metadata = _table_metadata(plan)
+            store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
+            store.ensure_side_tables()
+            keys = store.stored_keys()
+            if keys is not None and not keys.has_key_index():
+                log.warning("store_unindexed", reason="no B-tree on doc_id: each plan lookup scans the chunks "
+                            "table; keep doc_id in index.scalar_columns with index.after_run")  # fmt: skip
+            log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
+            committer = RunCommitter(store, run_id, metadata)
+            writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
+            outcome, status, error, upkeep = None, "failed", None, None
+            try:
                 display = ProgressDisplay(
                     ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
                 )
-                with ray_stages.engine_placement(settings, plan) as placement, keeper, display:
+                with PriorityKeeper(priority), display:
                     dataset = ray_stages.build_dataset(
-                        settings, plan, fs, shards, keys, writer, placement, board=board, priority=priority
+                        settings, plan, tokenizer, fs, shards, keys, writer, engines, board, priority
                     )
-                    for record in ray_stages.iter_records(dataset):
+                    for record in ray_stages.iter_records(dataset, engines):
                         committer.add(record)
-            outcome = committer.finish(settings.run.delete_missing)
-            status = "succeeded"
-            if settings.index.after_run:
-                upkeep = _maintain(store, settings, plan.engine.model_dir, exclusive)
-        except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"[:4000]
-            raise
-        finally:
-            outcome = outcome or committer.outcome()
-            result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-            store.finish_run(run_id, _finish_values(result, committer.engine_info, error))
-            log.info(
-                "run_finished", status=status, wall_s=round(result.wall_s, 2), groups=outcome.groups,
-                record_bytes=outcome.record_bytes, nodes=list(outcome.nodes), **asdict(outcome.totals),
-            )  # fmt: skip
-            structlog.contextvars.unbind_contextvars("run_id")
+                outcome = committer.finish(settings.run.delete_missing)
+                status = "succeeded"
+                run_scope.close()  # the engines' memory is free before maintenance
+                if settings.index.after_run:
+                    upkeep = _maintain(store, settings, plan.engine.model_dir, exclusive)
+            except BaseException as exc:
+                error = f"{type(exc).__name__}: {exc}"[:4000]
+                raise
+            finally:
+                outcome = outcome or committer.outcome()
+                result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
+                store.finish_run(run_id, _finish_values(result, committer.engine_info, error))
+                log.info(
+                    "run_finished", status=status, wall_s=round(result.wall_s, 2), groups=outcome.groups,
+                    record_bytes=outcome.record_bytes, nodes=list(outcome.nodes), **asdict(outcome.totals),
+                )  # fmt: skip
+                structlog.contextvars.unbind_contextvars("run_id")
     return result
 
 

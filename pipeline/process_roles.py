@@ -4,7 +4,8 @@ these roles, and the CPU priority keeper lowers the priority of the helper roles
 from __future__ import annotations
 
 ROLES = (
-    ("EmbedActor", "engine actors"),
+    ("EngineActor", "engine actors"),
+    ("EngineFeeder", "engine feeders"),
     ("ChunkActor", "chunk actors"),
     ("ProgressBoard", "progress board"),
     ("_write", "write tasks"),
@@ -38,6 +39,7 @@ actor or task it runs, so a worker's role can change between samples)."""
 HELPER_ROLES = frozenset(
     {
         "progress board",
+        "engine feeders",
         "idle Ray workers",
         "write tasks",
         "Ray Data stats actor",

@@ -9,14 +9,14 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, Dataset
 from ray.exceptions import RayError
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
@@ -34,9 +34,13 @@ from pipeline.log import configure_logging
 from pipeline.pieces import Piece, PieceReader, split_shard
 from pipeline.progress import Progress, chunked_counts, embedded_counts, planned_counts
 from pipeline.settings import Settings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import FastTokenizer
 
 RECORD = "record"
+ENGINE_ENV = "EMBEDPIPE_ENGINE_INDEX"
+"""Environment variable naming the engine actor an embed-stage feeder sends its batches to."""
+ENGINE_RESTARTS = 4
+"""Times Ray restarts an engine actor whose process died, retrying the calls it held."""
 MAX_READ_BLOCKS = 4096
 LOCAL_RAY_CONFIG = {
     "enable_metrics_collection": False,
@@ -87,11 +91,10 @@ def board_reader(board) -> Callable[[], dict[str, int]]:
 class ChunkActor:
     """Chunks the planned documents with the model's tokenizer."""
 
-    def __init__(self, settings: Settings, plan: JobPlan, board=None):
+    def __init__(self, settings: Settings, plan: JobPlan, tokenizer: FastTokenizer, board=None):
         configure_logging(settings.logging.level, settings.logging.json_format)
         # Not demoted: the chunks feed the engines, and a starved chunker leaves them waiting (measured: engines
         # idle 9-40% of the steady window when chunking still ran at niceness 19 beside them).
-        tokenizer = load_tokenizer(plan.engine.model_dir, settings.model.trust_remote_code)
         self.step = ChunkStep(Chunker(tokenizer, plan.chunk))
         self.board = board
 
@@ -102,26 +105,49 @@ class ChunkActor:
         return chunks
 
 
-class EmbedActor:
-    """Hosts one vLLM engine and embeds chunk batches by their token ids. Once ready, it leaves the flag that lets
-    the helper stages on its node step aside."""
+@ray.remote
+class EngineActor:
+    """Hosts one vLLM engine and embeds chunk batches by their token ids. Started by the driver as soon as the plan
+    places it, so the engine loads while Ray Data starts, reads and chunks; its process runs nothing but the
+    engine. Once ready, it leaves the flag that lets the helper stages on its node step aside."""
 
     def __init__(self, settings: Settings, plan: JobPlan, board=None, priority: HelperPriority = NO_DEMOTION):
         configure_logging(settings.logging.level, settings.logging.json_format)
-        slot = os.environ.get(SLOT_ENV)
-        embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
-        self.step = EmbedStep(embedder, engine_label(ray.get_runtime_context().get_node_id(), embedder.info()))
         self.board = board
+        self.failure: Exception | None = None
+        slot = os.environ.get(SLOT_ENV)
+        try:
+            embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
+        except Exception as exc:  # noqa: BLE001 - raised by each call instead: an actor that fails to start dies
+            self.failure = exc  # with a message only, and the run's error would lose what the engine said
+            return
+        self.step = EmbedStep(embedder, engine_label(ray.get_runtime_context().get_node_id(), embedder.info()))
         if priority.niceness:
             mark_engines_ready(priority.engines_ready_flag)
         if board is not None:
             board.add.remote({"engines_ready": 1})
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def start_failure(self) -> Exception | None:
+        return self.failure
+
+    def embed(self, batch: pa.Table) -> pa.Table:
+        if self.failure is not None:
+            raise self.failure
         out = self.step(batch)
         if self.board is not None:
             self.board.add.remote(embedded_counts(batch))
         return out
+
+
+class EngineFeeder:
+    """Ray Data's embed stage: hands each batch to its engine actor (the one its ENGINE_ENV names) and waits for
+    the vectors. Two calls at a time, so the engine finds its next batch queued when it finishes one."""
+
+    def __init__(self, engines: list):
+        self.engine = engines[int(os.environ.get(ENGINE_ENV, "0")) % len(engines)]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return ray.get(self.engine.embed.remote(batch))
 
 
 def engine_label(node_id: str, info: dict) -> str:
@@ -193,30 +219,69 @@ def read_documents(
     )
 
 
+@dataclass(frozen=True)
+class Engines:
+    """The run's engine actors, and the remote args of the feeder for each: its engine's index and node."""
+
+    actors: list
+    nodes: list[str]
+    feeders: Iterator[int]
+
+    def feeder_args(self) -> dict:
+        index = next(self.feeders) % len(self.actors)
+        return {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(self.nodes[index], soft=True),
+            "runtime_env": {"env_vars": {ENGINE_ENV: str(index)}},
+        }
+
+    def start_failure(self) -> PipelineError | None:
+        """What stopped an engine from starting, if one did: Ray Data reports a failed call by its own message."""
+        for actor in self.actors:
+            try:
+                failure = ray.get(actor.start_failure.remote(), timeout=30)
+            except RayError:
+                continue
+            if failure is not None:
+                return (
+                    failure
+                    if isinstance(failure, PipelineError)
+                    else EngineError(f"an engine failed to start: {failure}")
+                )
+        return None
+
+
 @contextmanager
-def engine_placement(settings: Settings, plan: JobPlan) -> Iterator[Callable[[], dict]]:
-    """Reserve one bundle per engine, spread over nodes (one per node before two on one), before any task of
-    the run can take the room; yields the engine actors' remote args, a bundle each, with the engine's slot
-    among the engines on its node (which cores or which share of the GPU it takes). Released at the end."""
+def engine_actors(
+    settings: Settings, plan: JobPlan, board=None, priority: HelperPriority = NO_DEMOTION
+) -> Iterator[Engines]:
+    """Start the run's engines now: one bundle per engine, spread over nodes (one per node before two on one) and
+    reserved before any task of the run can take the room, and one engine actor in each, with its slot among the
+    engines on its node (which cores or which share of the GPU it takes). The engines load while the rest of the
+    run starts; they and their bundles are released at the end."""
     bundle = {"CPU": engine_cpus(plan)}
     if plan.engine.device == "cuda":
         bundle["GPU"] = settings.model.tensor_parallel_size / plan.engine.engines_per_device
     group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
     ray.get(group.ready())
     nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
-    slots = node_slots([nodes[i] for i in range(plan.actors)])
-    counter = itertools.count()
-
-    def remote_args() -> dict:
-        index = next(counter) % plan.actors
-        return {
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index),
-            "runtime_env": {"env_vars": {SLOT_ENV: str(slots[index] % plan.engine.engines_per_device)}},
-        }
-
+    node_of = [nodes[i] for i in range(plan.actors)]
+    slots = node_slots(node_of)
+    actors = [
+        EngineActor.options(
+            num_cpus=bundle["CPU"],
+            num_gpus=bundle.get("GPU", 0),
+            max_restarts=ENGINE_RESTARTS,
+            max_task_retries=ENGINE_RESTARTS,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
+            runtime_env={"env_vars": {SLOT_ENV: str(slots[i] % plan.engine.engines_per_device)}},
+        ).remote(settings, plan, board, priority)
+        for i in range(plan.actors)
+    ]
     try:
-        yield remote_args
+        yield Engines(actors, node_of, itertools.count())
     finally:
+        for actor in actors:
+            ray.kill(actor)
         ray.util.remove_placement_group(group)
 
 
@@ -228,13 +293,12 @@ def engine_cpus(plan: JobPlan) -> float:
 
 
 def build_dataset(
-    settings: Settings, plan: JobPlan, fs: pafs.FileSystem, shards: list[Shard], keys: StoredKeys | None,
-    writer: ChunkWriter, placement: Callable[[], dict] = lambda: {}, board=None,
+    settings: Settings, plan: JobPlan, tokenizer: FastTokenizer, fs: pafs.FileSystem, shards: list[Shard],
+    keys: StoredKeys | None, writer: ChunkWriter, engines: Engines, board=None,
     priority: HelperPriority = NO_DEMOTION,
 ) -> Dataset:  # fmt: skip
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
-    on_gpu = plan.engine.device == "cuda"
     _, cpus = cluster_resources()
     docs = read_documents(settings, fs, shards, priority)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
@@ -258,7 +322,7 @@ def build_dataset(
     )
     chunks = planned.map_batches(
         ChunkActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board},
+        fn_constructor_kwargs={"settings": settings, "plan": plan, "tokenizer": tokenizer, "board": board},
         batch_size=64,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
@@ -268,14 +332,15 @@ def build_dataset(
     # engine gets work however few documents a run has.
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
-        EmbedActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan, "board": board, "priority": priority},
+        EngineFeeder,
+        fn_constructor_kwargs={"engines": engines.actors},
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=plan.actors),
-        num_gpus=settings.model.tensor_parallel_size / plan.engine.engines_per_device if on_gpu else 0,
-        num_cpus=engine_cpus(plan),
-        ray_remote_args_fn=placement,
+        compute=ActorPoolStrategy(
+            size=len(engines.actors), max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+        ),
+        num_cpus=0,
+        ray_remote_args_fn=engines.feeder_args,
     )
     return embedded.map_batches(
         _write,
@@ -349,14 +414,15 @@ def cluster_resources() -> tuple[float, int]:
     return float(resources.get("GPU", 0.0)), cpus
 
 
-def iter_records(dataset: Dataset) -> Iterator[dict]:
-    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised."""
+def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[dict]:
+    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, an engine's
+    failure to start as what the engine said."""
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for payload in batch.column(RECORD).to_pylist():
                 yield json.loads(payload)
     except RayError as exc:
-        raise _pipeline_error(exc) from exc
+        raise (engines and engines.start_failure()) or _pipeline_error(exc) from exc
 
 
 def _pipeline_error(exc: BaseException) -> PipelineError:

@@ -56,7 +56,7 @@ def _wait_threads(pid: int, count: int) -> None:
 
 def test_helpers_and_idle_workers_are_demoted_and_engines_chunkers_and_raylet_are_not():
     processes = [
-        (10, "ray::MapWorker(MapBatches(EmbedActor))"),
+        (10, "ray::EngineActor.embed"),
         (11, "ray::MapWorker(MapBatches(ChunkActor))"),
         (12, "ray::MapBatches(_write)"),
         (13, "/x/ray/core/src/ray/raylet/raylet --node_id=abc"),
@@ -65,9 +65,11 @@ def test_helpers_and_idle_workers_are_demoted_and_engines_chunkers_and_raylet_ar
         (16, "ray::_StatsActor"),
         (17, "python -u /x/ray/_private/log_monitor.py"),
         (18, "ray::SomethingElse"),
+        (19, "ray::MapWorker(MapBatches(EngineFeeder))"),
         (1, "python -m jobs.ingest"),
     ]
-    assert helper_pids(processes, driver_pid=1) == [12, 14, 15, 16, 17]  # chunk actors feed the engines: not demoted
+    # chunk actors feed the engines: not demoted
+    assert helper_pids(processes, driver_pid=1) == [12, 14, 15, 16, 17, 19]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="per-thread niceness is Linux's")

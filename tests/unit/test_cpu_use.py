@@ -9,7 +9,8 @@ from pipeline.bench.cpu_use import Sample, cpu_by_role, role_of
 
 
 def test_roles_from_ray_process_titles():
-    assert role_of("ray::MapWorker(MapBatches(EmbedActor))", 7, 1) == "engine actors"
+    assert role_of("ray::EngineActor.embed", 7, 1) == "engine actors"
+    assert role_of("ray::MapWorker(MapBatches(EngineFeeder))", 7, 1) == "engine feeders"
     assert role_of("ray::MapWorker(MapBatches(ChunkActor))", 7, 1) == "chunk actors"
     assert role_of("ray::MapBatches(_write)", 7, 1) == "write tasks"
     assert role_of("/x/ray/core/src/ray/raylet/raylet --node_id=...", 7, 1) == "raylet"

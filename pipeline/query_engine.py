@@ -1,11 +1,12 @@
 """The engine queries are embedded with: the model and engine settings the table was built with, read from the
 chunks table's metadata and its last ingestion run, and checked against any model the caller names.
-vllm is imported only when the engine starts (through VllmEmbedder)."""
+vllm is imported only when the engine starts (through VllmEmbedder), torch only when an embedder loads."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipeline.errors import ConfigError, PipelineError, StoreError
 from pipeline.io.lance_store import LanceStore
 from pipeline.job_plan import needs_long_len
 from pipeline.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.reference_embedding import ReferenceEmbedder, cosine
 from pipeline.settings import ModelSettings
 from pipeline.tokenizer import Tokenizer, load_tokenizer
 
@@ -143,29 +145,89 @@ def query_token_ids(tokenizer: Tokenizer, text: str, max_model_len: int) -> list
     return ids
 
 
-class QueryEmbedder:
-    """The model's tokenizer and one vLLM engine in this process: text in, vectors the table can be searched
-    with out. A text longer than the engine's sequence limit is refused, never truncated."""
+EMBEDDERS = ("auto", "engine", "transformers")
+MATCH_COSINE = 0.9999
+"""How close the transformers forward pass must come to a stored vector of the same text to embed queries."""
 
-    def __init__(self, engine: QueryEngine):
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """One chunk of the table, whose text and vector show whether an embedder reproduces the table's vectors."""
+
+    text: str
+    vector: np.ndarray
+
+
+def stored_chunk(table) -> StoredChunk | None:
+    rows = table.search().select([s.TEXT, s.VECTOR]).limit(1).to_list()
+    return StoredChunk(rows[0][s.TEXT], np.asarray(rows[0][s.VECTOR], np.float32)) if rows else None
+
+
+class QueryEmbedder:
+    """The model's tokenizer and an embedder in this process: text in, vectors the table can be searched with out.
+    A text longer than the engine's sequence limit is refused, never truncated.
+
+    The embedder is the vLLM engine, or (`choice` auto or transformers) a plain transformers forward pass of the
+    same model where the table was embedded on CPU: it starts in seconds where the engine takes 10-20 s (mostly
+    importing vLLM), and it is used only after it reproduced a stored chunk's vector from that chunk's text
+    (cosine >= MATCH_COSINE). Otherwise auto falls back to the engine and says why."""
+
+    def __init__(self, engine: QueryEngine, choice: str = "engine", probe: StoredChunk | None = None):
+        if choice not in EMBEDDERS:
+            msg = f"embedder {choice!r} is not one of {', '.join(EMBEDDERS)}"
+            raise ConfigError(msg)
         self.spec = engine.spec
+        self.notes: list[str] = []
+        started = time.perf_counter()
         self.tokenizer = load_tokenizer(self.spec.model_dir, self.spec.model.trust_remote_code)
-        self.engine = VllmEmbedder(self.spec)
-        self.dim = self.engine.dim
-        self.start_s = self.engine.start_s
+        self.engine: VllmEmbedder | None = None
+        self.reference = self._reference(choice, probe) if choice != "engine" else None
+        if self.reference is None:
+            self.engine = VllmEmbedder(self.spec)
+            self.dim = self.engine.dim
+        else:
+            self.dim = len(probe.vector)
+        self.kind = "transformers" if self.reference is not None else "engine"
+        self.start_s = time.perf_counter() - started
         if self.dim != engine.dim:
             self.close()
             msg = f"the engine makes {self.dim}-dimensional vectors; the table holds {engine.dim}-dimensional ones"
             raise ConfigError(msg)
 
+    def _reference(self, choice: str, probe: StoredChunk | None) -> ReferenceEmbedder | None:
+        """The transformers forward pass if it reproduces the table's vectors; None (with a note) for the engine."""
+        why_not = None
+        if self.spec.device != "cpu":
+            why_not = f"the engine runs on {self.spec.device}, so the table's vectors are the engine's on that device"
+        elif probe is None:
+            why_not = "the table has no chunk to check it against"
+        else:
+            try:
+                reference = ReferenceEmbedder(self.spec.model_dir, self.spec.model.trust_remote_code)
+                similarity = cosine(reference.embed_ids(self.token_ids(probe.text)), probe.vector)
+            except (ConfigError, QueryTooLong) as exc:
+                why_not = str(exc)
+            else:
+                if similarity >= MATCH_COSINE:
+                    return reference
+                why_not = f"its vector of a stored chunk's text has cosine {similarity:.6f} to the stored one"
+        if choice == "transformers":
+            msg = f"cannot embed queries with transformers: {why_not}; use --embedder engine"
+            raise ConfigError(msg)
+        self.notes.append(f"queries embedded by the vLLM engine, not transformers: {why_not}")
+        return None
+
     def token_ids(self, text: str) -> list[int]:
         return query_token_ids(self.tokenizer, text, self.spec.max_model_len)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        return self.engine.embed([self.token_ids(t) for t in texts])
+        return self.embed_ids([self.token_ids(t) for t in texts])
 
     def embed_ids(self, ids: list[list[int]]) -> np.ndarray:
+        if self.reference is not None:
+            return np.stack([self.reference.embed_ids(one) for one in ids])
         return self.engine.embed(ids)
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()

@@ -38,7 +38,9 @@ class ReferenceEmbedder:
     def __init__(self, model_dir: str | Path, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars on a query's stderr
         self.torch = torch
         self.model_dir = Path(model_dir)
         self.model = AutoModel.from_pretrained(

@@ -13,9 +13,14 @@ import sys
 from pathlib import Path
 
 import lancedb
+import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.io.lance_store import LanceStore
+from pipeline.query_engine import MATCH_COSINE, QueryEmbedder, StoredChunk, query_engine, read_built_with
+from pipeline.reference_embedding import cosine
+from pipeline.settings import ModelSettings
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +88,7 @@ def test_a_plain_english_query_returns_relevant_chunks(store):
     proc = job("jobs.query", "how do I parse command-line options", "compress data with gzip", "--json", db=db)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = (json.loads(line) for line in proc.stdout.strip().splitlines())
+    assert first["embedder"] == "transformers"  # it reproduced a stored vector, so no vLLM start
     assert first["ann_index"] is True and first["mode"] == "vector" and len(first["hits"]) == 5
     scores = [h["score"] for h in first["hits"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] <= 1
@@ -106,6 +112,30 @@ def test_hybrid_search_finds_an_exact_phrase_within_filters(store):
     assert {h["doc_id"] for h in json.loads(filtered.stdout)["hits"]} <= {"python-docs/json"}
     by_source = job("jobs.query", phrase, "--text-search", "--json", "--source", "*/modules/*", db=db)
     assert all("/modules/" in h["source"] for h in json.loads(by_source.stdout)["hits"])
+
+
+def test_query_vectors_equal_the_pipelines_for_the_same_text(store, minilm_path):
+    """Both query embedders give a stored chunk's text the vector the pipeline's engine stored for it. A
+    transformers pass that does not reproduce the table (here: a stored vector that is not the text's) is not
+    used: auto falls back to the engine and says why, an explicit choice of it is refused."""
+    _, db, _ = store
+    lance = LanceStore(str(db))
+    engine = query_engine(read_built_with(lance), ModelSettings(path=str(minilm_path)))
+    rows = lance.db.open_table("chunks").search().select(["text", "vector"]).limit(4).to_list()
+    probe = StoredChunk(rows[0]["text"], np.asarray(rows[0]["vector"], np.float32))
+    wrong = StoredChunk(rows[0]["text"], np.asarray(rows[1]["vector"], np.float32))
+    with pytest.raises(ConfigError, match=r"cannot embed queries with transformers: .* has cosine"):
+        QueryEmbedder(engine, "transformers", wrong)
+    for choice, chunk, kind in [("auto", probe, "transformers"), ("auto", wrong, "engine")]:
+        embedder = QueryEmbedder(engine, choice, chunk)
+        try:
+            assert embedder.kind == kind
+            assert (kind == "engine") == any("by the vLLM engine, not transformers" in n for n in embedder.notes)
+            vectors = embedder.embed([r["text"] for r in rows])
+            for vector, row in zip(vectors, rows, strict=True):
+                assert cosine(vector, np.asarray(row["vector"])) >= MATCH_COSINE
+        finally:
+            embedder.close()
 
 
 def test_a_mismatched_model_is_refused(store, tiny_model_path):

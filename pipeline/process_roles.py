@@ -55,10 +55,10 @@ HELPER_ROLES = frozenset(
     }
 )
 """Roles that may run below the engines' priority once the engines are ready. Not the chunk actors: they feed the
-engines. Not the raylet: it forks the workers, engines included, and a child starts at its parent's niceness. Idle
-workers are: an engine never takes one over (its actor carries its own runtime environment, so Ray starts a worker
-for it), and they cost the engines as much as any helper (0.3-0.7 CPU-seconds per steady window on 2 cores). Not
-unnamed workers."""
+engines. The engine feeders are: they wait on their engine, which holds the next batch already. Not the raylet: it
+forks the workers, engines included, and a child starts at its parent's niceness. Idle workers are: an engine never
+takes one over (its actor carries its own runtime environment, so Ray starts a worker for it), and they cost the
+engines as much as any helper (0.3-0.7 CPU-seconds per steady window on 2 cores). Not unnamed workers."""
 
 
 def role_of(command: str, pid: int, driver_pid: int) -> str:

@@ -261,15 +261,11 @@ class EmbedStep:
         if self.batch_index == 0:
             payload["engine"] = {**self.embedder.info(), "ready_at": self.ready_at.isoformat()}
         self.batch_index += 1
-        out = batch.drop_columns([s.TOKEN_IDS, s.REJECT_REASON, s.REJECT_DETAIL])
-        out = out.append_column(s.REJECT_REASON, pa.array(reasons, pa.string()))
-        out = out.append_column(s.REJECT_DETAIL, pa.array(details, pa.string()))
-        out = out.append_column(s.VECTOR, _vector_array(row_vectors, dim))
         stats_col = [json.dumps(payload)] + [None] * (len(batch) - 1)
-        out = out.append_column(s.BATCH_STATS, pa.array(stats_col, pa.string()))
+        out = _embedded_rows(batch, row_vectors, reasons, details, stats_col, dim)
         self.idle_since = time.perf_counter()
         log.debug("batch_embedded", **asdict(stats))
-        return out.select(s.embedded_schema(dim).names).cast(s.embedded_schema(dim))
+        return out
 
     def _embed_isolating(self, token_ids: list[list[int]]) -> tuple[list[np.ndarray | None], list[str | None]]:
         """Vectors, and for each chunk the engine refused, its message (vector None)."""
@@ -288,6 +284,29 @@ class EmbedStep:
             msg = f"engine returned vectors of shape {vectors.shape} for {len(token_ids)} chunks of dimension "
             raise EngineError(msg + str(self.embedder.dim))
         return list(vectors), [None] * len(token_ids)
+
+
+def has_chunks(batch: pa.Table) -> bool:
+    """Whether a batch holds a chunk to embed (other rows pass through: rejects, unchanged documents)."""
+    return batch.num_rows > 0 and batch.column(s.CHUNK_ID).null_count < batch.num_rows
+
+
+def passed_through(batch: pa.Table, dim: int) -> pa.Table:
+    """A batch without chunks as the embed stage returns it, without calling an engine: no vectors, no stats."""
+    n = len(batch)
+    reasons, details = batch.column(s.REJECT_REASON).to_pylist(), batch.column(s.REJECT_DETAIL).to_pylist()
+    return _embedded_rows(batch, [None] * n, reasons, details, [None] * n, dim)
+
+
+def _embedded_rows(
+    batch: pa.Table, vectors: list[np.ndarray | None], reasons: list, details: list, stats: list, dim: int
+) -> pa.Table:
+    out = batch.drop_columns([s.TOKEN_IDS, s.REJECT_REASON, s.REJECT_DETAIL])
+    out = out.append_column(s.REJECT_REASON, pa.array(reasons, pa.string()))
+    out = out.append_column(s.REJECT_DETAIL, pa.array(details, pa.string()))
+    out = out.append_column(s.VECTOR, _vector_array(vectors, dim))
+    out = out.append_column(s.BATCH_STATS, pa.array(stats, pa.string()))
+    return out.select(s.embedded_schema(dim).names).cast(s.embedded_schema(dim))
 
 
 def _vector_array(rows: list[np.ndarray | None], dim: int) -> pa.Array:

@@ -130,7 +130,7 @@ def run_ingest(settings: Settings) -> RunResult:
             chunk_tokens=plan.chunk.max_tokens,
             logs=ray_stages.logs_dir(),
         )
-        store.check_chunks_table(plan.model_id)
+        stored_dim = store.check_chunks_table(plan.model_id)
         priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
         with ExitStack() as run_scope:
             board = run_scope.enter_context(ray_stages.progress_board())
@@ -153,7 +153,7 @@ def run_ingest(settings: Settings) -> RunResult:
                 )
                 with PriorityKeeper(priority), display:
                     dataset = ray_stages.build_dataset(
-                        settings, plan, tokenizer, fs, shards, keys, writer, engines, board, priority
+                        settings, plan, tokenizer, fs, shards, keys, writer, engines, board, priority, stored_dim
                     )
                     for record in ray_stages.iter_records(dataset, engines):
                         committer.add(record)

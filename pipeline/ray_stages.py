@@ -24,7 +24,7 @@ from pipeline.chunking import Chunker
 from pipeline.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.documents import Shard
-from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.embedding import EmbedStep, VllmEmbedder, has_chunks, passed_through
 from pipeline.engine_slots import SLOT_ENV, node_slots
 from pipeline.errors import EngineError, PipelineError
 from pipeline.io.chunk_writer import ChunkWriter
@@ -141,12 +141,17 @@ class EngineActor:
 
 class EngineFeeder:
     """Ray Data's embed stage: hands each batch to its engine actor (the one its ENGINE_ENV names) and waits for
-    the vectors. Two calls at a time, so the engine finds its next batch queued when it finishes one."""
+    the vectors. Two calls at a time, so the engine finds its next batch queued when it finishes one. A batch with
+    nothing to embed (unchanged documents, rejects) passes without the engine where the table's vector dimension
+    is known, so a run that embeds nothing does not wait for an engine to start."""
 
-    def __init__(self, engines: list):
+    def __init__(self, engines: list, dim: int | None = None):
         self.engine = engines[int(os.environ.get(ENGINE_ENV, "0")) % len(engines)]
+        self.dim = dim
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.dim is not None and not has_chunks(batch):
+            return passed_through(batch, self.dim)
         return ray.get(self.engine.embed.remote(batch))
 
 
@@ -295,7 +300,7 @@ def engine_cpus(plan: JobPlan) -> float:
 def build_dataset(
     settings: Settings, plan: JobPlan, tokenizer: FastTokenizer, fs: pafs.FileSystem, shards: list[Shard],
     keys: StoredKeys | None, writer: ChunkWriter, engines: Engines, board=None,
-    priority: HelperPriority = NO_DEMOTION,
+    priority: HelperPriority = NO_DEMOTION, dim: int | None = None,
 ) -> Dataset:  # fmt: skip
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
@@ -333,7 +338,7 @@ def build_dataset(
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
         EngineFeeder,
-        fn_constructor_kwargs={"engines": engines.actors},
+        fn_constructor_kwargs={"engines": engines.actors, "dim": dim},
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(

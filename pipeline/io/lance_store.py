@@ -204,11 +204,12 @@ class LanceStore:
 
         return lance.dataset(self.chunks_uri, storage_options=self.storage_options)
 
-    def check_chunks_table(self, model: str, dim: int | None = None, schema: pa.Schema | None = None) -> None:
-        """Refuse a chunks table made for another model or vector dimension (dim None: model only)."""
+    def check_chunks_table(self, model: str, dim: int | None = None, schema: pa.Schema | None = None) -> int | None:
+        """Refuse a chunks table made for another model or vector dimension (dim None: model only); the table's
+        vector dimension, None while there is no table."""
         if schema is None:
             if not self.exists(self.names.chunks):
-                return
+                return None
             schema = self.db.open_table(self.names.chunks).schema
         field = schema.field(s.VECTOR)
         existing = json.loads((schema.metadata or {}).get(b"embedpipe", b"{}"))
@@ -219,6 +220,7 @@ class LanceStore:
                 f"run embeds with {model!r}{shown}; use another store.table_prefix or store.uri"
             )
             raise StoreError(msg)
+        return field.type.list_size
 
     def chunks_table(self, dim: int, metadata: dict):
         """Open the chunks table, creating it empty if needed (tools and tests; runs create it on first commit)."""

@@ -11,7 +11,7 @@ import pytest
 from pipeline import schema as s
 from pipeline.chunk_step import ChunkStep
 from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import EmbedStep, FakeEmbedder
+from pipeline.embedding import EmbedStep, FakeEmbedder, has_chunks, passed_through
 from pipeline.errors import StoreError
 from pipeline.io.lance_store import LanceStore
 from pipeline.io.run_commit import RunCommitter
@@ -61,6 +61,17 @@ def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches)
     assert sent == pa.compute.sum(pa.concat_tables(chunk_batches).column(s.N_TOKENS)).as_py()
     assert [st["batch"]["engine_tokens"] for st in stats] == [st["batch"]["n_tokens"] for st in stats]
     assert all(b.column(s.BATCH_STATS).null_count == len(b) - 1 for b in out)
+
+
+def test_a_batch_without_chunks_passes_without_an_engine_as_the_engine_would_pass_it(chunk_batches):
+    table = pa.concat_tables(chunk_batches)
+    rejects = table.filter(pa.compute.is_null(table.column(s.CHUNK_ID)))
+    assert rejects.num_rows == 2 and not has_chunks(rejects) and has_chunks(table)
+    through_engine = EmbedStep(FakeEmbedder(dim=8), actor="a1")(rejects)
+    passed = passed_through(rejects, 8)
+    assert passed.schema == through_engine.schema
+    assert passed.drop_columns([s.BATCH_STATS]).equals(through_engine.drop_columns([s.BATCH_STATS]))
+    assert passed.column(s.BATCH_STATS).null_count == 2  # no engine call, so no batches row
 
 
 def test_writer_accounts_for_every_document_and_commits_in_groups(tmp_path, chunk_batches):

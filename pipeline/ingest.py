@@ -153,7 +153,17 @@ def run_ingest(settings: Settings) -> RunResult:
                 )
                 with PriorityKeeper(priority), display:
                     dataset = ray_stages.build_dataset(
-                        settings, plan, tokenizer, fs, shards, keys, writer, engines, board, priority, stored_dim
+                        settings,
+                        plan,
+                        tokenizer,
+                        fs,
+                        shards,
+                        keys,
+                        writer,
+                        engines,
+                        board=board,
+                        priority=priority,
+                        dim=stored_dim,
                     )
                     for record in ray_stages.iter_records(dataset, engines):
                         committer.add(record)

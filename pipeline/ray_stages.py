@@ -246,12 +246,10 @@ class Engines:
                 failure = ray.get(actor.start_failure.remote(), timeout=30)
             except RayError:
                 continue
+            if isinstance(failure, PipelineError):
+                return failure
             if failure is not None:
-                return (
-                    failure
-                    if isinstance(failure, PipelineError)
-                    else EngineError(f"an engine failed to start: {failure}")
-                )
+                return EngineError(f"an engine could not start: {type(failure).__name__}: {failure}")
         return None
 
 

@@ -22,9 +22,17 @@ from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
 from pipeline.io.maintenance import MaintenanceReport, maintain_store
 from pipeline.io.run_commit import RunCommitter, RunOutcome
 from pipeline.io.sources import list_shards
-from pipeline.job_plan import JobPlan, LengthPlan, check_memory, place_engines, plan_lengths, resolve_device
+from pipeline.job_plan import (
+    JobPlan,
+    LengthPlan,
+    check_chunk_room,
+    check_memory,
+    place_engines,
+    plan_lengths,
+    resolve_device,
+)
 from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
-from pipeline.model_dir import model_fingerprint, resolve_model_dir
+from pipeline.model_dir import model_fingerprint
 from pipeline.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
@@ -75,18 +83,18 @@ def _stage_text(stages: dict[str, float]) -> str:
 def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Shard]]:
     """Everything that can fail on settings, paths or the model, checked before Ray or any engine starts."""
     fs, shards = list_shards(settings.input)
-    return model_lengths(settings), fs, shards
+    lengths = plan_lengths(settings)
+    checked_tokenizer(settings, lengths)
+    return lengths, fs, shards
 
 
-def model_lengths(settings: Settings) -> LengthPlan:
-    return model_checks(settings)[0]
-
-
-def model_checks(settings: Settings) -> tuple[LengthPlan, FastTokenizer]:
-    """The model's checks and lengths, and its tokenizer (loading it takes a few seconds, mostly importing
-    transformers; the chunk actors get it loaded, and import only the tokenizers library)."""
-    tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
-    return plan_lengths(settings, tokenizer.num_special_tokens), tokenizer
+def checked_tokenizer(settings: Settings, lengths: LengthPlan) -> FastTokenizer:
+    """The model's tokenizer, with the chunk's room checked against its special tokens. Loading it takes a few
+    seconds (mostly importing transformers): a run does it while its engines start, and the chunk actors get it
+    loaded, importing only the tokenizers library."""
+    tokenizer = load_tokenizer(lengths.model_dir, settings.model.trust_remote_code)
+    check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
+    return tokenizer
 
 
 def run_ingest(settings: Settings) -> RunResult:
@@ -98,18 +106,16 @@ def run_ingest(settings: Settings) -> RunResult:
     structlog.contextvars.bind_contextvars(run_id=run_id)
     store = LanceStore.from_settings(settings.store)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
+        lengths = plan_lengths(settings)
+        # The tokenizer loads while Ray starts and then while the engines do, which need nothing from it.
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        loading = loader.submit(checked_tokenizer, settings, lengths)
+        loader.shutdown(wait=False)
         if ray_stages.joins_cluster():
             # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
             # directory; an import running beside it then fails (transformers resolves a path at import).
-            lengths, tokenizer = model_checks(settings)
-            ray_stages.start_ray(settings)
-        else:
-            # The model's checks run while a local Ray starts: a refused model costs a Ray start, every run
-            # saves the shorter of the two (a few seconds each).
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-checks") as pool:
-                checked = pool.submit(model_checks, settings)
-                ray_stages.start_ray(settings)
-                lengths, tokenizer = checked.result()
+            loading.result()
+        ray_stages.start_ray(settings)
         gpus, cpus = ray_stages.cluster_resources()
         device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)
@@ -136,6 +142,7 @@ def run_ingest(settings: Settings) -> RunResult:
             board = run_scope.enter_context(ray_stages.progress_board())
             # The engines start loading now, while the store is read and Ray Data starts, reads and chunks.
             engines = run_scope.enter_context(ray_stages.engine_actors(settings, plan, board, priority))
+            tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
             metadata = _table_metadata(plan)
             store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
             store.ensure_side_tables()

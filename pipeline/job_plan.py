@@ -44,18 +44,22 @@ class JobPlan:
 
 
 def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int) -> JobPlan:
-    """Check the settings against the model and the cluster's GPUs/CPUs; raise ConfigError with the fix."""
-    return place_engines(settings, plan_lengths(settings, num_special_tokens), gpus, cpus)
+    """Check the settings against the model, its tokenizer's special tokens and the cluster's GPUs/CPUs; raise
+    ConfigError with the fix."""
+    lengths = plan_lengths(settings)
+    check_chunk_room(settings, lengths.chunk, num_special_tokens)
+    return place_engines(settings, lengths, gpus, cpus)
 
 
-def plan_lengths(settings: Settings, num_special_tokens: int) -> LengthPlan:
-    """max_model_len and chunk size against the model's own limits; needs no cluster."""
+def plan_lengths(settings: Settings) -> LengthPlan:
+    """max_model_len and chunk size against the model's own limits; needs no cluster and no tokenizer (the
+    engines are placed from it while the tokenizer loads; `check_chunk_room` follows once it has)."""
     model_dir = resolve_model_dir(settings.model.path)
     check_remote_code(model_dir, settings.model.trust_remote_code)
     limits = read_model_limits(model_dir)
     notes: list[str] = []
     max_model_len = _max_model_len(settings, limits, notes)
-    chunk_tokens = _chunk_tokens(settings, max_model_len, num_special_tokens, notes)
+    chunk_tokens = _chunk_tokens(settings, max_model_len, notes)
     m = settings.model
     if m.max_num_batched_tokens < max_model_len and splits_long_prompts(model_dir):
         notes.append(
@@ -194,7 +198,7 @@ def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) ->
     return limit
 
 
-def _chunk_tokens(settings: Settings, max_model_len: int, num_special: int, notes: list[str]) -> int:
+def _chunk_tokens(settings: Settings, max_model_len: int, notes: list[str]) -> int:
     c = settings.chunk
     ceiling = max_model_len - 1  # some pooling models hang on a prompt of exactly max_model_len tokens
     tokens = c.tokens
@@ -211,14 +215,19 @@ def _chunk_tokens(settings: Settings, max_model_len: int, num_special: int, note
             f"hold at most max_model_len - 1 tokens"
         )
         tokens = ceiling
-    budget = tokens - num_special
-    if budget <= 2 * c.overlap_tokens:
+    return tokens
+
+
+def check_chunk_room(settings: Settings, chunk: ChunkPlan, num_special: int) -> None:
+    """A chunk's text must hold more than its overlaps once the tokenizer's special tokens are in."""
+    overlap = settings.chunk.overlap_tokens
+    budget = chunk.max_tokens - num_special
+    if budget <= 2 * overlap:
         msg = (
-            f"chunk.overlap_tokens={c.overlap_tokens} leaves no room: chunks hold {budget} tokens besides the "
-            f"{num_special} special tokens; lower chunk.overlap_tokens below {budget // 2}"
+            f"chunk.overlap_tokens={overlap} leaves no room: chunks hold {budget} tokens besides the "
+            f"{num_special} special tokens; lower chunk.overlap_tokens below {max(budget // 2, 0)}"
         )
         raise ConfigError(msg)
-    return tokens
 
 
 def needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bool:

@@ -215,3 +215,18 @@ def test_engine_that_cannot_start_fails_the_job_with_a_clear_message(tiny_model_
     assert job.stderr[-1].startswith("error: ") and "gpu-memory-utilization" in job.stderr[-1]
     [run] = runs(db)
     assert run["status"] == "failed" and "EngineError" in run["error"]
+
+
+def test_a_chunk_without_room_for_its_overlaps_is_refused_once_the_tokenizer_loads(tiny_model_path, corpus, tmp_path):
+    """The engines start before the tokenizer has loaded; what only the tokenizer can tell (its special tokens
+    leave no room for the overlaps) still refuses the run with the fix, before a run is recorded."""
+    db = tmp_path / "db"
+    job = IngestProcess(tiny_model_path, corpus, db, "--chunk-overlap-tokens", "64")
+    job.proc.wait(timeout=300)
+    job._reader.join(timeout=5)
+    assert job.proc.returncode == 2
+    assert job.stderr[-1].startswith("error: chunk.overlap_tokens=64 leaves no room")
+    assert "lower chunk.overlap_tokens below 63" in job.stderr[-1]
+    assert any(e.get("event") == "run_planned" for e in job.events)  # refused after the engines were placed
+    tables = lancedb.connect(str(db)).table_names()
+    assert "runs" not in tables or runs(db) == []

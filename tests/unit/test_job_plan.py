@@ -141,3 +141,10 @@ def test_eager_by_default_on_cpu_only_and_the_compile_cache_that_loads(minilm_pa
     assert engine_kwargs(compiled.engine)["enforce_eager"] is False
     assert engine_environment(compiled.engine)["VLLM_USE_AOT_COMPILE"] == "0"
     assert "VLLM_USE_AOT_COMPILE" not in engine_environment(gpu.engine)
+
+
+def test_chunk_room_counts_the_tokenizers_special_tokens(minilm_path):
+    chunk = {"tokens": 200, "overlap_tokens": 99}
+    assert plan_job(settings(minilm_path, chunk=chunk), num_special_tokens=1, gpus=0, cpus=2).chunk.max_tokens == 200
+    with pytest.raises(ConfigError, match=r"overlap_tokens=99 leaves no room: chunks hold 198 tokens besides the 2 "):
+        plan_job(settings(minilm_path, chunk=chunk), num_special_tokens=2, gpus=0, cpus=2)

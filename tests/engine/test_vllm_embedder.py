@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pyarrow as pa
 import pytest
 
@@ -50,6 +52,7 @@ def test_tiny_long_position_model_embeds_2000_token_chunks_like_transformers(tin
     plan, tokenizer, engine = engine_for(tiny_model_path, max_num_batched_tokens=8192)
     try:
         assert plan.engine.max_model_len == 2001 and plan.chunk.max_tokens == 2000
+        assert gc.get_freeze_count() > 100_000  # the imports' objects, out of the start's full collections
         chunks = chunk_rows(tokenizer, plan, long_texts)
         n_tokens = chunks.column(s.N_TOKENS).to_pylist()
         assert max(n_tokens) > 1900, "the fixture should exercise near-2,000-token chunks"
@@ -96,7 +99,7 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
     from pipeline.job_plan import plan_lengths
 
     with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model\.max_model_len=2001"):
-        plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}), 2)
+        plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}))
     spec = plan_job(Settings(model={"path": str(tiny_model_path), "dtype": "float32", "enforce_eager": True,
                                     "gpu_memory_utilization": 0.1}), 2, gpus=0, cpus=2).engine  # fmt: skip
     too_small = spec.model.model_copy(update={"max_num_batched_tokens": 1024})

@@ -183,12 +183,18 @@ def target_lines(result: BenchResult) -> list[str]:
             ratio = starts[len(starts) // 2] / bare_starts[len(bare_starts) // 2]
             lines.append(f"- {_verdict(ratio <= STARTUP_TARGET)} {head} start-up {ratio:.2f}x the bare engine's "
                          f"(medians {starts[len(starts) // 2]:.1f} s and {bare_starts[len(bare_starts) // 2]:.1f} s; "
-                         f"target <= {STARTUP_TARGET})")  # fmt: skip
+                         f"target <= {STARTUP_TARGET}){_ray_start(result)}")  # fmt: skip
     if len(by_share) > 1:
         winner = max(by_share, key=lambda k: best(by_share[k]).tokens_per_s)
         rates = ", ".join(f"{k}: {best(v).tokens_per_s:,.0f}" for k, v in by_share.items())
         lines.append(f"- engines per device sweep (best tokens/s per setting) {rates}: {winner} won")
     return lines
+
+
+def _ray_start(result: BenchResult) -> str:
+    if result.ray_start_s is None:
+        return ""
+    return f", on a running Ray: starting a local one took {result.ray_start_s:.1f} s more, once, before the points"
 
 
 def _verdict(ok: bool) -> str:

@@ -57,6 +57,9 @@ class BenchResult:
     missing: dict[str, str] = field(default_factory=dict)
     """Baselines that did not run, and why."""
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    ray_start_s: float | None = None
+    """Seconds a local Ray took to start before the pipeline points, which then all find it running, as a job
+    submitted to a cluster does: their start-up is the pipeline's own."""
 
     def of(self, kind: str) -> list[Point]:
         return [p for p in self.points if p.kind == kind]
@@ -157,6 +160,8 @@ def run_bench(settings: Settings) -> BenchResult:
 
     if "bare" in baselines:
         result.points.append(_bare(first, chunks_path, "bare", vectors))
+    if points:
+        result.ray_start_s = _start_ray(first)
     for i, point_settings in enumerate(points):
         result.points.append(_pipeline_point(point_settings, f"pipeline p{i}", vectors))
     if "ray_data_llm" in baselines:
@@ -297,6 +302,14 @@ def _failed(kind: str, label: str, settings: Settings, exc: BaseException) -> Po
     params = {"max_num_batched_tokens": settings.model.max_num_batched_tokens,
               "max_model_len": settings.model.max_model_len}  # fmt: skip
     return Point(kind, label, params, 0.0, 0.0, 0, 0, 0, error=f"{type(exc).__name__}: {exc}"[:1000])
+
+
+def _start_ray(settings: Settings) -> float:
+    from pipeline import ray_stages
+
+    started = time.perf_counter()
+    ray_stages.start_ray(settings)
+    return time.perf_counter() - started
 
 
 def _stop_ray() -> None:

@@ -86,6 +86,10 @@ def test_targets_per_engines_per_device_setting_and_the_winner(tmp_path, minilm_
         _point("ray_data_llm", "ray.data.llm", 8192, 5500.0, startup=25.0),
     ]
     text = "\n".join(target_lines(result))
+    assert "on a running Ray" not in text
+    result.ray_start_s = 5.25
+    text = "\n".join(target_lines(result))
+    assert "target <= 1.15), on a running Ray: starting a local one took 5.2 s more, once" in text
     assert "- PASS engines per device 1: efficiency 0.97 at budgets 8,192" in text
     assert "- FAIL engines per device 1: best 5,800 tokens/s = 0.98x vLLM serve" in text
     assert "- PASS engines per device 1: 1.05x Ray Data LLM steady" in text

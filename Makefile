@@ -28,7 +28,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 verify:
-	$(PY) -m jobs.verify --db lancedb
+	$(PY) -m jobs.verify --config conf/local.toml
 
 # make query Q="how do I parse command-line options"
 query:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import structlog
-
-from pipeline.errors import ConfigError, PipelineError, StoreBusyError
-from pipeline.log import configure_logging
-from pipeline.settings import load_settings
-
-log = structlog.get_logger("jobs.bench")
+from jobs.common import parse, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,22 +15,16 @@ def main(argv: list[str] | None = None) -> int:
         "LLM.embed, vLLM server + HTTP client, Ray Data LLM) on the same chunks; write a report and a `bench` "
         "table. Settings as for jobs.ingest, plus the [bench] section (e.g. --budgets '[8192,16192]').",
     )
-    parser.add_argument("--config", help="TOML settings file, e.g. conf/bench.toml")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        settings = load_settings(args.config, overrides)
-        configure_logging(settings.logging.level, settings.logging.json_format)
-        from pipeline.bench.report import diagnoses, write_outputs
-        from pipeline.bench.runner import run_bench
+    return run(lambda: _bench(parser, argv))
 
-        result = run_bench(settings)
-        report = write_outputs(result)
-    except (ConfigError, StoreBusyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+def _bench(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    _, settings = parse(parser, argv)
+    from pipeline.bench.report import diagnoses, write_outputs
+    from pipeline.bench.runner import run_bench
+
+    result = run_bench(settings)
+    report = write_outputs(result)
     for text in diagnoses(result).values():
         print(f"diagnosis: {text}")
     print(f"report: {report}")

@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pipeline.errors import ConfigError, PipelineError, StoreBusyError
+from pipeline.errors import PipelineError, Refusal
 from pipeline.log import configure_logging
 from pipeline.settings import Settings, load_settings
 
-EXIT_REFUSED = 2
-"""Settings, model or store refused before any work: the message says what to change."""
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+"""A job that started and failed; settings, input or store refused before any work (the message says what to
+change). 0 is done."""
 
 
 def parse(
@@ -36,12 +37,12 @@ def run(main: Callable[[], int]) -> int:
     """Run a job body; a refusal exits 2 and a failure 1, each with a one-line message on stderr."""
     try:
         return main()
-    except (ConfigError, StoreBusyError) as exc:
+    except Refusal as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 @contextmanager

@@ -5,7 +5,11 @@ class PipelineError(Exception):
     """Base class for errors the pipeline raises deliberately."""
 
 
-class ConfigError(PipelineError):
+class Refusal(PipelineError):
+    """Nothing was started: settings, input or store refused. Jobs exit 2; the message says what to change."""
+
+
+class ConfigError(Refusal):
     """Settings, paths or the model cannot work together; raised before any work starts."""
 
 
@@ -25,5 +29,5 @@ class InputRejected(PipelineError):
     """The engine refused an input for a reason tied to the data (not to the engine's health)."""
 
 
-class StoreBusyError(StoreError):
+class StoreBusyError(StoreError, Refusal):
     """Another run holds the store's lock; nothing was started."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline import schema as s
 from pipeline.embedding import EngineSpec, VllmEmbedder
-from pipeline.errors import ConfigError, PipelineError, StoreError
+from pipeline.errors import ConfigError, Refusal, StoreError
 from pipeline.io.lance_store import LanceStore
 from pipeline.job_plan import needs_long_len
 from pipeline.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
@@ -23,7 +23,7 @@ from pipeline.settings import ModelSettings
 from pipeline.tokenizer import Tokenizer, load_tokenizer
 
 
-class QueryTooLong(PipelineError):
+class QueryTooLong(Refusal):
     """A query has more tokens than the engine takes in one sequence; it is never truncated."""
 
 

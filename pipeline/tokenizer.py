@@ -5,19 +5,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from tokenizers import Tokenizer as HFTokenizer
 
 from pipeline.errors import ConfigError
 
 
+@runtime_checkable
 class Tokenizer(Protocol):
     prefix_ids: tuple[int, ...]
     suffix_ids: tuple[int, ...]
 
     def encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids without special tokens, and each token's character span in `text`."""
+        ...
+
+    @property
+    def num_special_tokens(self) -> int:
+        """How many ids `with_special_tokens` adds around a sequence."""
+        ...
+
+    def with_special_tokens(self, ids: list[int]) -> list[int]:
+        """The ids as the engine gets them: the model's special tokens around them."""
         ...
 
 

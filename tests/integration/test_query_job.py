@@ -174,3 +174,23 @@ def test_a_later_run_folds_its_rows_into_the_indexes(store):
     index_run = latest_run(db, kind="index")
     assert index_run["status"] == "succeeded" and json.loads(index_run["maintenance"])["tables"]["chunks"]
     assert LanceStore(str(db)).latest_run()["run_id"] == latest_run(db)["run_id"]  # index runs are not ingestion
+
+
+def test_a_query_longer_than_the_engine_takes_is_refused(store):
+    _, db, _ = store
+    proc = job("jobs.query", "word " * 400, db=db)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    refusal = r"error: the query is 402 tokens; the engine takes at most \d+ .*queries are never truncated"
+    assert re.search(refusal, proc.stderr)
+
+
+def test_verify_reads_the_store_the_settings_name_and_maps_its_errors(store, tmp_path):
+    _, db, _ = store
+    proc = job("jobs.verify", "--sample", "8", db=db)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("verify: ok")
+    empty = job("jobs.verify", db=tmp_path / "empty")
+    assert empty.returncode == 1 and "Traceback" not in empty.stderr
+    assert (
+        empty.stderr.strip().splitlines()[-1] == f"error: no ingestion run in {tmp_path / 'empty'} (table prefix '')"
+    )

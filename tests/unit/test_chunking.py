@@ -125,3 +125,16 @@ def test_split_spans_takes_the_latest_strongest_break():
     breaks = {45: BREAK_PARAGRAPH, 48: BREAK_PARAGRAPH, 49: 1}
     spans = split_spans(120, budget=50, overlap=0, window=10, strength=lambda i: breaks.get(i, BREAK_NONE))
     assert spans[0] == (0, 48)
+
+
+def test_the_tokenizer_protocol_declares_what_the_query_path_calls(minilm_path):
+    from pipeline.tokenizer import Tokenizer
+
+    class EncodeOnly:
+        prefix_ids, suffix_ids = (101,), (102,)
+
+        def encode(self, text):
+            return [], []
+
+    assert isinstance(load_tokenizer(minilm_path), Tokenizer)
+    assert not isinstance(EncodeOnly(), Tokenizer)  # query_token_ids needs with_special_tokens too

@@ -169,3 +169,18 @@ def test_job_and_planner_read_the_same_position_limit(tmp_path):
         config = {**BERT_BASE, "model_type": model_type, "max_position_embeddings": positions, "pad_token_id": 1}
         (tmp_path / "config.json").write_text(json.dumps(config))
         assert read_model_limits(tmp_path).position_limit == shape_from_config(config).max_positions == usable
+
+
+def test_the_plan_jobs_defaults_are_the_ingestion_settings_defaults(minilm_path):
+    from jobs.plan import build_parser
+    from pipeline.settings import Settings
+
+    args = build_parser().parse_args([str(minilm_path)])
+    s = Settings(model={"path": str(minilm_path)})
+    assert (args.dtype, args.max_num_batched_tokens, args.tensor_parallel_size, args.gpu_memory_utilization) == (
+        s.model.dtype,
+        s.model.max_num_batched_tokens,
+        s.model.tensor_parallel_size,
+        s.model.gpu_memory_utilization,
+    )
+    assert (args.chunk_tokens, args.batch_rows) == (s.chunk.tokens, s.run.batch_rows)

@@ -47,7 +47,7 @@ if __name__ == "__main__":
 
 
 def main() -> None:
-    from pipeline.memory_plan import GIB, PlanRequest, load_config, plan_memory
+    from pipeline.memory_plan import PlanRequest, load_config, plan_memory
     from tests.model_builders import build_tiny_bert, minilm_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +91,6 @@ def main() -> None:
                 f"{mib(predicted):>9.1f} | {mib(load_growth):>10.1f}{mib(peak_growth):>10.1f}"
                 f"{peak_growth / predicted:>7.2f}"
             )
-    del GIB
 
 
 if __name__ == "__main__":

@@ -29,18 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
-    run_id, started = new_run_id(), time.perf_counter()
+    run_id, started, started_at = new_run_id(), time.perf_counter(), datetime.now(timezone.utc)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         built = read_built_with(store)
-        store.start_run(
-            {
-                "run_id": run_id,
-                "started_at": datetime.now(timezone.utc),
-                "status": "running",
-                "kind": RUN_KIND_INDEX,
-                "model": built.model_id,
-            }
-        )
+        store.start_run(run_id, RUN_KIND_INDEX, started_at, model=built.model_id)
         values = {"status": "failed"}
         try:
             report = maintain_store(
@@ -52,7 +44,8 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
             raise
         finally:
             wall_s = time.perf_counter() - started
-            store.finish_run(run_id, {**values, "finished_at": datetime.now(timezone.utc), "wall_s": wall_s})
+            finished = {**values, "finished_at": datetime.now(timezone.utc), "wall_s": wall_s}
+            store.finish_run(run_id, finished, failing="error" in values)
     print("\n".join(report.lines()))
     print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
     return 0

@@ -144,7 +144,12 @@ def run_ingest(settings: Settings) -> RunResult:
             engines = run_scope.enter_context(ray_stages.engine_actors(settings, plan, board, priority))
             tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
             metadata = _table_metadata(plan)
-            store.start_run(_run_row(run_id, settings, plan, memory, metadata["model_fingerprint"]))
+            store.start_run(
+                run_id,
+                RUN_KIND_INGEST,
+                started_at,
+                **_run_columns(settings, plan, memory, metadata["model_fingerprint"]),
+            )
             store.ensure_side_tables()
             keys = store.stored_keys()
             if keys is not None and not keys.has_key_index():
@@ -185,7 +190,9 @@ def run_ingest(settings: Settings) -> RunResult:
             finally:
                 outcome = outcome or committer.outcome()
                 result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-                store.finish_run(run_id, _finish_values(result, committer.engine_info, error))
+                store.finish_run(
+                    run_id, _finish_values(result, committer.engine_info, error), failing=error is not None
+                )
                 log.info(
                     "run_finished", status=status, wall_s=round(result.wall_s, 2), groups=outcome.groups,
                     record_bytes=outcome.record_bytes, nodes=list(outcome.nodes), **asdict(outcome.totals),
@@ -230,7 +237,7 @@ def device_memory_bytes(settings: Settings, device: str) -> int | None:
     return detect_device_memory(device)
 
 
-def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan, fingerprint: str) -> dict:
+def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan, fingerprint: str) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
@@ -244,10 +251,6 @@ def _run_row(run_id: str, settings: Settings, plan: JobPlan, memory: MemoryPlan,
         "notes": plan.notes,
     }
     return {
-        "run_id": run_id,
-        "started_at": datetime.now(timezone.utc),
-        "status": "running",
-        "kind": RUN_KIND_INGEST,
         "model": plan.model_id,
         "max_model_len": plan.engine.max_model_len,
         "max_num_batched_tokens": settings.model.max_num_batched_tokens,

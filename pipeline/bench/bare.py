@@ -13,11 +13,8 @@ from pathlib import Path
 from pipeline import schema as s
 from pipeline.bench import corpus
 from pipeline.bench.cpu_use import CpuSampler, Sample, cpu_by_role
-from pipeline.bench.metrics import Point
+from pipeline.bench.metrics import SAMPLE_VECTORS, Point
 from pipeline.embedding import EngineSpec
-
-SAMPLE_VECTORS = 32
-"""Vectors returned for cross-checking the other runners' output (first chunks of the corpus)."""
 
 
 def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:

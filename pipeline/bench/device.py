@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pipeline.bench.metrics import flops_per_token
 from pipeline.embedding import EngineSpec
-from pipeline.memory_plan import load_config
-from pipeline.model_params import shape_from_config
+from pipeline.memory_plan import load_config, resolve_dtype
+from pipeline.model_params import ModelShape, shape_from_config
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,9 @@ def measure_device(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures
         return pool.submit(_measure, spec, seq_len, tokens).result()
 
 
-def _dtype_name(spec: EngineSpec) -> str:
-    if spec.model.dtype != "auto":
-        return spec.model.dtype
-    return "float32" if spec.device == "cpu" else "bfloat16"
+def engine_dtype(spec: EngineSpec, shape: ModelShape) -> str:
+    """The dtype the engine computes in, as the memory planner resolves it (a float16 checkpoint stays float16)."""
+    return resolve_dtype(spec.model.dtype, shape, spec.device)
 
 
 def _measure(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
@@ -57,10 +56,10 @@ def _measure(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
     if spec.device == "cpu":
         torch.set_num_threads(spec.cpu_threads)
     device = torch.device("cuda" if spec.device == "cuda" else "cpu")
-    dtype_name = _dtype_name(spec)
-    dtype = getattr(torch, dtype_name)
     config, _ = load_config(spec.model_dir)
     shape = shape_from_config(config)
+    dtype_name = engine_dtype(spec, shape)
+    dtype = getattr(torch, dtype_name)
 
     def sync() -> None:
         if device.type == "cuda":

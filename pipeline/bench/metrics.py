@@ -33,6 +33,9 @@ PEAK_TFLOPS_16BIT = {
 """Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, in TFLOP/s. Longer names
 first where one contains another; looked up by substring of the device name."""
 
+SAMPLE_VECTORS = 32
+"""Vectors each runner returns for the cross-check against the bare engine's (first chunks of the corpus)."""
+
 BREAKDOWN = ("startup_s", *STAGES)
 """A pipeline point's time: start-up, then busy seconds per stage."""
 BREAKDOWN_LABELS = {"startup_s": "start-up", **STAGE_LABELS}

@@ -15,7 +15,7 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.bench.corpus import write_rows
-from pipeline.bench.metrics import Point
+from pipeline.bench.metrics import SAMPLE_VECTORS, Point
 from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
 from pipeline.io.lance_store import LanceStore
 
@@ -93,7 +93,9 @@ def run_ray_data_llm(
         tokens_per_call=None,
         note="start-up until its first engine call began (per-batch timestamps), as for the pipeline; Ray running",
     )
-    return point, {cid: vectors[cid] for cid in chunks.column(s.CHUNK_ID).to_pylist()[:32] if cid in vectors}
+    return point, {
+        cid: vectors[cid] for cid in chunks.column(s.CHUNK_ID).to_pylist()[:SAMPLE_VECTORS] if cid in vectors
+    }
 
 
 def batch_start_times(finished_at: list[float], llm_s: list[float]) -> list[float]:

@@ -75,10 +75,6 @@ class BenchResult:
         return max(same, key=lambda b: b.tokens_per_s) if same else None
 
 
-def _engine_key(point: Point) -> tuple:
-    return point.params.get("max_num_batched_tokens"), point.params.get("max_model_len")
-
-
 def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
     """One Settings per sweep point, each writing to tables of its own so nothing is skipped as unchanged, and
     without the indexing at the end of a run, which no baseline does."""

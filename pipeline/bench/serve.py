@@ -23,7 +23,7 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.bench.corpus import write_rows
-from pipeline.bench.metrics import Point
+from pipeline.bench.metrics import SAMPLE_VECTORS, Point
 from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import EngineError
 from pipeline.io.lance_store import LanceStore
@@ -119,7 +119,7 @@ def run_serve(
         note="server start-up counted once per point; the server stays up across concurrencies",
     )
     ids = chunks.column(s.CHUNK_ID).to_pylist()
-    return point, {i: vectors[i] for i in ids[:32] if i in vectors}
+    return point, {i: vectors[i] for i in ids[:SAMPLE_VECTORS] if i in vectors}
 
 
 async def _embed_and_write(url, chunks, concurrency, per_request, store, table_name, commit_rows):

@@ -143,14 +143,24 @@ class LanceStore:
             return False
         return True
 
-    def start_run(self, row: dict) -> None:
+    def start_run(self, run_id: str, kind: str, started_at: datetime, **columns) -> None:
+        """The run's `runs` row, marked running from `started_at` (the moment its start-up is counted from)."""
+        row = {"run_id": run_id, "started_at": started_at, "status": "running", "kind": kind, **columns}
         runs = self.table(self.names.runs, s.RUNS_SCHEMA)
         # Only one run holds the store's lock, so any run still marked running died without finishing.
         runs.update(where="status = 'running'", values={"status": "interrupted"})
         runs.add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
 
-    def finish_run(self, run_id: str, values: dict) -> None:
-        self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = {sql_str(run_id)}", values=values)
+    def finish_run(self, run_id: str, values: dict, failing: bool = False) -> None:
+        """Record the run's end. A run that is `failing` keeps its own error: when the store cannot take the
+        record (often what failed), that is logged, and the row stays running until the next run marks it
+        interrupted."""
+        try:
+            self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = {sql_str(run_id)}", values=values)
+        except Exception as exc:
+            if not failing:
+                raise
+            log.error("run_not_recorded", run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:1000])
 
     def last_ann_training(self) -> int | None:
         """Rows the vector index was last trained on, from the newest maintenance record that (re)built it."""

@@ -133,6 +133,9 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     assert runrow["engine_tokens"] == runrow["tokens"] + runrow["tokens_discarded"]
     assert batches.column("engine_tokens").to_pylist() == batches.column(s.N_TOKENS).to_pylist()
     assert 0 < runrow["startup_s"] < runrow["wall_s"]
+    # started_at is the run's start, which startup_s counts from, not when the row was written
+    recorded = (runrow["finished_at"] - runrow["started_at"]).total_seconds()
+    assert recorded == pytest.approx(runrow["wall_s"], abs=1.0)
     plan = json.loads(runrow["plan"])
     assert plan["fits"] is True and plan["max_model_len"] == 256 and plan["params_source"] == "safetensors headers"
     engine = json.loads(runrow["engine"])

@@ -117,3 +117,27 @@ def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
     cmd = " ".join(server_command(spec, 8000))
     assert "--max-num-batched-tokens 16192 " in cmd and "--max-model-len 256 " in cmd and "--dtype float32" in cmd
     assert "--enforce-eager" in cmd and "--trust-remote-code" not in cmd
+
+
+DTYPE_CASES = [  # setting, device, checkpoint's dtype, what the engine computes in
+    ("auto", "cuda", "float16", "float16"),
+    ("auto", "cuda", "float32", "bfloat16"),
+    ("auto", "cpu", "float16", "float32"),
+    ("bfloat16", "cuda", "float16", "bfloat16"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "device", "checkpoint", "expected"), DTYPE_CASES)
+def test_the_device_measurement_computes_in_the_memory_planners_dtype(
+    minilm_path, dtype, device, checkpoint, expected
+):
+    from dataclasses import replace
+
+    from pipeline.bench.device import engine_dtype
+    from pipeline.job_plan import plan_job
+    from pipeline.memory_plan import load_config, resolve_dtype
+
+    spec = plan_job(Settings(model={"path": str(minilm_path), "dtype": dtype}), 2, gpus=0, cpus=2).engine
+    spec = replace(spec, device=device)
+    shape = replace(shape_from_config(load_config(str(minilm_path))[0]), torch_dtype=checkpoint)
+    assert engine_dtype(spec, shape) == resolve_dtype(dtype, shape, device) == expected

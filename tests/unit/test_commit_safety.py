@@ -142,3 +142,23 @@ def test_a_changed_document_is_replaced_in_one_version(tmp_path, inputs, chunker
     assert pa.compute.count_distinct(store.chunks_dataset().to_table().column(s.CHUNK_ID)).as_py() == len(
         chunk_ids(tmp_path / "db")
     )
+
+
+def test_a_failing_run_keeps_its_own_error_when_the_store_cannot_record_its_end(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from pipeline.errors import StoreError
+
+    store = LanceStore(str(tmp_path))
+    store.start_run("r1", "ingest", datetime.now(timezone.utc))
+
+    def unreachable(*args, **kwargs):
+        raise StoreError("the store is unreachable")
+
+    monkeypatch.setattr(store, "table", unreachable)
+    store.finish_run("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
+    with pytest.raises(StoreError, match="unreachable"):
+        store.finish_run("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
+    monkeypatch.undo()
+    [row] = store.table(store.names.runs, s.RUNS_SCHEMA).to_arrow().to_pylist()
+    assert row["status"] == "running"  # until the next run marks it interrupted

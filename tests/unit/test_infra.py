@@ -104,26 +104,40 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
                 assert container["image"].endswith(f":{__version__}"), (path.name, container["image"])
 
 
-def test_gpu_requests_agree_with_tensor_parallel_size():
+def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gpu():
+    from pipeline.chunking import ChunkPlan
+    from pipeline.job_plan import LengthPlan, place_engines
+
     settings = load_settings(REPO / "conf/cluster.toml")
-    tp = settings.model.tensor_parallel_size
+    m = settings.model
+    tp = m.tensor_parallel_size
+    chunk = ChunkPlan(settings.chunk.tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, m.name)
+    lengths = LengthPlan(m.path, m.name, m.max_model_len, chunk, allow_long_max_model_len=False)
     for name, spec in cluster_specs():
+        total_gpus = total_cpus = 0
         for group in spec["workerGroupSpecs"]:
             for container in group["template"]["spec"]["containers"]:
                 requests, limits = container["resources"]["requests"], container["resources"]["limits"]
                 gpus = int(requests.get("nvidia.com/gpu", 0))
                 assert gpus == int(limits.get("nvidia.com/gpu", 0)), name
                 assert gpus >= tp and gpus % tp == 0, f"{name}: {gpus} GPUs per pod for tensor_parallel_size {tp}"
-                if settings.run.actors:
-                    assert gpus * group["replicas"] == settings.run.actors * tp, name
+                total_gpus += gpus * group["replicas"]
+                total_cpus += int(requests["cpu"]) * group["replicas"]
+        plan = place_engines(settings, lengths, gpus=total_gpus, cpus=total_cpus)
+        assert plan.engine.device == "cuda", name
+        assert plan.actors * tp == total_gpus * plan.engine.engines_per_device, (
+            f"{name}: a requested GPU runs no engine"
+        )
 
 
 def test_head_runs_no_work_and_is_not_exposed():
     for name, spec in cluster_specs():
         head = spec["headGroupSpec"]
-        assert head.get("serviceType", "ClusterIP") == "ClusterIP", name
+        assert head["serviceType"] == "ClusterIP", name  # set, not KubeRay's default: never a public address
         assert head["rayStartParams"].get("num-cpus") == "0", name
-        assert head["rayStartParams"].get("dashboard-host", "0.0.0.0") in ("0.0.0.0", "127.0.0.1")
+        # set, not defaulted: the dashboard (the job submission API) listens on the pod's network, reached through
+        # that ClusterIP service only
+        assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0", name
         for container in _containers(head):
             for port in container.get("ports", []):
                 assert "hostPort" not in port, name

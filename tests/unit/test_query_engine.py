@@ -31,14 +31,7 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     now = datetime.now(timezone.utc)
     for i, (status, kind) in enumerate([("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]):
         store.start_run(
-            {
-                "run_id": f"run-{i}",
-                "started_at": now + timedelta(seconds=i),
-                "status": status,
-                "kind": kind,
-                "model": NAME,
-                "settings": json.dumps(settings),
-            }
+            f"run-{i}", kind, now + timedelta(seconds=i), status=status, model=NAME, settings=json.dumps(settings)
         )
     return store
 

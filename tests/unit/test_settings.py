@@ -73,11 +73,19 @@ def test_overlap_over_half_the_chunk_is_refused(toml):
         load_settings(toml, ["--chunk-overlap-tokens", "200"])
 
 
-def test_shipped_configs_load(monkeypatch):
+def test_shipped_configs_load_and_plan_where_their_model_is_here(monkeypatch):
     from pathlib import Path
 
+    from pipeline.job_plan import plan_lengths
+
+    planned = []
     for conf in sorted(Path("conf").glob("*.toml")):
-        assert load_settings(conf).model.path, conf
+        settings = load_settings(conf)
+        if settings.model.path.startswith("package:"):  # the packaged model: planned here as on the cluster
+            planned.append(plan_lengths(settings).max_model_len)
+        else:  # a GPU model the cluster's image holds at an absolute path
+            assert Path(settings.model.path).is_absolute(), conf
+    assert len(planned) >= 3 and all(n > 1 for n in planned)
 
 
 def test_store_credentials_never_appear_in_dumps_or_logs(toml, capsys):

@@ -1,5 +1,7 @@
 """A store made before a side-table column existed keeps working: the column is added, empty."""
 
+from datetime import datetime, timezone
+
 import lancedb
 import pyarrow as pa
 
@@ -25,6 +27,6 @@ def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
         (tmp_path / f"{name}.lance" / "_versions").mkdir(parents=True)  # what a kill mid-create leaves
     store = LanceStore(str(tmp_path))
     assert not store.exists("runs") and store.stored_keys() is None
-    store.start_run({"run_id": "r1", "status": "running"})
+    store.start_run("r1", "ingest", datetime.now(timezone.utc))
     assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
     assert store.chunks_table(8, {"model": "m"}).count_rows() == 0

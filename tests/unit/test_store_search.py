@@ -58,7 +58,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run_id}.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
     now = datetime.now(timezone.utc)
-    store.start_run({"run_id": run_id, "started_at": now, "status": "running", "kind": "ingest"})
+    store.start_run(run_id, "ingest", now)
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
     chunker = Chunker(tokenizer, PLAN)

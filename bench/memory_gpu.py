@@ -18,15 +18,46 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
-    "bert": ("bert", {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                      "intermediate_size": 3072, "max_position_embeddings": 2048, "type_vocab_size": 2}),
-    "qwen3": ("qwen3", {"vocab_size": 151669, "hidden_size": 1024, "num_hidden_layers": 28,
-                        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
-                        "intermediate_size": 3072, "max_position_embeddings": 32768, "tie_word_embeddings": True}),
-    "phi3v": ("phi3", {"vocab_size": 32064, "hidden_size": 3072, "num_hidden_layers": 32,
-                       "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 8192,
-                       "max_position_embeddings": 131072, "tie_word_embeddings": False}),
-}  # fmt: skip
+    "bert": (
+        "bert",
+        {
+            "vocab_size": 30522,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 2048,
+            "type_vocab_size": 2,
+        },
+    ),
+    "qwen3": (
+        "qwen3",
+        {
+            "vocab_size": 151669,
+            "hidden_size": 1024,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "phi3v": (
+        "phi3",
+        {
+            "vocab_size": 32064,
+            "hidden_size": 3072,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "intermediate_size": 8192,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": False,
+        },
+    ),
+}
 
 
 def main() -> None:
@@ -47,8 +78,10 @@ def main() -> None:
     if on_gpu:
         total = torch.cuda.get_device_properties(0).total_memory / GIB
         print(f"device: {torch.cuda.get_device_name(0)}, {total:.1f} GiB")
-    print(f"{'shape':<7}{'tokens':>8} | {'plan W':>9}{'meas W':>9}{'ratio':>6} | "
-          f"{'plan A':>9}{'meas A':>9}{'ratio':>6} | {'fwd s':>7}{'TFLOP/s':>9}   (GiB)")  # fmt: skip
+    print(
+        f"{'shape':<7}{'tokens':>8} | {'plan W':>9}{'meas W':>9}{'ratio':>6} | "
+        f"{'plan A':>9}{'meas A':>9}{'ratio':>6} | {'fwd s':>7}{'TFLOP/s':>9}   (GiB)"
+    )
     for name in args.shapes.split(","):
         model_type, fields = SHAPES[name]
         config = AutoConfig.for_model(model_type, **fields)
@@ -65,10 +98,15 @@ def main() -> None:
         for budget in (int(b) for b in args.budgets.split(",")):
             seqs = max(1, budget // args.seq_len)
             ids = torch.randint(0, fields["vocab_size"], (seqs, args.seq_len), device=device)
-            plan = plan_memory(plan_config, PlanRequest(dtype="bfloat16" if on_gpu else "float32",
-                                                        max_model_len=args.seq_len + 1,
-                                                        max_num_batched_tokens=seqs * args.seq_len,
-                                                        device=device.type))  # fmt: skip
+            plan = plan_memory(
+                plan_config,
+                PlanRequest(
+                    dtype="bfloat16" if on_gpu else "float32",
+                    max_model_len=args.seq_len + 1,
+                    max_num_batched_tokens=seqs * args.seq_len,
+                    device=device.type,
+                ),
+            )
             with torch.inference_mode():
                 model(input_ids=ids[:1, :16])  # warm-up: kernels and workspaces
                 if on_gpu:
@@ -84,10 +122,12 @@ def main() -> None:
             flops = (
                 2 * n_params * tokens + 4 * fields["num_hidden_layers"] * fields["hidden_size"] * args.seq_len * tokens
             )
-            print(f"{name:<7}{tokens:>8} | {plan.weight_bytes / GIB:>9.3f}{weights / GIB:>9.3f}"
-                  f"{weights / plan.weight_bytes:>6.2f} | {plan.activation['peak'] / GIB:>9.3f}{peak_act / GIB:>9.3f}"
-                  f"{peak_act / plan.activation['peak']:>6.2f} | "
-                  f"{elapsed:>7.3f}{flops / elapsed / 1e12:>9.1f}")  # fmt: skip
+            print(
+                f"{name:<7}{tokens:>8} | {plan.weight_bytes / GIB:>9.3f}{weights / GIB:>9.3f}"
+                f"{weights / plan.weight_bytes:>6.2f} | {plan.activation['peak'] / GIB:>9.3f}{peak_act / GIB:>9.3f}"
+                f"{peak_act / plan.activation['peak']:>6.2f} | "
+                f"{elapsed:>7.3f}{flops / elapsed / 1e12:>9.1f}"
+            )
         del model
         if on_gpu:
             torch.cuda.empty_cache()

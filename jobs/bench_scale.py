@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reingest-docs", type=int, default=1000)
     parser.add_argument("--parts", default="store,commit,corpus,reingest", help="which scenarios to run")
     parser.add_argument("--store-repeats", type=int, default=3, help="rounds of the store-growth runs (medians)")
-    parser.add_argument("--store-commit-rows", type=int, default=8,
-                        help="run.commit_rows of the store-growth runs: several commits a run, so the per-chunk "
-                             "write figure is not one commit's noise")  # fmt: skip
+    parser.add_argument(
+        "--store-commit-rows",
+        type=int,
+        default=8,
+        help="run.commit_rows of the store-growth runs: several commits a run, so the per-chunk "
+        "write figure is not one commit's noise",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -163,9 +167,11 @@ def checks(points: list[Point], expected: dict, latency: dict) -> list[str]:
         # The machine's noise: how far apart runs at one store size land (the wider of the two sizes compared).
         noise = max(walls[big][-1] - walls[big][0], walls[small][-1] - walls[small][0])
         gap = statistics.median(walls[big]) - statistics.median(walls[small])
-        out.append(f"- {'PASS' if abs(gap) <= noise else 'FAIL'} {corpus}: median wall s at {big:,} is {gap:+.1f} s "
-                   f"from the empty store's; runs at one size spread over {noise:.1f} s; wall s median (min-max) by "
-                   f"store size: {spread}")  # fmt: skip
+        out.append(
+            f"- {'PASS' if abs(gap) <= noise else 'FAIL'} {corpus}: median wall s at {big:,} is {gap:+.1f} s "
+            f"from the empty store's; runs at one size spread over {noise:.1f} s; wall s median (min-max) by "
+            f"store size: {spread}"
+        )
     growth = sorted((p for p in points if p.scenario == "corpus"), key=lambda p: p.corpus_factor)
     if growth:
         ratio = growth[-1].driver_peak_mb / growth[0].driver_peak_mb
@@ -176,8 +182,10 @@ def checks(points: list[Point], expected: dict, latency: dict) -> list[str]:
     if "reingest: unchanged" in reingest:
         p = reingest["reingest: unchanged"]
         ok = p.embedded_tokens == 0 and p.chunk_versions_added == 0 and p.skipped == reingest["reingest: first"].added
-        out.append(f"- {'PASS' if ok else 'FAIL'} unchanged rerun: {p.embedded_tokens} tokens embedded, "
-                   f"{p.chunk_versions_added} chunk-table versions added, {p.skipped} unchanged")  # fmt: skip
+        out.append(
+            f"- {'PASS' if ok else 'FAIL'} unchanged rerun: {p.embedded_tokens} tokens embedded, "
+            f"{p.chunk_versions_added} chunk-table versions added, {p.skipped} unchanged"
+        )
     if "reingest: 5/5/5 %" in reingest:
         p = reingest["reingest: 5/5/5 %"]
         got = {k: getattr(p, k) for k in expected}

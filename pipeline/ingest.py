@@ -153,8 +153,11 @@ def run_ingest(settings: Settings) -> RunResult:
             store.ensure_side_tables()
             keys = store.stored_keys()
             if keys is not None and not keys.has_key_index():
-                log.warning("store_unindexed", reason="no B-tree on doc_id: each plan lookup scans the chunks "
-                            "table; keep doc_id in index.scalar_columns with index.after_run")  # fmt: skip
+                log.warning(
+                    "store_unindexed",
+                    reason="no B-tree on doc_id: each plan lookup scans the chunks "
+                    "table; keep doc_id in index.scalar_columns with index.after_run",
+                )
             log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
             committer = RunCommitter(store, run_id, metadata)
             writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
@@ -194,9 +197,14 @@ def run_ingest(settings: Settings) -> RunResult:
                     run_id, _finish_values(result, committer.engine_info, error), failing=error is not None
                 )
                 log.info(
-                    "run_finished", status=status, wall_s=round(result.wall_s, 2), groups=outcome.groups,
-                    record_bytes=outcome.record_bytes, nodes=list(outcome.nodes), **asdict(outcome.totals),
-                )  # fmt: skip
+                    "run_finished",
+                    status=status,
+                    wall_s=round(result.wall_s, 2),
+                    groups=outcome.groups,
+                    record_bytes=outcome.record_bytes,
+                    nodes=list(outcome.nodes),
+                    **asdict(outcome.totals),
+                )
                 structlog.contextvars.unbind_contextvars("run_id")
     return result
 

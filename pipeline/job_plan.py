@@ -113,10 +113,14 @@ def place_engines(
     if device == "cuda" and device_memory_bytes:
         config, model_dir = load_config(lengths.model_dir)
         request = PlanRequest(
-            dtype=m.dtype, max_model_len=lengths.max_model_len, max_num_batched_tokens=m.max_num_batched_tokens,
-            tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
-            device=device, device_memory_bytes=device_memory_bytes,
-        )  # fmt: skip
+            dtype=m.dtype,
+            max_model_len=lengths.max_model_len,
+            max_num_batched_tokens=m.max_num_batched_tokens,
+            tensor_parallel_size=m.tensor_parallel_size,
+            gpu_memory_utilization=m.gpu_memory_utilization,
+            device=device,
+            device_memory_bytes=device_memory_bytes,
+        )
         fitting = engines_that_fit(config, request, model_dir)
     r = settings.run
     share = choose_engines_per_device(

@@ -307,8 +307,10 @@ def render_table(plan: MemoryPlan) -> str:
         lines.append(f"{name:<18}{shown:>16}{gib(n * plan.dtype_bytes):>16}")
     total = sum(plan.params.values())
     lines += [f"{'total':<18}{total:>16,}{gib(plan.weight_bytes):>16}", ""]
-    lines.append(f"one forward pass: max_num_batched_tokens {plan.max_num_batched_tokens:,}, max_model_len "
-                 f"{plan.max_model_len:,}")  # fmt: skip
+    lines.append(
+        f"one forward pass: max_num_batched_tokens {plan.max_num_batched_tokens:,}, max_model_len "
+        f"{plan.max_model_len:,}"
+    )
     for name, n in plan.activation.items():
         lines.append(f"  activation {name:<16}{gib(n):>16}")
     lines.append(f"  kv cache needed      {gib(plan.kv_cache_needed_bytes):>16}")

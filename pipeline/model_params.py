@@ -14,8 +14,23 @@ from pipeline.errors import ConfigError
 COMPONENTS = ("token_embedding", "positional", "embedding_other", "attention", "mlp", "norms", "heads", "other")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet"}
 _PADDED_POSITIONS = {"roberta", "xlm-roberta", "camembert", "mpnet"}
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8,
-               "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+DTYPE_BYTES = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 @dataclass(frozen=True)

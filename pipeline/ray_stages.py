@@ -296,10 +296,18 @@ def engine_cpus(plan: JobPlan) -> float:
 
 
 def build_dataset(
-    settings: Settings, plan: JobPlan, tokenizer: FastTokenizer, fs: pafs.FileSystem, shards: list[Shard],
-    keys: StoredKeys | None, writer: ChunkWriter, engines: Engines, board=None,
-    priority: HelperPriority = NO_DEMOTION, dim: int | None = None,
-) -> Dataset:  # fmt: skip
+    settings: Settings,
+    plan: JobPlan,
+    tokenizer: FastTokenizer,
+    fs: pafs.FileSystem,
+    shards: list[Shard],
+    keys: StoredKeys | None,
+    writer: ChunkWriter,
+    engines: Engines,
+    board=None,
+    priority: HelperPriority = NO_DEMOTION,
+    dim: int | None = None,
+) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     _, cpus = cluster_resources()

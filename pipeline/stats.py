@@ -7,8 +7,14 @@ from datetime import datetime
 
 STAGES = ("read_s", "parse_s", "chunk_s", "embed_s", "wait_s", "write_s")
 """Busy seconds a run keeps per stage, summed over workers; columns of `runs` under the same names."""
-STAGE_LABELS = {"read_s": "read", "parse_s": "parse", "chunk_s": "chunk", "embed_s": "engine",
-                "wait_s": "engine idle", "write_s": "write"}  # fmt: skip
+STAGE_LABELS = {
+    "read_s": "read",
+    "parse_s": "parse",
+    "chunk_s": "chunk",
+    "embed_s": "engine",
+    "wait_s": "engine idle",
+    "write_s": "write",
+}
 
 
 @dataclass(frozen=True)

@@ -88,9 +88,16 @@ def build_tiny_qwen3(out: Path, max_positions: int = 4096) -> Path:
     from transformers import Qwen3Config, Qwen3Model
 
     config = Qwen3Config(
-        vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=32, intermediate_size=256, max_position_embeddings=max_positions, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=30522,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=256,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+    )
     config.architectures = ["Qwen3Model"]
     torch.manual_seed(0)
     Qwen3Model(config).eval().save_pretrained(out, safe_serialization=True)

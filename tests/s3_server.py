@@ -32,14 +32,24 @@ class S3Server:
 
     def options(self) -> dict[str, str]:
         """The same, as store.storage_options / input.storage_options."""
-        return {"aws_endpoint": self.endpoint, "aws_access_key_id": self.access_key,
-                "aws_secret_access_key": self.secret_key, "aws_region": self.region, "allow_http": "true"}  # fmt: skip
+        return {
+            "aws_endpoint": self.endpoint,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "aws_region": self.region,
+            "allow_http": "true",
+        }
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region)  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
 
 
 @contextmanager

@@ -20,8 +20,9 @@ from pipeline.embedding import EngineSpec
 def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:
     with CpuSampler() as sampler, ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         result = pool.submit(_embed_all, spec, str(chunks_path)).result()
-    bare_roles = [Sample(x.t, x.pid, "driver" if x.role == "driver" else "engine (bare)", x.cpu_s)
-                  for x in sampler.samples]  # fmt: skip
+    bare_roles = [
+        Sample(x.t, x.pid, "driver" if x.role == "driver" else "engine (bare)", x.cpu_s) for x in sampler.samples
+    ]
     point = Point(
         kind="bare",
         label=label,

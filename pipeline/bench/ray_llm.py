@@ -61,8 +61,9 @@ def run_ray_data_llm(
     pending: list[str] = []
     engine_tokens, batch_starts = 0, []
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        batch_starts += batch_start_times(batch.column("finished_at").to_pylist(),
-                                          batch.column("time_taken_llm").to_pylist())  # fmt: skip
+        batch_starts += batch_start_times(
+            batch.column("finished_at").to_pylist(), batch.column("time_taken_llm").to_pylist()
+        )
         ids = batch.column(s.CHUNK_ID).to_pylist()
         engine_tokens += sum(batch.column("num_input_tokens").to_pylist())
         for cid, vec in zip(ids, batch.column("embedding").to_pylist(), strict=True):

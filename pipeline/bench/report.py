@@ -9,16 +9,24 @@ from pipeline import schema as s
 from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose, efficiency
 from pipeline.bench.runner import BenchResult, bench_rows, open_store
 
-KIND_NAMES = {"pipeline": "pipeline", "bare": "bare LLM.embed", "serve": "vLLM server + HTTP",
-              "ray_data_llm": "Ray Data LLM processor"}  # fmt: skip
+KIND_NAMES = {
+    "pipeline": "pipeline",
+    "bare": "bare LLM.embed",
+    "serve": "vLLM server + HTTP",
+    "ray_data_llm": "Ray Data LLM processor",
+}
 
 
 def sweeps(result: BenchResult) -> dict[tuple, list[Point]]:
     """Pipeline points grouped by everything but the budget."""
     groups: dict[tuple, list[Point]] = {}
     for p in result.of("pipeline"):
-        key = (p.params.get("max_model_len"), p.params.get("actors"), p.params.get("batch_rows"),
-               p.params.get("engines_per_device", 1))  # fmt: skip
+        key = (
+            p.params.get("max_model_len"),
+            p.params.get("actors"),
+            p.params.get("batch_rows"),
+            p.params.get("engines_per_device", 1),
+        )
         groups.setdefault(key, []).append(p)
     return groups
 
@@ -140,8 +148,15 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         )
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    lines += ["", "## Settings", "", "```json", json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
-              "```", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -168,22 +183,30 @@ def target_lines(result: BenchResult) -> list[str]:
         if all(e is not None for e in effs):
             ok = min(effs) >= EFFICIENCY_TARGET
             budgets = ", ".join(f"{p.params.get('max_num_batched_tokens'):,}" for p in points)
-            lines.append(f"- {_verdict(ok)} {head} efficiency {', '.join(f'{e:.2f}' for e in effs)} at budgets "
-                         f"{budgets} (target >= {EFFICIENCY_TARGET} at every budget)")  # fmt: skip
+            lines.append(
+                f"- {_verdict(ok)} {head} efficiency {', '.join(f'{e:.2f}' for e in effs)} at budgets "
+                f"{budgets} (target >= {EFFICIENCY_TARGET} at every budget)"
+            )
         if serve:
             ratio = top.tokens_per_s / serve.tokens_per_s
-            lines.append(f"- {_verdict(ratio >= 1)} {head} best {top.tokens_per_s:,.0f} tokens/s = {ratio:.2f}x "
-                         f"vLLM serve at its best ({serve.label}, {serve.tokens_per_s:,.0f})")  # fmt: skip
+            lines.append(
+                f"- {_verdict(ratio >= 1)} {head} best {top.tokens_per_s:,.0f} tokens/s = {ratio:.2f}x "
+                f"vLLM serve at its best ({serve.label}, {serve.tokens_per_s:,.0f})"
+            )
         if rdl:
             steady, e2e = first.tokens_per_s / rdl.tokens_per_s, first.e2e_tokens_per_s / rdl.e2e_tokens_per_s
-            lines.append(f"- {_verdict(min(steady, e2e) >= 1)} {head} {steady:.2f}x Ray Data LLM steady, "
-                         f"{e2e:.2f}x end to end (same budget)")  # fmt: skip
+            lines.append(
+                f"- {_verdict(min(steady, e2e) >= 1)} {head} {steady:.2f}x Ray Data LLM steady, "
+                f"{e2e:.2f}x end to end (same budget)"
+            )
         if bare_starts:
             starts = sorted(p.startup_s for p in points)
             ratio = starts[len(starts) // 2] / bare_starts[len(bare_starts) // 2]
-            lines.append(f"- {_verdict(ratio <= STARTUP_TARGET)} {head} start-up {ratio:.2f}x the bare engine's "
-                         f"(medians {starts[len(starts) // 2]:.1f} s and {bare_starts[len(bare_starts) // 2]:.1f} s; "
-                         f"target <= {STARTUP_TARGET}){_ray_start(result)}")  # fmt: skip
+            lines.append(
+                f"- {_verdict(ratio <= STARTUP_TARGET)} {head} start-up {ratio:.2f}x the bare engine's "
+                f"(medians {starts[len(starts) // 2]:.1f} s and {bare_starts[len(bare_starts) // 2]:.1f} s; "
+                f"target <= {STARTUP_TARGET}){_ray_start(result)}"
+            )
     if len(by_share) > 1:
         winner = max(by_share, key=lambda k: best(by_share[k]).tokens_per_s)
         rates = ", ".join(f"{k}: {best(v).tokens_per_s:,.0f}" for k, v in by_share.items())
@@ -282,19 +305,38 @@ def _throughput_plot(result: BenchResult, plt):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, pts in sweeps(result).items():
         ok = [p for p in pts if p.ok]
-        ax.plot([p.params["max_num_batched_tokens"] for p in ok], [p.tokens_per_s for p in ok], "o-",
-                label=f"pipeline (max_model_len {key[0]}, actors {key[1]}, batch {key[2]})")  # fmt: skip
-        ax.plot([p.params["max_num_batched_tokens"] for p in ok], [p.e2e_tokens_per_s for p in ok], "o:",
-                color=ax.lines[-1].get_color(), alpha=0.6, label="pipeline, end to end")  # fmt: skip
+        ax.plot(
+            [p.params["max_num_batched_tokens"] for p in ok],
+            [p.tokens_per_s for p in ok],
+            "o-",
+            label=f"pipeline (max_model_len {key[0]}, actors {key[1]}, batch {key[2]})",
+        )
+        ax.plot(
+            [p.params["max_num_batched_tokens"] for p in ok],
+            [p.e2e_tokens_per_s for p in ok],
+            "o:",
+            color=ax.lines[-1].get_color(),
+            alpha=0.6,
+            label="pipeline, end to end",
+        )
     bares = [p for p in result.of("bare") if p.ok]
     if bares:
-        ax.plot([p.params["max_num_batched_tokens"] for p in bares], [p.tokens_per_s for p in bares], "s",
-                color="black", label="bare LLM.embed")  # fmt: skip
+        ax.plot(
+            [p.params["max_num_batched_tokens"] for p in bares],
+            [p.tokens_per_s for p in bares],
+            "s",
+            color="black",
+            label="bare LLM.embed",
+        )
     for kind, style in (("serve", "--"), ("ray_data_llm", "-.")):
         top = best(result.of(kind))
         if top:
-            ax.axhline(top.tokens_per_s, linestyle=style, color="grey" if kind == "serve" else "tab:purple",
-                       label=f"{KIND_NAMES[kind]} ({top.label})")  # fmt: skip
+            ax.axhline(
+                top.tokens_per_s,
+                linestyle=style,
+                color="grey" if kind == "serve" else "tab:purple",
+                label=f"{KIND_NAMES[kind]} ({top.label})",
+            )
     ax.set_xlabel("max_num_batched_tokens")
     ax.set_ylabel("tokens/s (steady)")
     top = max((p.tokens_per_s for p in result.points if p.ok), default=1.0)

@@ -146,9 +146,18 @@ def run_bench(settings: Settings) -> BenchResult:
         device.name if device and spec.device == "cuda" else None, dtype, settings.bench.peak_tflops
     )
     result = BenchResult(
-        bench_id, out_dir, settings, len(table), sum(lengths), lengths, flops_per_token(shape, lengths), peak, source,
-        device, engine_devices=1 if spec.device == "cpu" else max(1, (first.run.actors or 1)),
-    )  # fmt: skip
+        bench_id,
+        out_dir,
+        settings,
+        len(table),
+        sum(lengths),
+        lengths,
+        flops_per_token(shape, lengths),
+        peak,
+        source,
+        device,
+        engine_devices=1 if spec.device == "cpu" else max(1, (first.run.actors or 1)),
+    )
     store = open_store(settings, prefix)
     vectors: dict[str, dict[str, list[float]]] = {}
     baselines = settings.bench.baselines
@@ -282,8 +291,17 @@ def _serve(spec, table, settings, store, prefix, out_dir, vectors, result) -> li
     try:
         with vllm_server(spec, out_dir / "serve.log", b.serve_start_timeout_s) as (url, startup_s):
             for c in b.serve_concurrency:
-                point, sample = run_serve(url, startup_s, table, c, b.serve_inputs_per_request, store,
-                                          f"{prefix}serve_c{c}_chunks", settings.run.commit_rows, params)  # fmt: skip
+                point, sample = run_serve(
+                    url,
+                    startup_s,
+                    table,
+                    c,
+                    b.serve_inputs_per_request,
+                    store,
+                    f"{prefix}serve_c{c}_chunks",
+                    settings.run.commit_rows,
+                    params,
+                )
                 vectors.setdefault("serve", sample)
                 log.info("serve_measured", concurrency=c, tokens_per_s=round(point.tokens_per_s))
                 points.append(point)
@@ -295,8 +313,10 @@ def _serve(spec, table, settings, store, prefix, out_dir, vectors, result) -> li
 
 
 def _failed(kind: str, label: str, settings: Settings, exc: BaseException) -> Point:
-    params = {"max_num_batched_tokens": settings.model.max_num_batched_tokens,
-              "max_model_len": settings.model.max_model_len}  # fmt: skip
+    params = {
+        "max_num_batched_tokens": settings.model.max_num_batched_tokens,
+        "max_model_len": settings.model.max_model_len,
+    }
     return Point(kind, label, params, 0.0, 0.0, 0, 0, 0, error=f"{type(exc).__name__}: {exc}"[:1000])
 
 

@@ -145,8 +145,21 @@ def prefill(db: Path, n_chunks: int, dim: int, metadata: dict, chunking: str, mo
 
 def run_job(conf: str, db: Path, inputs: Path, log: Path, *extra: str) -> dict:
     """One `python -m jobs.ingest` in its own process; its runs row."""
-    args = [sys.executable, "-m", "jobs.ingest", "--config", conf, "--db", str(db), "--inputs", str(inputs),
-            "--no-index.after-run", "--logging.json-format", "true", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.ingest",
+        "--config",
+        conf,
+        "--db",
+        str(db),
+        "--inputs",
+        str(inputs),
+        "--no-index.after-run",
+        "--logging.json-format",
+        "true",
+        *extra,
+    ]
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
     with log.open("a") as out:
@@ -167,8 +180,21 @@ def chunk_version(db: Path) -> int:
 def measure(point: Point, conf: str, db: Path, inputs: Path, log: Path, *extra: str) -> Point:
     before = chunk_version(db)
     row = run_job(conf, db, inputs, log, *extra)
-    for key in ("wall_s", "startup_s", "chunks", "docs_in", "added", "replaced", "skipped", "removed", "write_s",
-                "commit_s", "groups", "record_bytes", "driver_peak_mb"):  # fmt: skip
+    for key in (
+        "wall_s",
+        "startup_s",
+        "chunks",
+        "docs_in",
+        "added",
+        "replaced",
+        "skipped",
+        "removed",
+        "write_s",
+        "commit_s",
+        "groups",
+        "record_bytes",
+        "driver_peak_mb",
+    ):
         setattr(point, key, row.get(key) or 0)
     point.embedded_tokens = row.get("tokens") or 0
     point.chunk_versions_added = chunk_version(db) - before
@@ -201,8 +227,10 @@ def commit_latency(stores: dict[int, Path], dim: int, model: str, chunking: str,
         store = LanceStore(str(db))
         store.ensure_side_tables()
         run_id = f"latency-{size}"
-        sides[size] = (store.chunk_writer(run_id, model, chunking, {"model": model}),
-                       RunCommitter(store, run_id, {"model": model}))  # fmt: skip
+        sides[size] = (
+            store.chunk_writer(run_id, model, chunking, {"model": model}),
+            RunCommitter(store, run_id, {"model": model}),
+        )
     timings: dict[int, dict[str, list[float]]] = {size: {"write": [], "commit": []} for size in stores}
     for g in range(groups):
         batch = _embedded_rows(rng, dim, rows, f"latency-{g}", chunking)

@@ -33,8 +33,21 @@ SERVED_NAME = "bench-model"
 
 
 def server_command(spec: EngineSpec, port: int) -> list[str]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model_dir, "--runner",
-           "pooling", "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        spec.model_dir,
+        "--runner",
+        "pooling",
+        "--served-model-name",
+        SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     for key, value in engine_kwargs(spec).items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):

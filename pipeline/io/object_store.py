@@ -47,15 +47,25 @@ class S3Options:
         return cls(**values)
 
     def pyarrow_kwargs(self) -> dict:
-        kwargs = {"endpoint_override": self.endpoint, "region": self.region, "access_key": self.access_key,
-                  "secret_key": self.secret_key, "session_token": self.session_token}  # fmt: skip
+        kwargs = {
+            "endpoint_override": self.endpoint,
+            "region": self.region,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "session_token": self.session_token,
+        }
         if self.endpoint and (self.allow_http or self.endpoint.startswith("http://")):
             kwargs["scheme"] = "http"
         return {k: v for k, v in kwargs.items() if v is not None}
 
     def boto3_kwargs(self) -> dict:
-        kwargs = {"endpoint_url": self.endpoint, "region_name": self.region, "aws_access_key_id": self.access_key,
-                  "aws_secret_access_key": self.secret_key, "aws_session_token": self.session_token}  # fmt: skip
+        kwargs = {
+            "endpoint_url": self.endpoint,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "aws_session_token": self.session_token,
+        }
         return {k: v for k, v in kwargs.items() if v is not None}
 
 

@@ -166,9 +166,10 @@ class RunCommitter:
         for attempt in range(3):
             try:
                 lance.LanceDataset.commit(
-                    uri, Transaction(read_version, operation, transaction_properties=properties),
+                    uri,
+                    Transaction(read_version, operation, transaction_properties=properties),
                     storage_options=options,
-                )  # fmt: skip
+                )
                 break
             except Exception as exc:
                 if self._landed(group, read_version):

@@ -100,8 +100,19 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
 
     with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model\.max_model_len=2001"):
         plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}))
-    spec = plan_job(Settings(model={"path": str(tiny_model_path), "dtype": "float32", "enforce_eager": True,
-                                    "gpu_memory_utilization": 0.1}), 2, gpus=0, cpus=2).engine  # fmt: skip
+    spec = plan_job(
+        Settings(
+            model={
+                "path": str(tiny_model_path),
+                "dtype": "float32",
+                "enforce_eager": True,
+                "gpu_memory_utilization": 0.1,
+            }
+        ),
+        2,
+        gpus=0,
+        cpus=2,
+    ).engine
     too_small = spec.model.model_copy(update={"max_num_batched_tokens": 1024})
     with pytest.raises(Exception, match="max_num_batched_tokens \\(1024\\) is smaller than max_model_len \\(2001\\)"):
         VllmEmbedder(type(spec)(**{**spec.__dict__, "model": too_small}))

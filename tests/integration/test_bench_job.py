@@ -25,13 +25,36 @@ def bench(tmp_path_factory, sample_texts):
     corpus.mkdir()
     lines = [json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(sample_texts[:10])]
     (corpus / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "EMBEDPIPE_RUN__NUM_CPUS": "2", "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "EMBEDPIPE_RUN__NUM_CPUS": "2",
+        "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "jobs.bench", "--config", "conf/bench.toml", "--inputs", str(corpus),
-            "--db", str(root / "db"), "--bench.output-dir", str(root / "out"), "--budgets", "[8192]",
-            "--bench.serve-concurrency", "[2]", "--bench.bare-runs", "1", "--run.batch-rows", "16",
-            "--bench.engines-per-device", "[1]"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.bench",
+        "--config",
+        "conf/bench.toml",
+        "--inputs",
+        str(corpus),
+        "--db",
+        str(root / "db"),
+        "--bench.output-dir",
+        str(root / "out"),
+        "--budgets",
+        "[8192]",
+        "--bench.serve-concurrency",
+        "[2]",
+        "--bench.bare-runs",
+        "1",
+        "--run.batch-rows",
+        "16",
+        "--bench.engines-per-device",
+        "[1]",
+    ]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc

@@ -66,15 +66,34 @@ def stop_cluster(temp_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3_server):
     temp_dir = Path("/tmp") / f"ray-it-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    env = {**os.environ, **s3_server.env(), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token"}  # fmt: skip
+    env = {
+        **os.environ,
+        **s3_server.env(),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }
     env.pop("RAY_ADDRESS", None)
     port, dashboard = free_port(), free_port(8300, 8999)
     common = ["--num-cpus", "2", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir)]
     try:
-        ray_cli("start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
-                "--resources", '{"head_node": 1}', *common, env=env)  # fmt: skip
+        ray_cli(
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--include-dashboard",
+            "true",
+            "--disable-usage-stats",
+            "--resources",
+            '{"head_node": 1}',
+            *common,
+            env=env,
+        )
         ray_cli("start", "--address", f"127.0.0.1:{port}", "--resources", '{"second_node": 1}', *common, env=env)
         yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
@@ -101,9 +120,26 @@ def runtime_env_file(cluster, tmp_path: Path) -> Path:
 
 def submit(cluster, tmp_path: Path) -> str:
     path = runtime_env_file(cluster, tmp_path)
-    proc = ray_cli("job", "submit", "--address", cluster["address"], "--runtime-env", str(path), "--",
-                   "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml", "--run.batch-rows", "4",
-                   "--run.commit-rows", "12", env=cluster["env"], timeout=900)  # fmt: skip
+    proc = ray_cli(
+        "job",
+        "submit",
+        "--address",
+        cluster["address"],
+        "--runtime-env",
+        str(path),
+        "--",
+        "python",
+        "-m",
+        "jobs.ingest",
+        "--config",
+        "conf/cluster-cpu.toml",
+        "--run.batch-rows",
+        "4",
+        "--run.commit-rows",
+        "12",
+        env=cluster["env"],
+        timeout=900,
+    )
     return proc.stdout
 
 
@@ -153,10 +189,27 @@ def test_two_submissions_at_once_do_not_interleave(first_run, cluster, s3_server
         **{k: v for k, v in cluster["env"].items() if k.startswith("AWS_")},
     }
     runtime_env.write_text(yaml.safe_dump(spec))
-    args = [str(BIN / "ray"), "job", "submit", "--address", cluster["address"], "--runtime-env", str(runtime_env),
-            "--", "python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml"]  # fmt: skip
-    procs = [subprocess.Popen(args, cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]  # fmt: skip
+    args = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        cluster["address"],
+        "--runtime-env",
+        str(runtime_env),
+        "--",
+        "python",
+        "-m",
+        "jobs.ingest",
+        "--config",
+        "conf/cluster-cpu.toml",
+    ]
+    procs = [
+        subprocess.Popen(
+            args, cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     refused = [o for o in outputs if "holds the store lock" in o]
     assert len(refused) == 1, [o[-2000:] for o in outputs]

@@ -22,8 +22,21 @@ REPO = Path(__file__).resolve().parents[2]
 def ingest(corpus: Path, db: Path, *extra: str) -> lancedb.DBConnection:
     env = {**os.environ, "EMBEDPIPE_RUN__NUM_CPUS": "2", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml", "--inputs", str(corpus),
-            "--db", str(db), "--no-index.after-run", "--run.batch-rows", "8", *extra]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.ingest",
+        "--config",
+        "conf/local.toml",
+        "--inputs",
+        str(corpus),
+        "--db",
+        str(db),
+        "--no-index.after-run",
+        "--run.batch-rows",
+        "8",
+        *extra,
+    ]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return lancedb.connect(str(db))

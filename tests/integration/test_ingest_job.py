@@ -116,8 +116,14 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
 
     assert set(chunks.column(s.DOC_ID).to_pylist()) == expected_ids
     assert sorted(r["reason"] for r in rejects) == [
-        "binary", "duplicate_id", "empty_text", "invalid_json", "missing_column", "not_utf8", "unreadable_parquet",
-    ]  # fmt: skip
+        "binary",
+        "duplicate_id",
+        "empty_text",
+        "invalid_json",
+        "missing_column",
+        "not_utf8",
+        "unreadable_parquet",
+    ]
     assert {r["line"] for r in rejects if r["reason"] == "invalid_json"} == {13}
     assert runrow["status"] == "succeeded"
     assert (runrow["docs"], runrow["rejected"], runrow["docs_in"]) == (36, 7, 43)

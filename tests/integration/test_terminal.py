@@ -55,8 +55,18 @@ def test_a_terminal_run_shows_live_progress_and_keeps_engine_messages_off_screen
             f.write("\n")
     env = {**os.environ, "TERM": "xterm", "EMBEDPIPE_RUN__NUM_CPUS": "2"}
     env.pop("RAY_ADDRESS", None)
-    args = [sys.executable, "-m", "jobs.ingest", "--config", "conf/local.toml", "--inputs", str(corpus),
-            "--store.uri", str(tmp_path / "db"), "--no-index.after-run"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.ingest",
+        "--config",
+        "conf/local.toml",
+        "--inputs",
+        str(corpus),
+        "--store.uri",
+        str(tmp_path / "db"),
+        "--no-index.after-run",
+    ]
     code, screen = run_on_a_terminal(args, env)
     assert code == 0, screen[-3000:]
     redraws = [line for line in screen.split("\r\x1b[2K") if "ETA" in line]

@@ -8,9 +8,16 @@ from pipeline.bench.runner import sweep_settings
 from pipeline.model_params import shape_from_config
 from pipeline.settings import Settings
 
-BERT_BASE = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
-             "type_vocab_size": 2}  # fmt: skip
+BERT_BASE = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
 
 
 def test_flops_per_token_is_two_per_matmul_weight_plus_attention():
@@ -40,12 +47,26 @@ def test_peak_lookup_override_and_unknown():
 def point(kind="pipeline", budget=8192, tps=1000.0, busy=0.95, per_call=20_000.0, engines=1, **stages):
     steady = 100.0
     return Point(
-        kind=kind, label=f"{kind} {budget}", params={"max_num_batched_tokens": budget, "max_model_len": 512},
-        wall_s=steady + 20, startup_s=20, chunks=10, tokens=int(tps * steady), engine_tokens=int(tps * steady),
-        stages={"embed_s": busy * steady * engines, "wait_s": 0.0, "read_s": 0.1, "parse_s": 0.1, "chunk_s": 1.0,
-                "write_s": 1.0, **stages},
-        engines=engines, tokens_per_call=per_call,
-    )  # fmt: skip
+        kind=kind,
+        label=f"{kind} {budget}",
+        params={"max_num_batched_tokens": budget, "max_model_len": 512},
+        wall_s=steady + 20,
+        startup_s=20,
+        chunks=10,
+        tokens=int(tps * steady),
+        engine_tokens=int(tps * steady),
+        stages={
+            "embed_s": busy * steady * engines,
+            "wait_s": 0.0,
+            "read_s": 0.1,
+            "parse_s": 0.1,
+            "chunk_s": 1.0,
+            "write_s": 1.0,
+            **stages,
+        },
+        engines=engines,
+        tokens_per_call=per_call,
+    )
 
 
 def test_efficiency_and_mfu():
@@ -91,8 +112,11 @@ def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
     )
     points = sweep_settings(settings, "x_bench1_")
     assert [(p.model.max_num_batched_tokens, p.run.batch_rows) for p in points] == [
-        (8192, 16), (8192, 64), (16384, 16), (16384, 64)
-    ]  # fmt: skip
+        (8192, 16),
+        (8192, 64),
+        (16384, 16),
+        (16384, 64),
+    ]
     assert len({p.store.table_prefix for p in points}) == 4
     assert settings.index.after_run and not any(p.index.after_run for p in points)  # baselines build no index
 
@@ -109,8 +133,15 @@ def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
     from pipeline.bench.serve import server_command
     from pipeline.embedding import engine_kwargs
 
-    settings = Settings(model={"path": str(minilm_path), "device": "cpu", "dtype": "float32",
-                               "max_num_batched_tokens": 16192, "enforce_eager": True})  # fmt: skip
+    settings = Settings(
+        model={
+            "path": str(minilm_path),
+            "device": "cpu",
+            "dtype": "float32",
+            "max_num_batched_tokens": 16192,
+            "enforce_eager": True,
+        }
+    )
     spec = engine_spec(settings)
     kwargs = engine_kwargs(spec)
     assert (kwargs["max_num_batched_tokens"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (16192, 256, True)

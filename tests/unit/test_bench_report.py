@@ -12,19 +12,48 @@ from pipeline.settings import Settings
 def _point(kind, label, budget, tps, startup=10.0, **kw):
     steady = 50.0
     tokens = int(tps * steady)
-    return Point(kind=kind, label=label, params={"max_num_batched_tokens": budget, "max_model_len": 512,
-                 "actors": 1, "batch_rows": 64}, wall_s=steady + startup, startup_s=startup, chunks=100,
-                 tokens=tokens, engine_tokens=tokens, stages={"embed_s": 0.95 * steady, "wait_s": 1.0,
-                 "read_s": 0.1, "parse_s": 0.2, "chunk_s": 0.5, "write_s": 0.8}, tokens_per_call=25_000.0,
-                 **kw)  # fmt: skip
+    return Point(
+        kind=kind,
+        label=label,
+        params={"max_num_batched_tokens": budget, "max_model_len": 512, "actors": 1, "batch_rows": 64},
+        wall_s=steady + startup,
+        startup_s=startup,
+        chunks=100,
+        tokens=tokens,
+        engine_tokens=tokens,
+        stages={
+            "embed_s": 0.95 * steady,
+            "wait_s": 1.0,
+            "read_s": 0.1,
+            "parse_s": 0.2,
+            "chunk_s": 0.5,
+            "write_s": 0.8,
+        },
+        tokens_per_call=25_000.0,
+        **kw,
+    )
 
 
 def _result(tmp_path, minilm_path, **kw) -> BenchResult:
-    settings = Settings(model={"path": str(minilm_path), "device": "cpu"}, store={"uri": str(tmp_path / "db")},
-                        input={"paths": ["corpus"]})  # fmt: skip
-    return BenchResult("b1", tmp_path, settings, chunks=100, tokens=250_000, lengths=[2500] * 100,
-                       flops_per_token=2.5e7, peak_tflops=None, peak_source="no known peak", device=None,
-                       engine_devices=1, **kw)  # fmt: skip
+    settings = Settings(
+        model={"path": str(minilm_path), "device": "cpu"},
+        store={"uri": str(tmp_path / "db")},
+        input={"paths": ["corpus"]},
+    )
+    return BenchResult(
+        "b1",
+        tmp_path,
+        settings,
+        chunks=100,
+        tokens=250_000,
+        lengths=[2500] * 100,
+        flops_per_token=2.5e7,
+        peak_tflops=None,
+        peak_source="no known peak",
+        device=None,
+        engine_devices=1,
+        **kw,
+    )
 
 
 def test_report_and_bench_rows(tmp_path, minilm_path):
@@ -58,10 +87,15 @@ def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
     from pipeline.bench.report import cpu_lines
 
     result = _result(tmp_path, minilm_path, cores=2)
-    cpu = {"engine actors": {"cpu_s": 90.0, "processes": 1}, "raylet": {"cpu_s": 6.0, "processes": 1},
-           "driver": {"cpu_s": 4.0, "processes": 1}}  # fmt: skip
-    result.points = [_point("bare", "bare", 8192, 6000.0, cpu={"engine (bare)": {"cpu_s": 99.0, "processes": 1}}),
-                     _point("pipeline", "pipeline p0", 8192, 5700.0, cpu=cpu)]  # fmt: skip
+    cpu = {
+        "engine actors": {"cpu_s": 90.0, "processes": 1},
+        "raylet": {"cpu_s": 6.0, "processes": 1},
+        "driver": {"cpu_s": 4.0, "processes": 1},
+    }
+    result.points = [
+        _point("bare", "bare", 8192, 6000.0, cpu={"engine (bare)": {"cpu_s": 99.0, "processes": 1}}),
+        _point("pipeline", "pipeline p0", 8192, 5700.0, cpu=cpu),
+    ]
     text = "\n".join(cpu_lines(result))
     assert "| process role | bare | pipeline p0 |" in text
     assert "| raylet |  | 6.0 (1) |" in text and "| engine (bare) | 99.0 (1) |  |" in text

@@ -54,9 +54,14 @@ def chunk_ids(db: Path) -> list[str]:
 
 def clean_ids(tmp_path: Path, inputs: Path, chunker: Chunker) -> list[str]:
     ingest_in_process(
-        LanceStore(str(tmp_path / "clean")), "c", InputSettings(paths=[str(inputs)]), chunker, FakeEmbedder(8), META,
+        LanceStore(str(tmp_path / "clean")),
+        "c",
+        InputSettings(paths=[str(inputs)]),
+        chunker,
+        FakeEmbedder(8),
+        META,
         commit_rows=1000,
-    )  # fmt: skip
+    )
     return sorted(chunk_ids(tmp_path / "clean"))
 
 

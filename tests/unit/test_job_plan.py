@@ -22,8 +22,11 @@ def test_minilm_serving_limit_lowers_the_default_chunk_size_and_says_so(minilm_p
 
 
 def test_going_past_the_serving_limit_needs_the_opt_in(minilm_path):
-    with pytest.raises(ConfigError, match=r"max_model_len=512 is past the 256 tokens the model is served at.*"
-                       r"allow_long_max_model_len = true"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"max_model_len=512 is past the 256 tokens the model is served at.*"
+        r"allow_long_max_model_len = true",
+    ):
         plan_job(settings(minilm_path, max_model_len=512), 2, 0, 2)
     explicit = plan_job(settings(minilm_path, max_model_len=512, allow_long_max_model_len=True), 2, 0, 2)
     default = plan_job(settings(minilm_path, allow_long_max_model_len=True), 2, 0, 2)

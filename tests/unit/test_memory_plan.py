@@ -25,15 +25,41 @@ import pytest
 from pipeline.memory_plan import GIB, PlanRequest, activation_bytes, load_config, plan_memory
 from pipeline.model_params import params_from_safetensors, params_from_shape, shape_from_config
 
-BERT_BASE = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
-             "type_vocab_size": 2}  # fmt: skip
-PHI3V = {"model_type": "phi3_v", "vocab_size": 32064, "hidden_size": 3072, "num_hidden_layers": 32,
-         "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 8192,
-         "max_position_embeddings": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}  # fmt: skip
-QWEN3 = {"model_type": "qwen3", "vocab_size": 151669, "hidden_size": 1024, "num_hidden_layers": 28,
-         "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072,
-         "max_position_embeddings": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}  # fmt: skip
+BERT_BASE = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
+PHI3V = {
+    "model_type": "phi3_v",
+    "vocab_size": 32064,
+    "hidden_size": 3072,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 131072,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+QWEN3 = {
+    "model_type": "qwen3",
+    "vocab_size": 151669,
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
 
 
 def test_bert_base_parameters_by_component():
@@ -64,8 +90,17 @@ def test_qwen3_decoder_with_tied_embeddings_counts_the_table_once():
 
 
 def test_phi3_plan_for_2000_token_chunks_on_an_80_gib_gpu():
-    plan = plan_memory(PHI3V, PlanRequest(max_model_len=2001, max_num_batched_tokens=8192, device="cuda",
-                                          device_memory_bytes=80 * GIB, chunk_tokens=2000, batch_rows=64))  # fmt: skip
+    plan = plan_memory(
+        PHI3V,
+        PlanRequest(
+            max_model_len=2001,
+            max_num_batched_tokens=8192,
+            device="cuda",
+            device_memory_bytes=80 * GIB,
+            chunk_tokens=2000,
+            batch_rows=64,
+        ),
+    )
     assert plan.dtype == "bfloat16" and plan.weight_bytes == 3_722_578_944 * 2
     # KV for one forward pass: 8192 tokens x 32 layers x 2 (k, v) x 3072 x 2 bytes = 3 GiB
     assert plan.kv_cache_needed_bytes == 8192 * 32 * 2 * 3072 * 2 == 3 * GIB
@@ -81,8 +116,9 @@ def test_phi3_plan_for_2000_token_chunks_on_an_80_gib_gpu():
 
 
 def test_tensor_parallel_splits_weights_and_finds_the_smallest_size_that_fits():
-    small_gpu = PlanRequest(max_model_len=2001, max_num_batched_tokens=8192, device="cuda",
-                            device_memory_bytes=12 * GIB, chunk_tokens=2000)  # fmt: skip
+    small_gpu = PlanRequest(
+        max_model_len=2001, max_num_batched_tokens=8192, device="cuda", device_memory_bytes=12 * GIB, chunk_tokens=2000
+    )
     plan = plan_memory(PHI3V, small_gpu)
     assert plan.fits is False
     assert "smallest tensor_parallel_size that fits: 2" in "\n".join(plan.advice)
@@ -91,8 +127,9 @@ def test_tensor_parallel_splits_weights_and_finds_the_smallest_size_that_fits():
 
 
 def test_largest_budget_and_engines_per_device_are_consistent():
-    request = PlanRequest(max_model_len=2001, max_num_batched_tokens=8192, device="cuda",
-                          device_memory_bytes=24 * GIB, chunk_tokens=2000)  # fmt: skip
+    request = PlanRequest(
+        max_model_len=2001, max_num_batched_tokens=8192, device="cuda", device_memory_bytes=24 * GIB, chunk_tokens=2000
+    )
     plan = plan_memory(QWEN3, request)
     line = next(a for a in plan.advice if a.startswith("largest max_num_batched_tokens"))
     largest = int(line.split(": ")[1].split(" ")[0].replace(",", ""))
@@ -104,8 +141,10 @@ def test_largest_budget_and_engines_per_device_are_consistent():
 
 
 def test_warns_when_the_job_cannot_fill_the_budget():
-    plan = plan_memory(BERT_BASE, PlanRequest(max_model_len=512, max_num_batched_tokens=16384, device="cpu",
-                                              chunk_tokens=511, batch_rows=16))  # fmt: skip
+    plan = plan_memory(
+        BERT_BASE,
+        PlanRequest(max_model_len=512, max_num_batched_tokens=16384, device="cpu", chunk_tokens=511, batch_rows=16),
+    )
     assert any("at most 8,176 tokens reach an engine per call" in w for w in plan.warnings)
 
 
@@ -141,8 +180,13 @@ def test_plan_command_prints_a_table_and_json(tmp_path):
     args = [sys.executable, "-m", "jobs.plan", str(tmp_path), "--max-model-len", "2001", "--device-memory-gib", "80"]
     table = subprocess.run(args, cwd=repo, capture_output=True, text=True, check=True)
     assert "none: rotary" in table.stdout and "3,722,578,944" in table.stdout
-    out = subprocess.run([sys.executable, "-m", "jobs.plan", str(tmp_path / "config.json"), "--json"],
-                         cwd=repo, capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.plan", str(tmp_path / "config.json"), "--json"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     data = json.loads(out.stdout)
     assert data["params"]["token_embedding"] == 98_500_608 and data["kind"] == "decoder"
 

@@ -26,12 +26,16 @@ def test_s3_inputs_listed_with_options_from_settings(s3_server, bucket):
     client = s3_server.client()
     for key in ("corpus/a.jsonl", "corpus/sub/b.jsonl", "corpus/.hidden.jsonl", "corpus/notes.md", "other/c.jsonl"):
         client.put_object(Bucket=bucket, Key=key, Body=json.dumps({"id": key, "text": "x"}).encode())
-    cfg = InputSettings(paths=[f"s3://{bucket}/corpus/**/*.jsonl", f"s3://{bucket}/corpus/notes.md"],
-                        storage_options=s3_server.options())  # fmt: skip
+    cfg = InputSettings(
+        paths=[f"s3://{bucket}/corpus/**/*.jsonl", f"s3://{bucket}/corpus/notes.md"],
+        storage_options=s3_server.options(),
+    )
     fs, shards = list_shards(cfg)
     assert [sh.source for sh in shards] == [
-        f"s3://{bucket}/corpus/a.jsonl", f"s3://{bucket}/corpus/notes.md", f"s3://{bucket}/corpus/sub/b.jsonl"
-    ]  # fmt: skip
+        f"s3://{bucket}/corpus/a.jsonl",
+        f"s3://{bucket}/corpus/notes.md",
+        f"s3://{bucket}/corpus/sub/b.jsonl",
+    ]
     with fs.open_input_stream(shards[0].path) as f:
         assert json.loads(f.read())["id"] == "corpus/a.jsonl"
 
@@ -104,8 +108,9 @@ def test_chunks_written_as_fragments_and_committed_on_s3(s3_server, bucket, mini
     from pipeline.local_executor import ingest_in_process
     from pipeline.tokenizer import load_tokenizer
 
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t[:800]}) + "\n"
-                                              for i, t in enumerate(sample_texts[:6])))  # fmt: skip
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t[:800]}) + "\n" for i, t in enumerate(sample_texts[:6]))
+    )
     store = LanceStore(f"s3://{bucket}/lancedb", "", s3_server.options())
     chunker = Chunker(load_tokenizer(minilm_path), ChunkPlan(64, 0, 0.15, "fake"))
     cfg = InputSettings(paths=[str(tmp_path)])

@@ -58,9 +58,16 @@ def test_new_path_equals_the_old_one_on_two_runs(minilm_path, tmp_path, commit_r
     store = LanceStore(str(tmp_path / "db"))
     for run_id, folder, delete_missing in (("r1", "run1", False), ("r2", "run2", True)):
         outcome, _ = ingest_in_process(
-            store, run_id, InputSettings(paths=[str(DATA / folder)]), chunker, FakeEmbedder(dim=8),
-            {"model": "fake"}, commit_rows=commit_rows, embed_rows=7, delete_missing=delete_missing,
-        )  # fmt: skip
+            store,
+            run_id,
+            InputSettings(paths=[str(DATA / folder)]),
+            chunker,
+            FakeEmbedder(dim=8),
+            {"model": "fake"},
+            commit_rows=commit_rows,
+            embed_rows=7,
+            delete_missing=delete_missing,
+        )
         got, want = observed(tmp_path / "db", outcome, run_id), EXPECTED[folder]
         assert got["counts"] == want["counts"]
         assert got["rejects"] == want["rejects"]

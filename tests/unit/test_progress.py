@@ -56,16 +56,29 @@ def test_counts_from_arrow_batches_follow_the_fates():
     )
     assert planned_counts(docs) == {"docs_planned": 2, "bytes_planned": len("héllo".encode()) + 3}
     chunks = pa.table({s.N_TOKENS: pa.array([7, None, 5], pa.int32())})  # a reject row has no tokens
-    assert chunked_counts(docs, chunks) == {"docs_chunked": 2, "bytes_chunked": 9, "chunks_made": 2,
-                                            "tokens_chunked": 12}  # fmt: skip
+    assert chunked_counts(docs, chunks) == {
+        "docs_chunked": 2,
+        "bytes_chunked": 9,
+        "chunks_made": 2,
+        "tokens_chunked": 12,
+    }
     assert embedded_counts(chunks) == {"chunks_embedded": 2, "tokens_embedded": 12}
 
 
 def test_the_line_and_the_display():
     assert [duration(x) for x in (None, 5, 65, 3_725)] == ["--", "5s", "1m05s", "1h02m"]
-    p = Progress(docs_planned=100, bytes_planned=100_000, docs_chunked=40, bytes_chunked=40_000,
-                 tokens_chunked=10_000, chunks_made=40, engines_ready=1, chunks_embedded=30, tokens_embedded=7_000,
-                 rejected=2)  # fmt: skip
+    p = Progress(
+        docs_planned=100,
+        bytes_planned=100_000,
+        docs_chunked=40,
+        bytes_chunked=40_000,
+        tokens_chunked=10_000,
+        chunks_made=40,
+        engines_ready=1,
+        chunks_embedded=30,
+        tokens_embedded=7_000,
+        rejected=2,
+    )
     line = progress_line(p, 70.0, 1_000.0)
     assert line == "1m10s · docs 40/100 · chunks 30/40 · tokens 7.0k/25.0k · 1,000 tok/s · ETA 18s · 2 rejected"
     assert "starting engines" in progress_line(Progress(), 3.0, None)

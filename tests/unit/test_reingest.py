@@ -30,10 +30,16 @@ def tokenizer(minilm_path):
 
 def run_once(tokenizer, inputs: Path, db: Path, run_id: str, delete_missing=False, refuse_token=None):
     return ingest_in_process(
-        LanceStore(str(db)), run_id, InputSettings(paths=[str(inputs)]), Chunker(tokenizer, PLAN),
-        FakeEmbedder(dim=8, refuse_token=refuse_token), {"model": "fake"}, commit_rows=10, embed_rows=7,
+        LanceStore(str(db)),
+        run_id,
+        InputSettings(paths=[str(inputs)]),
+        Chunker(tokenizer, PLAN),
+        FakeEmbedder(dim=8, refuse_token=refuse_token),
+        {"model": "fake"},
+        commit_rows=10,
+        embed_rows=7,
         delete_missing=delete_missing,
-    )  # fmt: skip
+    )
 
 
 def write_docs(path: Path, docs: dict[str, str]) -> None:

@@ -35,3 +35,17 @@ def test_dry_run_reports_the_lowered_chunk_size(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "chunk.tokens lowered from 2000 to 255" in proc.stdout
     assert "1 shards" in proc.stdout and "max_model_len 256" in proc.stdout
+
+
+def test_help_lists_every_setting_with_its_description_and_default():
+    from pipeline.settings import Settings
+
+    proc = ingest("--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps the descriptions
+    for section, field in Settings.model_fields.items():
+        for name, info in getattr(field.annotation, "model_fields", {}).items():
+            flag = f"--{section}.{name.replace('_', '-')}"
+            assert flag in text, flag
+            assert " ".join(info.description.split())[:40] in text, flag
+    assert "--chunk.tokens int, --chunk-tokens int Most tokens in one chunk" in text and "(default: 2000)" in text

@@ -3,7 +3,6 @@ marker rows. Pure: no ray or vllm imports; Ray calls it through ChunkActor."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pyarrow as pa
@@ -11,6 +10,7 @@ import pyarrow as pa
 from pipeline import schema as s
 from pipeline.chunking import Chunker
 from pipeline.doc_plan import merge_stats
+from pipeline.stats import ShardStats
 
 
 class ChunkStep:
@@ -30,7 +30,7 @@ class ChunkStep:
                 rows.append(_passed_on(doc))
         out = pa.Table.from_pylist(rows, schema=s.CHUNK_SCHEMA)
         stats = [p for p in docs.column(s.SHARD_STATS).to_pylist() if p]
-        stats.append(json.dumps({"chunk_s": time.perf_counter() - t0}))
+        stats.append(ShardStats(chunk_s=time.perf_counter() - t0).to_json())
         if len(out):
             column = pa.array([merge_stats(stats)] + [None] * (len(out) - 1), pa.string())
             out = out.set_column(out.schema.get_field_index(s.SHARD_STATS), s.SHARD_STATS, column)

@@ -8,7 +8,6 @@ sees the documents; Ray does the grouping (a hash shuffle on the key) and the lo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
+from pipeline.stats import ShardStats
 
 KEY_COLUMNS = [s.DOC_ID, s.DOC_HASH, s.DOC_CHUNKS, s.CHUNKING, s.CHUNK_INDEX]
 """What the plan reads of the stored chunks: keys only, never text or vectors."""
@@ -97,14 +97,9 @@ def removal_rows(doc_ids: pa.Array) -> pa.Table:
 
 
 def merge_stats(payloads: list[str]) -> str | None:
-    """Stage seconds (and bytes) of several stats payloads added up into one."""
-    if not payloads:
-        return None
-    total: dict[str, float] = {}
-    for payload in payloads:
-        for key, value in json.loads(payload).items():
-            total[key] = total.get(key, 0) + value
-    return json.dumps(total)
+    """Several ShardStats payloads added up into one; None when there are none."""
+    total = ShardStats.total(payloads)
+    return total.to_json() if total else None
 
 
 def complete_documents(stored: pa.Table, chunking: str) -> dict[str, str]:

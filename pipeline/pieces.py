@@ -8,7 +8,6 @@ between row groups (from its footer). Compressed jsonl and text files are one pi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from pipeline.documents import (
     split_lines,
 )
 from pipeline.settings import InputSettings
+from pipeline.stats import ShardStats
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,9 @@ class PieceReader:
             yield self._batch(rows, time.perf_counter() - started)
 
     def _batch(self, rows: list[dict], seconds: float) -> pa.Table:
-        stats = {"read_s": self.read_s, "parse_s": max(seconds - self.read_s, 0.0), "bytes": self.bytes}
+        stats = ShardStats(read_s=self.read_s, parse_s=max(seconds - self.read_s, 0.0), bytes=self.bytes)
         self.read_s, self.bytes = 0.0, 0
-        rows[0] = {**rows[0], s.SHARD_STATS: json.dumps(stats)}
+        rows[0] = {**rows[0], s.SHARD_STATS: stats.to_json()}
         for row in rows:
             row[s.PLAN_KEY] = plan_key(row)
         return pa.Table.from_pylist(rows, schema=s.READ_SCHEMA)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import asdict, astuple, dataclass, field
 from datetime import datetime
 
@@ -15,6 +17,37 @@ STAGE_LABELS = {
     "wait_s": "engine idle",
     "write_s": "write",
 }
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """Busy seconds the stages before the engine spent on some documents, and the bytes read for them. Additive:
+    rows travel with the first document of their batch (JSON in SHARD_STATS) and add up where batches merge."""
+
+    read_s: float = 0.0
+    parse_s: float = 0.0
+    chunk_s: float = 0.0
+    bytes: int = 0
+
+    def __add__(self, other: ShardStats) -> ShardStats:
+        return ShardStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, payload: str) -> ShardStats:
+        return cls(**json.loads(payload))
+
+    @classmethod
+    def total(cls, payloads: Iterable[str | None]) -> ShardStats | None:
+        """The payloads added up; None when there are none."""
+        found = [cls.from_json(p) for p in payloads if p]
+        return sum(found[1:], found[0]) if found else None
+
+    def stages(self) -> dict[str, float]:
+        """Seconds by the names of the `runs` columns (STAGES)."""
+        return {"read_s": self.read_s, "parse_s": self.parse_s, "chunk_s": self.chunk_s}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
-from pipeline.doc_plan import merge_stats
+from pipeline.stats import ShardStats
 
 ENGINE_REJECTED = "engine_rejected"
 
@@ -58,7 +58,7 @@ class ChunkWriter:
             "removed": _distinct(batch.filter(pc.fill_null(pc.equal(fates, s.FATE_REMOVED), False))),
             "rejects": _rejects(batch, self.run_id),
             "batches": [json.loads(p) for p in batch.column(s.BATCH_STATS).drop_null().to_pylist()],
-            "stages": json.loads(merge_stats(batch.column(s.SHARD_STATS).drop_null().to_pylist()) or "{}"),
+            "stages": (ShardStats.total(batch.column(s.SHARD_STATS).to_pylist()) or ShardStats()).stages(),
             "dim": None,
         }
         if len(chunks):

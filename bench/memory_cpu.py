@@ -47,7 +47,7 @@ if __name__ == "__main__":
 
 
 def main() -> None:
-    from pipeline.memory_plan import PlanRequest, load_config, plan_memory
+    from pipeline.plan.memory import PlanRequest, load_config, plan_memory
     from tests.model_builders import build_tiny_bert, minilm_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

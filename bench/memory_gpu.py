@@ -64,7 +64,7 @@ def main() -> None:
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from pipeline.memory_plan import GIB, PlanRequest, plan_memory
+    from pipeline.plan.memory import GIB, PlanRequest, plan_memory
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="bert,qwen3,phi3v")

@@ -12,10 +12,10 @@ import time
 from datetime import datetime, timezone
 
 from jobs.common import parse, run
-from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
-from pipeline.io.maintenance import maintain_store
-from pipeline.query_engine import read_built_with
+from pipeline.engine.query import read_built_with
 from pipeline.schema import RUN_KIND_INDEX
+from pipeline.store.lance_store import LanceStore, new_run_id, settings_lock
+from pipeline.store.maintenance import maintain_store
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from jobs.common import run
-from pipeline.memory_plan import GIB, PlanRequest, detect_device_memory, load_config, plan_memory, render_table
+from pipeline.plan.memory import GIB, PlanRequest, detect_device_memory, load_config, plan_memory, render_table
 from pipeline.settings import ChunkSettings, ModelSettings, RunSettings
 
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
-from pipeline.io.lance_store import LanceStore
-from pipeline.query_engine import EMBEDDERS, QueryEmbedder, query_engine, read_built_with, stored_chunk
+from pipeline.engine.query import EMBEDDERS, QueryEmbedder, query_engine, read_built_with, stored_chunk
 from pipeline.schema import TEXT, VECTOR
-from pipeline.search import SCORE_KINDS, Hit, SearchOptions, SearchTarget, search
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.search import SCORE_KINDS, Hit, SearchOptions, SearchTarget, search
 
 SHORTCUTS = ("--db", "--table-prefix", "--model-path")
 

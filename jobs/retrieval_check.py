@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
-from pipeline.index_plan import PQ_TRAINING_ROWS
-from pipeline.io.lance_store import LanceStore
-from pipeline.query_engine import QueryEmbedder, query_engine, read_built_with
-from pipeline.retrieval_check import check_retrieval
+from pipeline.checks.retrieval import check_retrieval
+from pipeline.engine.query import QueryEmbedder, query_engine, read_built_with
+from pipeline.plan.index import PQ_TRAINING_ROWS
 from pipeline.schema import VECTOR
-from pipeline.search import SearchOptions, SearchTarget
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.search import SearchOptions, SearchTarget
 
 
 def main(argv: list[str] | None = None) -> int:

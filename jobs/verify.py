@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from jobs.common import EXIT_FAILED, parse, run
-from pipeline.io.lance_store import LanceStore
-from pipeline.verify import verify_run
+from pipeline.checks.verify import verify_run
+from pipeline.store.lance_store import LanceStore
 
 SHORTCUTS = ("--db", "--table-prefix")
 

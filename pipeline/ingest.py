@@ -16,13 +16,7 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
-from pipeline.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
-from pipeline.documents import Shard
-from pipeline.io.lance_store import LanceStore, new_run_id, settings_lock
-from pipeline.io.maintenance import MaintenanceReport, maintain_store
-from pipeline.io.run_commit import RunCommitter, RunOutcome
-from pipeline.io.sources import list_shards
-from pipeline.job_plan import (
+from pipeline.plan.job import (
     JobPlan,
     LengthPlan,
     check_chunk_room,
@@ -31,13 +25,19 @@ from pipeline.job_plan import (
     plan_lengths,
     resolve_device,
 )
-from pipeline.memory_plan import GIB, MemoryPlan, detect_device_memory
-from pipeline.model_dir import model_fingerprint
-from pipeline.progress_display import ProgressDisplay
+from pipeline.plan.memory import GIB, MemoryPlan, detect_device_memory
+from pipeline.plan.model_dir import model_fingerprint
+from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
+from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
+from pipeline.stages.documents import Shard
+from pipeline.stages.sources import list_shards
+from pipeline.stages.tokenizer import FastTokenizer, load_tokenizer
 from pipeline.stats import STAGE_LABELS, RunTotals
-from pipeline.tokenizer import FastTokenizer, load_tokenizer
+from pipeline.store.lance_store import LanceStore, new_run_id, settings_lock
+from pipeline.store.maintenance import MaintenanceReport, maintain_store
+from pipeline.store.run_commit import RunCommitter, RunOutcome
 
 log = structlog.get_logger(__name__)
 PROGRESS_EVERY_S = 15.0

@@ -9,16 +9,16 @@ import json
 import pyarrow as pa
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import Chunker
-from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
-from pipeline.embedding import Embedder, EmbedStep
-from pipeline.io.lance_store import LanceStore
-from pipeline.io.run_commit import RunCommitter, RunOutcome
-from pipeline.io.sources import list_shards
-from pipeline.io.stored_keys import StoredKeys
-from pipeline.pieces import PieceReader, split_shard
 from pipeline.settings import InputSettings
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
+from pipeline.stages.embed import Embedder, EmbedStep
+from pipeline.stages.pieces import PieceReader, split_shard
+from pipeline.stages.sources import list_shards
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.run_commit import RunCommitter, RunOutcome
+from pipeline.store.stored_keys import StoredKeys
 
 
 def planned_documents(

@@ -19,22 +19,23 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import Chunker
-from pipeline.cpu_priority import HelperPriority, mark_engines_ready
-from pipeline.doc_plan import decide_all, stored_id_rows, with_fates
-from pipeline.documents import Shard
-from pipeline.embedding import EmbedStep, VllmEmbedder, has_chunks, passed_through
-from pipeline.engine_slots import SLOT_ENV, node_slots
+from pipeline.engine.slots import SLOT_ENV, node_slots
+from pipeline.engine.vllm import VllmEmbedder
 from pipeline.errors import EngineError, PipelineError
-from pipeline.io.chunk_writer import ChunkWriter
-from pipeline.io.stored_keys import LOOKUP_IDS, StoredKeys
-from pipeline.job_plan import JobPlan
 from pipeline.log import configure_logging
-from pipeline.pieces import Piece, PieceReader, split_shard
-from pipeline.progress import Progress, chunked_counts, embedded_counts, planned_counts
+from pipeline.plan.job import JobPlan
+from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
+from pipeline.runtime.progress import Progress, chunked_counts, embedded_counts, planned_counts
 from pipeline.settings import Settings
-from pipeline.tokenizer import FastTokenizer
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
+from pipeline.stages.documents import Shard
+from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
+from pipeline.stages.pieces import Piece, PieceReader, split_shard
+from pipeline.stages.tokenizer import FastTokenizer
+from pipeline.store.chunk_writer import ChunkWriter
+from pipeline.store.stored_keys import LOOKUP_IDS, StoredKeys
 
 RECORD = "record"
 ENGINE_ENV = "EMBEDPIPE_ENGINE_INDEX"

@@ -14,7 +14,7 @@ from pipeline import schema as s
 from pipeline.bench import corpus
 from pipeline.bench.cpu_use import CpuSampler, Sample, cpu_by_role
 from pipeline.bench.metrics import SAMPLE_VECTORS, Point
-from pipeline.embedding import EngineSpec
+from pipeline.engine.vllm import EngineSpec
 
 
 def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:
@@ -41,7 +41,7 @@ def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, di
 
 
 def _embed_all(spec: EngineSpec, chunks_path: str) -> dict:
-    from pipeline.embedding import VllmEmbedder
+    from pipeline.engine.vllm import VllmEmbedder
 
     table = corpus.load(Path(chunks_path))
     token_ids = table.column(s.TOKEN_IDS).to_pylist()

@@ -10,14 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import Chunker
 from pipeline.ingest import preflight
-from pipeline.io.chunk_writer import stored_chunk_rows
-from pipeline.io.lance_store import LanceStore
 from pipeline.local_executor import planned_documents
 from pipeline.settings import Settings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.chunk_writer import stored_chunk_rows
+from pipeline.store.lance_store import LanceStore
 
 
 def chunk_corpus(settings: Settings) -> pa.Table:

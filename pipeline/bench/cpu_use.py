@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipeline.process_roles import role_of
+from pipeline.runtime.process_roles import role_of
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline.bench.metrics import flops_per_token
-from pipeline.embedding import EngineSpec
-from pipeline.memory_plan import load_config, resolve_dtype
-from pipeline.model_params import ModelShape, shape_from_config
+from pipeline.engine.vllm import EngineSpec
+from pipeline.plan.memory import load_config, resolve_dtype
+from pipeline.plan.model_params import ModelShape, shape_from_config
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.model_params import ModelShape, params_from_shape
+from pipeline.plan.model_params import ModelShape, params_from_shape
 from pipeline.stats import STAGE_LABELS, STAGES
 
 PEAK_TFLOPS_16BIT = {

@@ -21,18 +21,18 @@ from pipeline.bench import corpus
 from pipeline.bench.cpu_use import CpuSampler, cpu_by_role
 from pipeline.bench.device import DeviceFigures, measure_device
 from pipeline.bench.metrics import Point, flops_per_token, peak_tflops
-from pipeline.embedding import EngineSpec
+from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
-from pipeline.io.lance_store import LanceStore
-from pipeline.job_plan import plan_job
-from pipeline.memory_plan import load_config
-from pipeline.model_dir import resolve_model_dir
-from pipeline.model_params import shape_from_config
+from pipeline.plan.job import plan_job
+from pipeline.plan.memory import load_config
+from pipeline.plan.model_dir import resolve_model_dir
+from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
-from pipeline.sql import sql_str
+from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.stats import STAGES
-from pipeline.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.sql import sql_str
 
 log = structlog.get_logger(__name__)
 

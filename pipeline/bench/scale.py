@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import schema as s
-from pipeline.documents import text_hash
 from pipeline.sample_corpus import DEFAULT_MODULES, all_stdlib_modules, documents
+from pipeline.stages.documents import text_hash
 
 REPO = Path(__file__).resolve().parents[2]
 FILL_CHUNKS_PER_DOC = 10
@@ -218,8 +218,8 @@ def edited(docs: list[dict], seed: int = 1) -> tuple[list[dict], dict[str, int]]
 def commit_latency(stores: dict[int, Path], dim: int, model: str, chunking: str, groups: int = 40, rows: int = 64):
     """Seconds to write one group's fragments (worker side) and to commit it (driver side), per store size: the
     same groups of new chunks, alternating between the stores so the machine's drift hits all alike."""
-    from pipeline.io.lance_store import LanceStore
-    from pipeline.io.run_commit import RunCommitter
+    from pipeline.store.lance_store import LanceStore
+    from pipeline.store.run_commit import RunCommitter
 
     rng = np.random.default_rng(1)
     sides = {}

@@ -24,9 +24,9 @@ import structlog
 from pipeline import schema as s
 from pipeline.bench.corpus import write_rows
 from pipeline.bench.metrics import SAMPLE_VECTORS, Point
-from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
+from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import EngineError
-from pipeline.io.lance_store import LanceStore
+from pipeline.store.lance_store import LanceStore
 
 log = structlog.get_logger(__name__)
 SERVED_NAME = "bench-model"

@@ -21,8 +21,8 @@ import sys
 
 from torch._dynamo.utils import counters
 
-from pipeline.embedding import VllmEmbedder
-from pipeline.job_plan import plan_job
+from pipeline.engine.vllm import VllmEmbedder
+from pipeline.plan.job import plan_job
 from pipeline.settings import Settings
 
 settings = Settings(

@@ -8,14 +8,15 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunking import Chunker
-from pipeline.documents import text_hash
-from pipeline.embedding import EmbedStep, VllmEmbedder
+from pipeline.engine.reference import ReferenceEmbedder, cosine
+from pipeline.engine.vllm import VllmEmbedder
 from pipeline.errors import ChunkBudgetError
-from pipeline.job_plan import plan_job
-from pipeline.reference_embedding import ReferenceEmbedder, cosine
+from pipeline.plan.job import plan_job
 from pipeline.settings import Settings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.documents import text_hash
+from pipeline.stages.embed import EmbedStep
+from pipeline.stages.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.engine
 
@@ -96,7 +97,7 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
     """Why the job refuses max_num_batched_tokens < max_model_len: this vLLM version does too, for encoder
     pooling models (no chunked prefill), rather than splitting long prompts."""
     from pipeline.errors import ConfigError
-    from pipeline.job_plan import plan_lengths
+    from pipeline.plan.job import plan_lengths
 
     with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model\.max_model_len=2001"):
         plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}))

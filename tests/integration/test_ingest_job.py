@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema as s
-from pipeline.io.lance_store import LanceStore
-from pipeline.verify import verify_run
+from pipeline.checks.verify import verify_run
+from pipeline.store.lance_store import LanceStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 REPO = Path(__file__).resolve().parents[2]

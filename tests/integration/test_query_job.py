@@ -16,11 +16,11 @@ import lancedb
 import numpy as np
 import pytest
 
+from pipeline.engine.query import MATCH_COSINE, QueryEmbedder, StoredChunk, query_engine, read_built_with
+from pipeline.engine.reference import cosine
 from pipeline.errors import ConfigError
-from pipeline.io.lance_store import LanceStore
-from pipeline.query_engine import MATCH_COSINE, QueryEmbedder, StoredChunk, query_engine, read_built_with
-from pipeline.reference_embedding import cosine
 from pipeline.settings import ModelSettings
+from pipeline.store.lance_store import LanceStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.doc_plan import KEY_COLUMNS, complete_documents
+from pipeline.stages.doc_plan import KEY_COLUMNS, complete_documents
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 REPO = Path(__file__).resolve().parents[2]

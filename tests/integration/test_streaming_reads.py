@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schema as s
-from pipeline.io.sources import list_shards
 from pipeline.settings import InputSettings, Settings
+from pipeline.stages.sources import list_shards
 
 pytestmark = [pytest.mark.ray]
 

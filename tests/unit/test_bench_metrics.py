@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.bench.metrics import Point, diagnose, efficiency, flops_per_token, mfu, peak_tflops
 from pipeline.bench.runner import sweep_settings
-from pipeline.model_params import shape_from_config
+from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
 
 BERT_BASE = {
@@ -131,7 +131,7 @@ def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
 def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
     from pipeline.bench.runner import engine_spec
     from pipeline.bench.serve import server_command
-    from pipeline.embedding import engine_kwargs
+    from pipeline.engine.vllm import engine_kwargs
 
     settings = Settings(
         model={
@@ -165,8 +165,8 @@ def test_the_device_measurement_computes_in_the_memory_planners_dtype(
     from dataclasses import replace
 
     from pipeline.bench.device import engine_dtype
-    from pipeline.job_plan import plan_job
-    from pipeline.memory_plan import load_config, resolve_dtype
+    from pipeline.plan.job import plan_job
+    from pipeline.plan.memory import load_config, resolve_dtype
 
     spec = plan_job(Settings(model={"path": str(minilm_path), "dtype": dtype}), 2, gpus=0, cpus=2).engine
     spec = replace(spec, device=device)

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, ChunkPlan, split_spans
-from pipeline.documents import text_hash
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, ChunkPlan, split_spans
+from pipeline.stages.documents import text_hash
+from pipeline.stages.tokenizer import load_tokenizer
 
 WORDS = st.sampled_from(
     'the engine embeds chunks of tokens ; naïve café Straße 3.14 x2 -- (parenthesis) "quoted" don\'t '
@@ -128,7 +128,7 @@ def test_split_spans_takes_the_latest_strongest_break():
 
 
 def test_the_tokenizer_protocol_declares_what_the_query_path_calls(minilm_path):
-    from pipeline.tokenizer import Tokenizer
+    from pipeline.stages.tokenizer import Tokenizer
 
     class EncodeOnly:
         prefix_ids, suffix_ids = (101,), (102,)

@@ -13,14 +13,15 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import EmbedStep, FakeEmbedder
-from pipeline.io.lance_store import LanceStore
-from pipeline.io.run_commit import GROUP_PROPERTY, RunCommitter
 from pipeline.local_executor import ingest_in_process, planned_documents
 from pipeline.settings import InputSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.embed import EmbedStep
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.run_commit import GROUP_PROPERTY, RunCommitter
+from tests.fakes import FakeEmbedder
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 META = {"model": "fake"}

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.doc_plan import KEY_COLUMNS, complete_documents, decide, decide_all, stored_fates, stored_id_rows
+from pipeline.stages.doc_plan import KEY_COLUMNS, complete_documents, decide, decide_all, stored_fates, stored_id_rows
 from pipeline.stats import ShardStats
 
 

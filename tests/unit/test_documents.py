@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema as s
-from pipeline.documents import Shard, parse_shard
 from pipeline.settings import InputSettings
+from pipeline.stages.documents import Shard, parse_shard
 
 CFG = InputSettings()
 

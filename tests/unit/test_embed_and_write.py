@@ -9,15 +9,16 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import EmbedStep, FakeEmbedder, has_chunks, passed_through
 from pipeline.errors import StoreError
-from pipeline.io.lance_store import LanceStore
-from pipeline.io.run_commit import RunCommitter
 from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.run_commit import RunCommitter
+from tests.fakes import FakeEmbedder
 
 
 @pytest.fixture(scope="module")

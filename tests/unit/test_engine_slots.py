@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.embedding import EngineSpec, engine_environment, engine_kwargs
-from pipeline.engine_slots import bind_spec, choose_engines_per_device, core_sets, node_slots
+from pipeline.engine.slots import bind_spec, choose_engines_per_device, core_sets, node_slots
+from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import ConfigError
 from pipeline.settings import ModelSettings
 

@@ -24,7 +24,9 @@ def modules() -> list[str]:
 
 def test_the_tree_is_found():
     names = modules()
-    assert {"pipeline.chunk_step", "pipeline.verify", "pipeline.bench.metrics", "jobs.ingest"} <= set(names)
+    assert {"pipeline.stages.chunk_step", "pipeline.checks.verify", "pipeline.bench.metrics", "jobs.ingest"} <= set(
+        names
+    )
     assert set(EDGES) <= set(names), "an edge module was moved or removed: update EDGES"
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.index_plan import (
+from pipeline.plan.index import (
     PQ_TRAINING_ROWS,
     ExistingAnn,
     ivf_partitions,

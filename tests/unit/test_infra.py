@@ -105,8 +105,8 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
 
 
 def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gpu():
-    from pipeline.chunking import ChunkPlan
-    from pipeline.job_plan import LengthPlan, place_engines
+    from pipeline.plan.job import LengthPlan, place_engines
+    from pipeline.stages.chunking import ChunkPlan
 
     settings = load_settings(REPO / "conf/cluster.toml")
     m = settings.model

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.job_plan import plan_job
+from pipeline.plan.job import plan_job
 from pipeline.settings import Settings
 
 
@@ -111,8 +111,8 @@ def test_model_that_ships_its_own_code_needs_trust_remote_code(tiny_model_path, 
 
 
 def test_a_model_that_cannot_fit_the_device_is_refused_with_advice(tiny_model_path):
-    from pipeline.job_plan import check_memory
-    from pipeline.memory_plan import GIB
+    from pipeline.plan.job import check_memory
+    from pipeline.plan.memory import GIB
 
     s = Settings(model={"path": str(tiny_model_path), "device": "cuda", "dtype": "float32"})
     plan = plan_job(s, 2, gpus=1, cpus=8)
@@ -134,7 +134,7 @@ def test_a_last_token_pooling_decoder_may_have_a_budget_below_max_model_len(tmp_
 
 
 def test_eager_by_default_on_cpu_only_and_the_compile_cache_that_loads(minilm_path):
-    from pipeline.embedding import engine_environment, engine_kwargs
+    from pipeline.engine.vllm import engine_environment, engine_kwargs
 
     cpu = plan_job(settings(minilm_path), 2, gpus=0, cpus=2)
     gpu = plan_job(settings(minilm_path), 2, gpus=1, cpus=8)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,11 +37,11 @@ def test_pieces_tokenize_like_the_whole_text(minilm_path, bpe_tokenizer_path, lo
 HUGE_DOC_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
-from pipeline.chunk_step import ChunkStep
-from pipeline.chunking import ChunkPlan, Chunker
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import ChunkPlan, Chunker
 from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.tokenizer import load_tokenizer
 from tests.model_builders import minilm_dir
 
 inputs = Path(sys.argv[1])

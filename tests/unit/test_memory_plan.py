@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.memory_plan import GIB, PlanRequest, activation_bytes, load_config, plan_memory
-from pipeline.model_params import params_from_safetensors, params_from_shape, shape_from_config
+from pipeline.plan.memory import GIB, PlanRequest, activation_bytes, load_config, plan_memory
+from pipeline.plan.model_params import params_from_safetensors, params_from_shape, shape_from_config
 
 BERT_BASE = {
     "model_type": "bert",
@@ -207,7 +207,7 @@ def test_advice_for_2000_token_chunks_on_each_shape():
 
 
 def test_job_and_planner_read_the_same_position_limit(tmp_path):
-    from pipeline.model_dir import read_model_limits
+    from pipeline.plan.model_dir import read_model_limits
 
     for model_type, positions, usable in (("xlm-roberta", 514, 512), ("mpnet", 514, 512), ("bert", 512, 512)):
         config = {**BERT_BASE, "model_type": model_type, "max_position_embeddings": positions, "pad_token_id": 1}

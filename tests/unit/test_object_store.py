@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import pytest
 
 from pipeline.errors import StoreBusyError
-from pipeline.io.lance_store import store_lock
-from pipeline.io.object_store import S3Lease, S3Options
-from pipeline.io.sources import list_shards
 from pipeline.settings import InputSettings
+from pipeline.stages.sources import list_shards
+from pipeline.store.lance_store import store_lock
+from pipeline.store.object_store import S3Lease, S3Options
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_live_run_renews_its_lock(s3_server, bucket):
 
 def test_store_on_s3_with_options_from_settings(s3_server, bucket):
     from pipeline import schema as s
-    from pipeline.io.lance_store import LanceStore
+    from pipeline.store.lance_store import LanceStore
 
     store = LanceStore(f"s3://{bucket}/lancedb", "t_", s3_server.options())
     store.start_run("r1", "ingest", datetime.now(timezone.utc))
@@ -102,11 +102,11 @@ def test_chunks_written_as_fragments_and_committed_on_s3(s3_server, bucket, mini
 
     import lancedb
 
-    from pipeline.chunking import Chunker, ChunkPlan
-    from pipeline.embedding import FakeEmbedder
-    from pipeline.io.lance_store import LanceStore
     from pipeline.local_executor import ingest_in_process
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.stages.chunking import Chunker, ChunkPlan
+    from pipeline.stages.tokenizer import load_tokenizer
+    from pipeline.store.lance_store import LanceStore
+    from tests.fakes import FakeEmbedder
 
     (tmp_path / "a.jsonl").write_text(
         "".join(json.dumps({"id": f"d{i}", "text": t[:800]}) + "\n" for i, t in enumerate(sample_texts[:6]))

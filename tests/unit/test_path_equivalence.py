@@ -13,12 +13,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import FakeEmbedder
-from pipeline.io.lance_store import LanceStore
 from pipeline.local_executor import ingest_in_process
 from pipeline.settings import InputSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from tests.fakes import FakeEmbedder
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "equivalence"
 EXPECTED = json.loads((DATA / "expected.json").read_text())

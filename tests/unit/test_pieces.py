@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.documents import Shard, parse_shard
-from pipeline.io.sources import list_shards
-from pipeline.pieces import Piece, PieceReader, split_shard
 from pipeline.settings import InputSettings
+from pipeline.stages.documents import Shard, parse_shard
+from pipeline.stages.pieces import Piece, PieceReader, split_shard
+from pipeline.stages.sources import list_shards
 
 CFG = InputSettings()
 FS = pafs.LocalFileSystem()

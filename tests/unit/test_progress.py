@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.progress import (
+from pipeline.runtime.progress import (
     Progress,
     Rate,
     chunked_counts,
@@ -18,7 +18,7 @@ from pipeline.progress import (
     planned_counts,
     progress_line,
 )
-from pipeline.progress_display import ProgressDisplay
+from pipeline.runtime.progress_display import ProgressDisplay
 
 
 def test_expected_tokens_scale_the_queued_bytes_by_the_tokens_per_byte_so_far():

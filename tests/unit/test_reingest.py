@@ -10,15 +10,15 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import FakeEmbedder
 from pipeline.errors import StoreError
-from pipeline.io.lance_store import LanceStore, store_lock
-from pipeline.io.sources import list_shards
 from pipeline.local_executor import ingest_in_process
-from pipeline.pieces import Piece, PieceReader
 from pipeline.settings import InputSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.pieces import Piece, PieceReader
+from pipeline.stages.sources import list_shards
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore, store_lock
+from tests.fakes import FakeEmbedder
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 

@@ -76,7 +76,7 @@ def test_overlap_over_half_the_chunk_is_refused(toml):
 def test_shipped_configs_load_and_plan_where_their_model_is_here(monkeypatch):
     from pathlib import Path
 
-    from pipeline.job_plan import plan_lengths
+    from pipeline.plan.job import plan_lengths
 
     planned = []
     for conf in sorted(Path("conf").glob("*.toml")):

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.io.sources import list_shards
 from pipeline.settings import InputSettings
+from pipeline.stages.sources import list_shards
 
 
 @pytest.fixture

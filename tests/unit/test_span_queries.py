@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.retrieval_check import SPAN_WORDS, pick_documents, sample_spans, sentences
+from pipeline.checks.retrieval import SPAN_WORDS, pick_documents, sample_spans, sentences
 
 DOC = (
     "Short one. This sentence has exactly eight words in it. "

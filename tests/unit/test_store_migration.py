@@ -6,7 +6,7 @@ import lancedb
 import pyarrow as pa
 
 from pipeline import schema as s
-from pipeline.io.lance_store import LanceStore
+from pipeline.store.lance_store import LanceStore
 
 
 def test_old_batches_table_gains_new_columns(tmp_path):

@@ -14,17 +14,17 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.chunking import Chunker, ChunkPlan
-from pipeline.embedding import FakeEmbedder
+from pipeline.checks.retrieval import check_retrieval
+from pipeline.engine.query import query_token_ids
 from pipeline.errors import ConfigError
-from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import indexes_by_column, maintain_store, vector_facts
 from pipeline.local_executor import ingest_in_process
-from pipeline.query_engine import query_token_ids
-from pipeline.retrieval_check import check_retrieval
-from pipeline.search import SearchOptions, filter_sql, glob_to_like, search, snippet
 from pipeline.settings import IndexSettings, InputSettings, MaintenanceSettings
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.maintenance import indexes_by_column, maintain_store, vector_facts
+from pipeline.store.search import SearchOptions, filter_sql, glob_to_like, search, snippet
+from tests.fakes import FakeEmbedder
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 DIM = 32

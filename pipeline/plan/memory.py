@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.model_params import (
+from pipeline.plan.model_params import (
     DTYPE_BYTES,
     ModelShape,
     params_from_safetensors,

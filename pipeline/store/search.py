@@ -11,10 +11,10 @@ import numpy as np
 
 from pipeline import schema as s
 from pipeline.errors import ConfigError
-from pipeline.index_plan import similarity_score
-from pipeline.io.lance_store import LanceStore
-from pipeline.io.maintenance import indexes_by_column, search_metric
-from pipeline.sql import sql_list, sql_str
+from pipeline.plan.index import similarity_score
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.maintenance import indexes_by_column, search_metric
+from pipeline.store.sql import sql_list, sql_str
 
 Mode = Literal["vector", "hybrid", "text"]
 HIT_COLUMNS = [s.CHUNK_ID, s.DOC_ID, s.SOURCE, s.CHUNK_INDEX, s.DOC_CHUNKS, s.TEXT]

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import schema as s
-from pipeline.embedding import EngineSpec, VllmEmbedder
+from pipeline.engine.reference import ReferenceEmbedder, cosine
+from pipeline.engine.vllm import EngineSpec, VllmEmbedder
 from pipeline.errors import ConfigError, Refusal, StoreError
-from pipeline.io.lance_store import LanceStore
-from pipeline.job_plan import needs_long_len
-from pipeline.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
-from pipeline.reference_embedding import ReferenceEmbedder, cosine
+from pipeline.plan.job import needs_long_len
+from pipeline.plan.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
 from pipeline.settings import ModelSettings
-from pipeline.tokenizer import Tokenizer, load_tokenizer
+from pipeline.stages.tokenizer import Tokenizer, load_tokenizer
+from pipeline.store.lance_store import LanceStore
 
 
 class QueryTooLong(Refusal):

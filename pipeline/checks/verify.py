@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from pipeline import schema as s
+from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.errors import StoreError
-from pipeline.io.lance_store import LanceStore
-from pipeline.reference_embedding import ReferenceEmbedder, cosine
-from pipeline.tokenizer import load_tokenizer
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreBusyError, StoreError
-from pipeline.io.chunk_writer import ChunkWriter
-from pipeline.io.stored_keys import StoredKeys
 from pipeline.settings import StoreSettings, revealed
-from pipeline.sql import sql_str
+from pipeline.store.chunk_writer import ChunkWriter
+from pipeline.store.sql import sql_str
+from pipeline.store.stored_keys import StoredKeys
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +52,7 @@ def store_lock(
     object stores are not locked, and two runs there at once could both add the same new document.
     Yields whether other writers are excluded (maintenance that deletes files runs only then)."""
     if uri.startswith("s3://"):
-        from pipeline.io.object_store import S3Lease, S3Options
+        from pipeline.store.object_store import S3Lease, S3Options
 
         lease = S3Lease(uri, prefix, run_id, S3Options.from_options(storage_options or {}), ttl_s)
         lease.acquire()

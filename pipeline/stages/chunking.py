@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.errors import ChunkBudgetError
-from pipeline.tokenizer import FastTokenizer
+from pipeline.stages.tokenizer import FastTokenizer
 
 BREAK_NONE, BREAK_WORD, BREAK_SENTENCE, BREAK_PARAGRAPH = 0, 1, 2, 3
 _SENTENCE_END = frozenset(".!?;:\u3002\uff01\uff1f")

@@ -10,15 +10,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.chunking import ChunkPlan
-from pipeline.embedding import EngineSpec
-from pipeline.engine_slots import choose_engines_per_device
+from pipeline.engine.reference import pooling_of
+from pipeline.engine.slots import choose_engines_per_device
+from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import ConfigError
-from pipeline.memory_plan import GIB, MemoryPlan, PlanRequest, engines_that_fit, load_config, plan_memory
-from pipeline.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
-from pipeline.model_params import shape_from_config
-from pipeline.reference_embedding import pooling_of
+from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, load_config, plan_memory
+from pipeline.plan.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
+from pipeline.stages.chunking import ChunkPlan
 
 
 @dataclass(frozen=True)

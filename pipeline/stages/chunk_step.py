@@ -8,8 +8,8 @@ import time
 import pyarrow as pa
 
 from pipeline import schema as s
-from pipeline.chunking import Chunker
-from pipeline.doc_plan import merge_stats
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.doc_plan import merge_stats
 from pipeline.stats import ShardStats
 
 

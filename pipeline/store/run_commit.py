@@ -19,10 +19,10 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreError
-from pipeline.io.chunk_writer import ENGINE_REJECTED
-from pipeline.io.lance_store import LanceStore
-from pipeline.sql import sql_list, sql_str
 from pipeline.stats import STAGES, BatchStats, RunTotals
+from pipeline.store.chunk_writer import ENGINE_REJECTED
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.sql import sql_list, sql_str
 
 log = structlog.get_logger(__name__)
 RUN_PROPERTY, GROUP_PROPERTY = "embedpipe.run", "embedpipe.group"

@@ -8,10 +8,10 @@ from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
 
-from pipeline.documents import Shard, shard_format
 from pipeline.errors import ConfigError
-from pipeline.io.object_store import S3Options
 from pipeline.settings import InputSettings, revealed
+from pipeline.stages.documents import Shard, shard_format
+from pipeline.store.object_store import S3Options
 
 _GLOB_CHARS = "*?["
 

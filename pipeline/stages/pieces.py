@@ -17,7 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import schema as s
-from pipeline.documents import (
+from pipeline.settings import InputSettings
+from pipeline.stages.documents import (
     READ_BLOCK_BYTES,
     Shard,
     parse_jsonl_lines,
@@ -26,7 +27,6 @@ from pipeline.documents import (
     shard_reject,
     split_lines,
 )
-from pipeline.settings import InputSettings
 from pipeline.stats import ShardStats
 
 

@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 
 from pipeline import schema as s
-from pipeline.query_engine import QueryTooLong
-from pipeline.search import Hit, SearchOptions, search
-from pipeline.sql import sql_list
+from pipeline.engine.query import QueryTooLong
+from pipeline.store.search import Hit, SearchOptions, search
+from pipeline.store.sql import sql_list
 
 EMBED_BATCH = 64
 SPAN_WORDS = (8, 40)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.process_roles import HELPER_ROLES, role_of
+from pipeline.runtime.process_roles import HELPER_ROLES, role_of
 
 _process_niceness = 0
 

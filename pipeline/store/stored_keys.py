@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
-from pipeline.doc_plan import KEY_COLUMNS
-from pipeline.sql import sql_list
+from pipeline.stages.doc_plan import KEY_COLUMNS
+from pipeline.store.sql import sql_list
 
 LOOKUP_IDS = 1000
 """Document ids per lookup; each is one filtered scan that a B-tree on doc_id answers without reading the rest."""

@@ -1,4 +1,4 @@
-"""Indexes and upkeep of the LanceDB tables: builds what pipeline.index_plan decides, compacts, folds new rows
+"""Indexes and upkeep of the LanceDB tables: builds what pipeline.plan.index decides, compacts, folds new rows
 into the indexes and removes old versions. Runs only under the store's lock. No ray or vllm imports."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import structlog
 from lancedb.index import FTS, BTree, IvfHnswSq, IvfPq
 
 from pipeline import schema as s
-from pipeline.index_plan import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
-from pipeline.io.lance_store import LanceStore
-from pipeline.model_dir import similarity_of
+from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
+from pipeline.plan.model_dir import similarity_of
 from pipeline.settings import IndexSettings, MaintenanceSettings
+from pipeline.store.lance_store import LanceStore
 
 log = structlog.get_logger(__name__)
 NORM_SAMPLE = 1000

@@ -1,1 +1,0 @@
-"""Adapters to storage: shard listing and reading (ray) and the LanceDB store."""

@@ -1,0 +1,1 @@
+"""What runs around the stages: CPU priority of the helper processes, process roles, progress and its display."""

@@ -19,9 +19,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    _, settings = parse(parser, argv)
-    from pipeline.bench.report import diagnoses, write_outputs
-    from pipeline.bench.runner import run_bench
+    from benchmarks.settings import BenchJobSettings
+
+    _, settings = parse(parser, argv, settings_cls=BenchJobSettings)
+    from benchmarks.report import diagnoses, write_outputs
+    from benchmarks.runner import run_bench
 
     result = run_bench(settings)
     report = write_outputs(result)

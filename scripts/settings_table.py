@@ -1,4 +1,5 @@
-"""Print (or with --write, put into README.md) the settings reference table, generated from pipeline/settings.py."""
+"""Print (or with --write, put into README.md) the settings reference table, generated from pipeline/settings.py
+and the benchmark's own section (benchmarks/settings.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from pipeline.settings import Settings
+from benchmarks.settings import BenchJobSettings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEADER = "| setting | default | meaning |"
@@ -15,7 +16,7 @@ HEADER = "| setting | default | meaning |"
 
 def table() -> str:
     rows = [HEADER, "|---|---|---|"]
-    for section, field in Settings.model_fields.items():
+    for section, field in BenchJobSettings.model_fields.items():
         for name, f in field.annotation.model_fields.items():
             if f.default_factory is not None:
                 default = str(f.default_factory())

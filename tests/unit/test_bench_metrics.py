@@ -3,8 +3,8 @@ produces it and the numbers it must quote."""
 
 import pytest
 
-from pipeline.bench.metrics import Point, diagnose, efficiency, flops_per_token, mfu, peak_tflops
-from pipeline.bench.runner import sweep_settings
+from benchmarks.metrics import Point, diagnose, efficiency, flops_per_token, mfu, peak_tflops
+from benchmarks.runner import sweep_settings
 from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
 
@@ -105,7 +105,9 @@ def test_diagnosis_when_budget_matters():
 
 
 def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
-    settings = Settings(
+    from benchmarks.settings import BenchJobSettings
+
+    settings = BenchJobSettings(
         model={"path": str(minilm_path)},
         bench={"budgets": [8192, 16384], "batch_rows": [16, 64]},
         store={"table_prefix": "x_"},
@@ -119,6 +121,7 @@ def test_sweep_is_the_product_and_each_point_has_its_own_tables(minilm_path):
     ]
     assert len({p.store.table_prefix for p in points}) == 4
     assert settings.index.after_run and not any(p.index.after_run for p in points)  # baselines build no index
+    assert all(type(p) is Settings and "bench" not in p.model_dump() for p in points)  # runs record no bench section
 
 
 def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
@@ -129,8 +132,8 @@ def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
 
 
 def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
-    from pipeline.bench.runner import engine_spec
-    from pipeline.bench.serve import server_command
+    from benchmarks.runner import engine_spec
+    from benchmarks.serve import server_command
     from pipeline.engine.vllm import engine_kwargs
 
     settings = Settings(
@@ -164,7 +167,7 @@ def test_the_device_measurement_computes_in_the_memory_planners_dtype(
 ):
     from dataclasses import replace
 
-    from pipeline.bench.device import engine_dtype
+    from benchmarks.device import engine_dtype
     from pipeline.plan.job import plan_job
     from pipeline.plan.memory import load_config, resolve_dtype
 

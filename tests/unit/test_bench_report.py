@@ -3,10 +3,10 @@ stage table, the plots, and rows that carry the same figures."""
 
 import lancedb
 
-from pipeline.bench.metrics import Point
-from pipeline.bench.report import write_outputs
-from pipeline.bench.runner import BenchResult
-from pipeline.settings import Settings
+from benchmarks.metrics import Point
+from benchmarks.report import write_outputs
+from benchmarks.runner import BenchResult
+from benchmarks.settings import BenchJobSettings
 
 
 def _point(kind, label, budget, tps, startup=10.0, **kw):
@@ -35,7 +35,7 @@ def _point(kind, label, budget, tps, startup=10.0, **kw):
 
 
 def _result(tmp_path, minilm_path, **kw) -> BenchResult:
-    settings = Settings(
+    settings = BenchJobSettings(
         model={"path": str(minilm_path), "device": "cpu"},
         store={"uri": str(tmp_path / "db")},
         input={"paths": ["corpus"]},
@@ -84,7 +84,7 @@ def test_report_and_bench_rows(tmp_path, minilm_path):
 
 
 def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
-    from pipeline.bench.report import cpu_lines
+    from benchmarks.report import cpu_lines
 
     result = _result(tmp_path, minilm_path, cores=2)
     cpu = {
@@ -104,7 +104,7 @@ def test_report_names_the_cpu_each_process_role_used(tmp_path, minilm_path):
 
 
 def test_targets_per_engines_per_device_setting_and_the_winner(tmp_path, minilm_path):
-    from pipeline.bench.report import target_lines
+    from benchmarks.report import target_lines
 
     result = _result(tmp_path, minilm_path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bench.cpu_use import Sample, cpu_by_role, role_of
+from benchmarks.cpu_use import Sample, cpu_by_role, role_of
 
 
 def test_roles_from_ray_process_titles():
@@ -50,7 +50,7 @@ def test_the_sampler_sees_this_process_and_a_child(tmp_path):
     import sys
     import time
 
-    from pipeline.bench.cpu_use import CpuSampler
+    from benchmarks.cpu_use import CpuSampler
 
     with CpuSampler(interval_s=0.1) as sampler:
         child = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.6: pass"])

@@ -1,6 +1,6 @@
-"""Ray and vLLM stay at the edges: every module of the library and the jobs imports neither (nor torch) except
-the adapters named here. The list of modules comes from the tree, so a new module is checked without being
-listed."""
+"""Ray and vLLM stay at the edges: every module of the library, the jobs and the benchmarks imports neither (nor
+torch) except the adapters named here. The list of modules comes from the tree, so a new module is checked
+without being listed."""
 
 import subprocess
 import sys
@@ -9,13 +9,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 EDGES = {
     "pipeline.ray_stages": "the Ray Data adapter: the run's stages as Ray tasks and actors",
-    "pipeline.bench.ray_llm": "the Ray Data LLM baseline of the benchmark",
+    "benchmarks.ray_llm": "the Ray Data LLM baseline of the benchmark",
 }
 
 
 def modules() -> list[str]:
     found = []
-    for package in ("pipeline", "jobs"):
+    for package in ("pipeline", "jobs", "benchmarks"):
         for path in sorted((REPO / package).rglob("*.py")):
             name = ".".join(path.relative_to(REPO).with_suffix("").parts)
             found.append(name.removesuffix(".__init__"))
@@ -24,9 +24,7 @@ def modules() -> list[str]:
 
 def test_the_tree_is_found():
     names = modules()
-    assert {"pipeline.stages.chunk_step", "pipeline.checks.verify", "pipeline.bench.metrics", "jobs.ingest"} <= set(
-        names
-    )
+    assert {"pipeline.stages.chunk_step", "pipeline.checks.verify", "benchmarks.metrics", "jobs.ingest"} <= set(names)
     assert set(EDGES) <= set(names), "an edge module was moved or removed: update EDGES"
 
 

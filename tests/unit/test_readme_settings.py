@@ -12,4 +12,4 @@ def test_readme_settings_table_is_current():
     spec.loader.exec_module(module)
     text = (REPO / "README.md").read_text()
     start, end = module.readme_table(text)
-    assert text[start:end] == module.table(), "run: python scripts/settings_table.py --write"
+    assert text[start:end] == module.table(), "run: python -m scripts.settings_table --write"

@@ -57,8 +57,10 @@ def test_invalid_values_are_named_with_their_fix(toml):
 def test_unknown_keys_in_the_file_are_refused(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[model]\npath = "m"\nmax_model_length = 10\n')
-    with pytest.raises(ConfigError, match="max_model_length"):
+    with pytest.raises(ConfigError, match=f"model.max_model_length: not a setting of this job; remove it from {path}"):
         load_settings(path)
+    with pytest.raises(ConfigError, match="bench: not a setting of this job"):  # the benchmark's section only
+        load_settings("conf/bench.toml")
 
 
 def test_missing_model_and_missing_file_fail_clearly(tmp_path):
@@ -79,8 +81,10 @@ def test_shipped_configs_load_and_plan_where_their_model_is_here(monkeypatch):
     from pipeline.plan.job import plan_lengths
 
     planned = []
+    from benchmarks.settings import BenchJobSettings
+
     for conf in sorted(Path("conf").glob("*.toml")):
-        settings = load_settings(conf)
+        settings = load_settings(conf, settings_cls=BenchJobSettings if conf.name == "bench.toml" else None)
         if settings.model.path.startswith("package:"):  # the packaged model: planned here as on the cluster
             planned.append(plan_lengths(settings).max_model_len)
         else:  # a GPU model the cluster's image holds at an absolute path

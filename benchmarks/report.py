@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose, efficiency
+from benchmarks.runner import BenchResult, bench_rows, open_store
 from pipeline import schema as s
-from pipeline.bench.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose, efficiency
-from pipeline.bench.runner import BenchResult, bench_rows, open_store
 
 KIND_NAMES = {
     "pipeline": "pipeline",

@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from benchmarks import corpus
+from benchmarks.cpu_use import CpuSampler, cpu_by_role
+from benchmarks.device import DeviceFigures, measure_device
+from benchmarks.metrics import Point, flops_per_token, peak_tflops
+from benchmarks.settings import BenchJobSettings, BenchSettings
 from pipeline import schema as s
-from pipeline.bench import corpus
-from pipeline.bench.cpu_use import CpuSampler, cpu_by_role
-from pipeline.bench.device import DeviceFigures, measure_device
-from pipeline.bench.metrics import Point, flops_per_token, peak_tflops
 from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import PipelineError
 from pipeline.ingest import run_ingest
@@ -28,7 +29,7 @@ from pipeline.plan.job import plan_job
 from pipeline.plan.memory import load_config
 from pipeline.plan.model_dir import resolve_model_dir
 from pipeline.plan.model_params import shape_from_config
-from pipeline.settings import Settings
+from pipeline.settings import Settings, core_settings
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
@@ -41,7 +42,7 @@ log = structlog.get_logger(__name__)
 class BenchResult:
     bench_id: str
     out_dir: Path
-    settings: Settings
+    settings: BenchJobSettings
     chunks: int
     tokens: int
     lengths: list[int]
@@ -75,9 +76,10 @@ class BenchResult:
         return max(same, key=lambda b: b.tokens_per_s) if same else None
 
 
-def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
-    """One Settings per sweep point, each writing to tables of its own so nothing is skipped as unchanged, and
-    without the indexing at the end of a run, which no baseline does."""
+def sweep_settings(settings: BenchJobSettings, prefix: str) -> list[Settings]:
+    """One run's Settings per sweep point (without the bench section, which runs do not record), each writing to
+    tables of its own so nothing is skipped as unchanged, and without the indexing at the end of a run, which no
+    baseline does."""
     b = settings.bench
     lens = b.max_model_lens or [settings.model.max_model_len]
     actors = b.actors or [settings.run.actors]
@@ -87,7 +89,7 @@ def sweep_settings(settings: Settings, prefix: str) -> list[Settings]:
     sweep = itertools.product(shares, b.budgets, lens, actors, rows)
     for i, (per_device, budget, mml, n_actors, batch) in enumerate(sweep):
         points.append(
-            settings.model_copy(
+            core_settings(settings).model_copy(
                 update={
                     "model": settings.model.model_copy(
                         update={"max_num_batched_tokens": budget, "max_model_len": mml}
@@ -121,7 +123,7 @@ def _gpus() -> float:
         return 0.0
 
 
-def run_bench(settings: Settings) -> BenchResult:
+def run_bench(settings: BenchJobSettings) -> BenchResult:
     bench_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     out_dir = Path(settings.bench.output_dir) / bench_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,7 @@ def run_bench(settings: Settings) -> BenchResult:
         result.points.append(_ray_data_llm(spec, table, first, store, f"{prefix}ray_data_llm_chunks", vectors, result))
     _stop_ray()
     if "serve" in baselines:
-        result.points.extend(_serve(spec, table, first, store, prefix, out_dir, vectors, result))
+        result.points.extend(_serve(spec, table, first, settings.bench, store, prefix, out_dir, vectors, result))
     if "bare" in baselines:
         repeats = [bare_keys[0]] * (settings.bench.bare_runs - 1) + bare_keys[1:]
         for n, (budget, mml) in enumerate(repeats, start=1):
@@ -193,7 +195,7 @@ def open_store(settings: Settings, prefix: str | None = None) -> LanceStore:
 
 
 def _bare(settings: Settings, chunks_path: Path, label: str, vectors: dict) -> Point:
-    from pipeline.bench.bare import run_bare
+    from benchmarks.bare import run_bare
 
     spec = engine_spec(settings)
     try:
@@ -267,8 +269,8 @@ def _stored_vectors(store: LanceStore, wanted: dict) -> dict[str, list[float]]:
 
 
 def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
+    from benchmarks.ray_llm import run_ray_data_llm
     from pipeline import ray_stages
-    from pipeline.bench.ray_llm import run_ray_data_llm
 
     try:
         ray_stages.start_ray(settings)
@@ -282,10 +284,9 @@ def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
     return point
 
 
-def _serve(spec, table, settings, store, prefix, out_dir, vectors, result) -> list[Point]:
-    from pipeline.bench.serve import run_serve, vllm_server
+def _serve(spec, table, settings: Settings, b: BenchSettings, store, prefix, out_dir, vectors, result) -> list[Point]:
+    from benchmarks.serve import run_serve, vllm_server
 
-    b = settings.bench
     params = {"max_num_batched_tokens": spec.model.max_num_batched_tokens, "max_model_len": spec.max_model_len}
     points = []
     try:
@@ -353,7 +354,7 @@ def _cosines(vectors: dict[str, dict[str, list[float]]]) -> dict[str, float]:
 
 
 def bench_rows(result: BenchResult, diagnosis: str) -> pa.Table:
-    from pipeline.bench.metrics import efficiency, mfu
+    from benchmarks.metrics import efficiency, mfu
 
     serve_best = max((p.tokens_per_s for p in result.of("serve") if p.ok), default=0.0)
     rdl = max((p.tokens_per_s for p in result.of("ray_data_llm") if p.ok), default=0.0)

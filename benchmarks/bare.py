@@ -10,10 +10,10 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from benchmarks import corpus
+from benchmarks.cpu_use import CpuSampler, Sample, cpu_by_role
+from benchmarks.metrics import SAMPLE_VECTORS, Point
 from pipeline import schema as s
-from pipeline.bench import corpus
-from pipeline.bench.cpu_use import CpuSampler, Sample, cpu_by_role
-from pipeline.bench.metrics import SAMPLE_VECTORS, Point
 from pipeline.engine.vllm import EngineSpec
 
 

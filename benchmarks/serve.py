@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from benchmarks.corpus import write_rows
+from benchmarks.metrics import SAMPLE_VECTORS, Point
 from pipeline import schema as s
-from pipeline.bench.corpus import write_rows
-from pipeline.bench.metrics import SAMPLE_VECTORS, Point
 from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import EngineError
 from pipeline.store.lance_store import LanceStore

@@ -2,8 +2,8 @@
 planner's well-known shapes with random weights on the device, run one forward pass at the planned token
 budget, and compare torch.cuda.max_memory_allocated with the planner's weights and activation figures.
 
-    python bench/memory_gpu.py [--shapes phi3v,qwen3,bert] [--budgets 2048,8192] [--seq-len 2000]
-    python bench/memory_gpu.py --device cpu --shapes bert --budgets 1024   # smoke check without a GPU
+    python -m benchmarks.memory_gpu [--shapes phi3v,qwen3,bert] [--budgets 2048,8192] [--seq-len 2000]
+    python -m benchmarks.memory_gpu --device cpu --shapes bert --budgets 1024   # smoke check without a GPU
 
 Figures, not assertions. Sequences of --seq-len tokens are packed into batches of budget // seq-len.
 """
@@ -11,11 +11,7 @@ Figures, not assertions. Sequences of --seq-len tokens are packed into batches o
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
     "bert": (

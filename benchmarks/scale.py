@@ -27,7 +27,7 @@ from pipeline import schema as s
 from pipeline.sample_corpus import DEFAULT_MODULES, all_stdlib_modules, documents
 from pipeline.stages.documents import text_hash
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FILL_CHUNKS_PER_DOC = 10
 FILL_TEXT = 1000
 """Characters of text per pre-filled chunk (the vectors are the model's dimension, random unit length)."""

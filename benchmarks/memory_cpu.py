@@ -1,6 +1,6 @@
 """Benchmark: process memory of the real CPU engine against the memory planner's prediction.
 
-    python bench/memory_cpu.py [--budgets 2048,8192,16384]
+    python -m benchmarks.memory_cpu [--budgets 2048,8192,16384]
 
 For each model (the packaged MiniLM at 512 positions, a tiny random BERT at 2,001) and budget
 (max_num_batched_tokens), a fresh process imports vLLM, records its resident memory, builds the engine
@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 MEASURE = r"""
 import json, os, sys

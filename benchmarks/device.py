@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from pipeline.bench.metrics import flops_per_token
+from benchmarks.metrics import flops_per_token
 from pipeline.engine.vllm import EngineSpec
 from pipeline.plan.memory import load_config, resolve_dtype
 from pipeline.plan.model_params import ModelShape, shape_from_config

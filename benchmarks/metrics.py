@@ -96,7 +96,7 @@ class Point:
     error: str | None = None
     note: str | None = None
     cpu: dict = field(default_factory=dict)
-    """CPU-seconds per process role in the steady window (pipeline and bare points), from pipeline.bench.cpu_use."""
+    """CPU-seconds per process role in the steady window (pipeline and bare points), from benchmarks.cpu_use."""
 
     @property
     def steady_s(self) -> float:

@@ -176,7 +176,7 @@ def test_a_config_that_disagrees_with_the_weights_is_reported(tiny_model_path, t
 
 def test_plan_command_prints_a_table_and_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(PHI3V))
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     args = [sys.executable, "-m", "jobs.plan", str(tmp_path), "--max-model-len", "2001", "--device-memory-gib", "80"]
     table = subprocess.run(args, cwd=repo, capture_output=True, text=True, check=True)
     assert "none: rotary" in table.stdout and "3,722,578,944" in table.stdout

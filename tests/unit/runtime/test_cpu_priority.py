@@ -127,7 +127,7 @@ def test_helpers_step_aside_only_once_an_engine_on_the_node_is_ready(tmp_path):
         "open(p.engines_ready_flag, 'w').close()\n"
         "p.apply(); print(before, os.getpriority(os.PRIO_PROCESS, 0))"
     )
-    repo = Path(__file__).parents[2]
+    repo = Path(__file__).parents[3]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     before, after = map(int, out.stdout.split())
     assert before == os.getpriority(os.PRIO_PROCESS, 0)  # no engine ready: the feed keeps its priority

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from jobs.common import parse, run
 from pipeline.engine.query import read_built_with
 from pipeline.schema import RUN_KIND_INDEX
-from pipeline.store.lance_store import LanceStore, new_run_id, settings_lock
+from pipeline.store.lance_store import LanceStore, new_run_id
+from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import maintain_store
 
 

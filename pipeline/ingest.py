@@ -35,7 +35,8 @@ from pipeline.stages.documents import Shard
 from pipeline.stages.sources import list_shards
 from pipeline.stages.tokenizer import FastTokenizer, load_tokenizer
 from pipeline.stats import STAGE_LABELS, RunTotals
-from pipeline.store.lance_store import LanceStore, new_run_id, settings_lock
+from pipeline.store.lance_store import LanceStore, new_run_id
+from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import MaintenanceReport, maintain_store
 from pipeline.store.run_commit import RunCommitter, RunOutcome
 

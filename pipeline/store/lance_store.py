@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import lancedb
 import pyarrow as pa
 import structlog
 
 from pipeline import schema as s
-from pipeline.errors import StoreBusyError, StoreError
+from pipeline.errors import StoreError
 from pipeline.settings import StoreSettings, revealed
 from pipeline.store.chunk_writer import ChunkWriter
 from pipeline.store.sql import sql_str
@@ -41,61 +36,6 @@ class TableNames:
     @classmethod
     def with_prefix(cls, prefix: str) -> TableNames:
         return cls(f"{prefix}chunks", f"{prefix}batches", f"{prefix}runs", f"{prefix}rejects")
-
-
-@contextmanager
-def store_lock(
-    uri: str, prefix: str, run_id: str, storage_options: dict[str, str] | None = None, ttl_s: float = 600.0
-) -> Iterator[bool]:
-    """Serialize runs on one set of tables. A local store uses an OS file lock (released if the process dies);
-    an s3:// store a lease object in the bucket (expires ttl_s after its holder stops renewing it); other
-    object stores are not locked, and two runs there at once could both add the same new document.
-    Yields whether other writers are excluded (maintenance that deletes files runs only then)."""
-    if uri.startswith("s3://"):
-        from pipeline.store.object_store import S3Lease, S3Options
-
-        lease = S3Lease(uri, prefix, run_id, S3Options.from_options(storage_options or {}), ttl_s)
-        lease.acquire()
-        try:
-            yield True
-        finally:
-            lease.release()
-        return
-    if "://" in uri and not uri.startswith("file://"):
-        log.warning(
-            "store_not_locked",
-            uri=uri,
-            reason="only local and s3:// stores are locked; concurrent runs could add a document twice",
-        )
-        yield False
-        return
-    root = Path(uri.removeprefix("file://"))
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f".{prefix}embedpipe.lock"
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            msg = (
-                f"another ingestion run ({holder}) is writing to store.uri={uri!r} with table prefix {prefix!r}; "
-                f"wait for it to finish, or use another store.table_prefix"
-            )
-            raise StoreBusyError(msg) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"run {run_id}, pid {os.getpid()}, host {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def settings_lock(store: StoreSettings, run_id: str, ttl_s: float):
-    """store_lock on the tables a StoreSettings names."""
-    return store_lock(store.uri, store.table_prefix, run_id, revealed(store.storage_options), ttl_s)
 
 
 class LanceStore:

@@ -11,8 +11,8 @@ import pytest
 from pipeline.errors import StoreBusyError
 from pipeline.settings import InputSettings
 from pipeline.stages.sources import list_shards
-from pipeline.store.lance_store import store_lock
-from pipeline.store.object_store import S3Lease, S3Options
+from pipeline.store.locks import S3Lease, store_lock
+from pipeline.store.object_store import S3Options
 
 
 @pytest.fixture

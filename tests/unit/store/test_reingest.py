@@ -17,7 +17,8 @@ from pipeline.stages.chunking import Chunker, ChunkPlan
 from pipeline.stages.pieces import Piece, PieceReader
 from pipeline.stages.sources import list_shards
 from pipeline.stages.tokenizer import load_tokenizer
-from pipeline.store.lance_store import LanceStore, store_lock
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.locks import store_lock
 from tests.fakes import FakeEmbedder
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")

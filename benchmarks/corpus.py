@@ -47,7 +47,4 @@ def write_rows(store: LanceStore, table_name: str, part: pa.Table, vectors: dict
     flat = np.asarray([vectors[i] for i in part.column(s.CHUNK_ID).to_pylist()], dtype=np.float32).reshape(-1)
     part = part.append_column(s.VECTOR, pa.FixedSizeListArray.from_arrays(pa.array(flat), dim))
     table = stored_chunk_rows(part, "baseline", "baseline", table_name, dim)
-    if store.exists(table_name):
-        store.db.open_table(table_name).add(table)
-    else:
-        store.db.create_table(table_name, table)
+    store.append(table_name, table)

@@ -228,8 +228,8 @@ def _pipeline_point(settings: Settings, label: str, vectors: dict) -> Point:
 def point_from_rows(store: LanceStore, run_id: str, label: str) -> Point:
     """A pipeline point built only from its runs row and batches rows, so the report agrees with the tables."""
     where = f"{s.RUN_ID} = {sql_str(run_id)}"
-    run = store.db.open_table(store.names.runs).search().where(where).limit(None).to_arrow().to_pylist()[0]
-    batches = store.db.open_table(store.names.batches).search().where(where).limit(None).to_arrow()
+    run = store.read(store.names.runs, where).to_pylist()[0]
+    batches = store.read(store.names.batches, where)
     resolved = json.loads(run["settings"])["resolved"]
     per_call = batches.column("engine_tokens").to_numpy() if len(batches) else np.zeros(0)
     engine = json.loads(run["engine"]) if run["engine"] else {}
@@ -263,8 +263,7 @@ def _stored_vectors(store: LanceStore, wanted: dict) -> dict[str, list[float]]:
     if not wanted or not store.exists(store.names.chunks):
         return {}
     ids = ", ".join(sql_str(i) for i in wanted)
-    rows = store.db.open_table(store.names.chunks).search().where(f"{s.CHUNK_ID} IN ({ids})").limit(None)
-    table = rows.select([s.CHUNK_ID, s.VECTOR]).to_arrow()
+    table = store.read(store.names.chunks, f"{s.CHUNK_ID} IN ({ids})", [s.CHUNK_ID, s.VECTOR])
     return dict(zip(table.column(s.CHUNK_ID).to_pylist(), table.column(s.VECTOR).to_pylist(), strict=True))
 
 

@@ -13,6 +13,7 @@ from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.errors import StoreError
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.sql import sql_str
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,14 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
         raise StoreError(msg)
     settings = json.loads(run["settings"])
     model_dir = model_dir or settings["resolved"]["model_dir"]
-    chunks_table = store.db.open_table(store.names.chunks)
+    chunks_table = store.open_chunks()
     chunks = chunks_table.to_arrow()
     run_chunks = chunks.filter(pc.equal(chunks.column(s.RUN_ID), run["run_id"]))
     over_limit = pc.sum(pc.greater(chunks.column(s.N_TOKENS), run["chunk_tokens"])).as_py() or 0
 
-    batches = store.db.open_table(store.names.batches).to_arrow()
-    batches = batches.filter(pc.equal(batches.column(s.RUN_ID), run["run_id"]))
-    rejects = store.db.open_table(store.names.rejects).to_arrow()
-    rejects = rejects.filter(pc.equal(rejects.column(s.RUN_ID), run["run_id"]))
+    of_run = f"{s.RUN_ID} = {sql_str(run['run_id'])}"
+    batches = store.read(store.names.batches, of_run)
+    rejects = store.read(store.names.rejects, of_run)
     chunk_docs = len(set(run_chunks.column(s.DOC_ID).to_pylist()))
     pairs = {
         "runs.chunks = chunks rows": (run["chunks"], run_chunks.num_rows),

@@ -46,7 +46,7 @@ def read_built_with(store: LanceStore) -> BuiltWith:
     if not store.exists(store.names.chunks):
         msg = f"no table {store.names.chunks!r} in {store.uri}; run python -m jobs.ingest first"
         raise StoreError(msg)
-    table = store.db.open_table(store.names.chunks)
+    table = store.open_chunks()
     meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
     run = store.latest_run()
     if run is None or not run["settings"]:

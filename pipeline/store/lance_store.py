@@ -83,6 +83,26 @@ class LanceStore:
             return False
         return True
 
+    def read(self, name: str, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of one of the store's tables: those `where` selects (SQL), or all; the given columns, or all."""
+        query = self.db.open_table(name).search()
+        if where is not None:
+            query = query.where(where)
+        if columns is not None:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+    def open_chunks(self):
+        """The chunks table, for search."""
+        return self.db.open_table(self.names.chunks)
+
+    def append(self, name: str, rows: pa.Table) -> None:
+        """Rows added to a table, which the first rows create."""
+        if self.exists(name):
+            self.db.open_table(name).add(rows)
+        else:
+            self.db.create_table(name, rows)
+
     def start_run(self, run_id: str, kind: str, started_at: datetime, **columns) -> None:
         """The run's `runs` row, marked running from `started_at` (the moment its start-up is counted from)."""
         row = {"run_id": run_id, "started_at": started_at, "status": "running", "kind": kind, **columns}

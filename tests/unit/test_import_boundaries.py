@@ -35,3 +35,19 @@ def test_core_modules_import_neither_ray_nor_vllm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_only_the_store_package_opens_tables():
+    """LanceDB is reached through pipeline/store; the library, the jobs and the benchmark's runners do not open or
+    connect to tables themselves (the scale benchmark builds its synthetic stores directly, on purpose)."""
+    allowed = {"benchmarks.scale"}
+    offenders = []
+    for name in modules():
+        if name.startswith("pipeline.store") or name in allowed:
+            continue
+        path = REPO / (name.replace(".", "/") + ".py")
+        path = path if path.exists() else REPO / name.replace(".", "/") / "__init__.py"
+        text = path.read_text()
+        if "open_table(" in text or "lancedb.connect(" in text or "create_table(" in text:
+            offenders.append(name)
+    assert offenders == []

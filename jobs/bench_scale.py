@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.scale import Point, commit_latency, corpus_docs, edited, fill_texts, measure, prefill, write_jsonl
+from jobs.common import run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         "write figure is not one commit's noise",
     )
     args = parser.parse_args(argv)
+    return run(lambda: _scale(args))
+
+
+def _scale(args: argparse.Namespace) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jobs.common import run
 from pipeline.sample_corpus import (
     DEFAULT_MODULES,
     all_stdlib_modules,
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-chars", type=int, default=6000, help="longest document, in characters")
     args = parser.parse_args(argv)
+    return run(lambda: _write(args))
+
+
+def _write(args: argparse.Namespace) -> int:
     if args.packages:
         written = write_text_files(Path(args.out), list(package_documents(args.max_chars)))
         print(f"wrote {written} markdown files to {args.out}")

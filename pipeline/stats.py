@@ -19,8 +19,15 @@ STAGE_LABELS = {
 }
 
 
+class Additive:
+    """A record of counts or seconds that adds up field by field."""
+
+    def __add__(self, other):
+        return type(self)(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
 @dataclass(frozen=True)
-class ShardStats:
+class ShardStats(Additive):
     """Busy seconds the stages before the engine spent on some documents, and the bytes read for them. Additive:
     rows travel with the first document of their batch (JSON in SHARD_STATS) and add up where batches merge."""
 
@@ -28,9 +35,6 @@ class ShardStats:
     parse_s: float = 0.0
     chunk_s: float = 0.0
     bytes: int = 0
-
-    def __add__(self, other: ShardStats) -> ShardStats:
-        return ShardStats(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -82,7 +86,7 @@ class BatchStats:
 
 
 @dataclass(frozen=True)
-class RunTotals:
+class RunTotals(Additive):
     """What a run has committed so far; added up batch by batch on the driver."""
 
     docs_in: int = 0
@@ -90,6 +94,3 @@ class RunTotals:
     chunks: int = 0
     tokens: int = 0
     rejected: int = 0
-
-    def __add__(self, other: RunTotals) -> RunTotals:
-        return RunTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))

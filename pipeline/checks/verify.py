@@ -28,7 +28,19 @@ class VerifyReport:
     accounting_ok: bool
     accounting: dict
 
+    def ok(self, min_cosine: float) -> bool:
+        """Vectors as an independent embedding makes them, each finding its own chunk first, within limits, and
+        counts that add up. A run that wrote no chunks (nothing changed) has no vectors to check."""
+        vectors_ok = self.checked == 0 or (self.min_cosine >= min_cosine and self.self_found_first == self.checked)
+        return vectors_ok and self.over_limit == 0 and self.accounting_ok
+
     def lines(self) -> list[str]:
+        if self.checked == 0:
+            return [
+                f"run {self.run_id} wrote no chunks: no vectors to re-embed",
+                f"chunks over the run's chunk limit (whole table): {self.over_limit}",
+                f"accounting {'ok' if self.accounting_ok else 'MISMATCH'}: {self.accounting}",
+            ]
         return [
             f"run {self.run_id}: {self.checked} chunks re-embedded independently (transformers, same pooling)",
             f"cosine to stored vectors: min {self.min_cosine:.6f}, mean {self.mean_cosine:.6f}",

@@ -46,6 +46,6 @@ class BenchSettings(Section):
 class BenchJobSettings(Settings):
     """Settings of python -m jobs.bench: every section of a run, and the benchmark's own."""
 
-    cli_shortcuts: ClassVar[dict[str, list[str]]] = {"bench.budgets": ["budgets"]}
+    shortcuts: ClassVar[dict[str, list[str]]] = {**Settings.shortcuts, "bench.budgets": ["budgets"]}
 
     bench: BenchSettings = BenchSettings()

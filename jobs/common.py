@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from pipeline.errors import PipelineError, Refusal
 from pipeline.log import configure_logging
-from pipeline.settings import Settings, cli_shortcuts, load_settings
+from pipeline.settings import Settings, kebab_shortcuts, load_settings
 
 EXIT_FAILED, EXIT_REFUSED = 1, 2
 """A job that started and failed; settings, input or store refused before any work (the message says what to
@@ -47,7 +47,7 @@ def list_settings(parser: argparse.ArgumentParser, settings_cls: type[Settings] 
 
     shortcuts = {
         field: [name for name in names if f"--{name}" not in parser._option_string_actions]
-        for field, names in cli_shortcuts(settings_cls).items()
+        for field, names in kebab_shortcuts(settings_cls).items()
     }
     parser.usage = f"{parser.prog} [options] [--section.field VALUE ...]"
     CliSettingsSource(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -243,6 +243,9 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
+    shortcuts: ClassVar[dict[str, list[str]]] = CLI_SHORTCUTS
+    """Short flags (--db, --chunk-tokens, ...) by field path; a job's subclass adds those of its own section."""
+
     input: InputSettings = InputSettings()
     model: ModelSettings
     chunk: ChunkSettings = ChunkSettings()
@@ -289,7 +292,7 @@ def load_settings(
                 settings_cls,
                 cli_parse_args=cli_args,
                 cli_kebab_case=True,
-                cli_shortcuts=cli_shortcuts(settings_cls),
+                cli_shortcuts=kebab_shortcuts(settings_cls),
                 cli_exit_on_error=False,
                 cli_implicit_flags=True,
             )(args=cli_args)
@@ -303,10 +306,9 @@ def load_settings(
         _config_file.reset(token)
 
 
-def cli_shortcuts(settings_cls: type[Settings]) -> dict[str, list[str]]:
-    """The short flags (--db, --chunk-tokens, ...) of the settings class, keyed by kebab-case field path."""
-    shortcuts = {**CLI_SHORTCUTS, **getattr(settings_cls, "cli_shortcuts", {})}
-    return {k.replace("_", "-"): v for k, v in shortcuts.items()}
+def kebab_shortcuts(settings_cls: type[Settings]) -> dict[str, list[str]]:
+    """The settings class's short flags keyed by kebab-case field path, as pydantic-settings' CLI takes them."""
+    return {k.replace("_", "-"): v for k, v in settings_cls.shortcuts.items()}
 
 
 def core_settings(settings: Settings) -> Settings:

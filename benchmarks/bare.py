@@ -26,7 +26,7 @@ def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, di
     point = Point(
         kind="bare",
         label=label,
-        params={"max_num_batched_tokens": spec.model.max_num_batched_tokens, "max_model_len": spec.max_model_len},
+        params={"max_num_batched_tokens": spec.max_num_batched_tokens, "max_model_len": spec.max_model_len},
         wall_s=result["start_s"] + result["embed_s"],
         startup_s=result["start_s"],
         chunks=result["chunks"],

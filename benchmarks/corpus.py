@@ -23,7 +23,7 @@ from pipeline.store.lance_store import LanceStore
 def chunk_corpus(settings: Settings) -> pa.Table:
     """Chunk rows (token ids included) for every document the pipeline would embed; rejects dropped."""
     lengths, _, _ = preflight(settings)
-    tokenizer = load_tokenizer(lengths.model_dir, settings.model.trust_remote_code)
+    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
     rows = ChunkStep(Chunker(tokenizer, lengths.chunk))(planned_documents(settings.input, lengths.chunk.fingerprint))
     return rows.filter(pc.is_valid(rows.column(s.CHUNK_ID))).drop_columns([s.SHARD_STATS])
 

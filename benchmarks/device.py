@@ -13,8 +13,8 @@ from pathlib import Path
 
 from benchmarks.metrics import flops_per_token
 from pipeline.engine.vllm import EngineSpec
-from pipeline.plan.memory import load_config, resolve_dtype
-from pipeline.plan.model_params import ModelShape, shape_from_config
+from pipeline.plan.memory import resolve_dtype
+from pipeline.plan.model_params import ModelShape
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,17 @@ class DeviceFigures:
         return asdict(self)
 
 
-def measure_device(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
+def measure_device(spec: EngineSpec, shape: ModelShape, seq_len: int, tokens: int) -> DeviceFigures:
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_measure, spec, seq_len, tokens).result()
+        return pool.submit(_measure, spec, shape, seq_len, tokens).result()
 
 
 def engine_dtype(spec: EngineSpec, shape: ModelShape) -> str:
     """The dtype the engine computes in, as the memory planner resolves it (a float16 checkpoint stays float16)."""
-    return resolve_dtype(spec.model.dtype, shape, spec.device)
+    return resolve_dtype(spec.dtype, shape, spec.device)
 
 
-def _measure(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
+def _measure(spec: EngineSpec, shape: ModelShape, seq_len: int, tokens: int) -> DeviceFigures:
     import os
 
     if spec.device == "cpu":
@@ -56,8 +56,6 @@ def _measure(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
     if spec.device == "cpu":
         torch.set_num_threads(spec.cpu_threads)
     device = torch.device("cuda" if spec.device == "cuda" else "cpu")
-    config, _ = load_config(spec.model_dir)
-    shape = shape_from_config(config)
     dtype_name = engine_dtype(spec, shape)
     dtype = getattr(torch, dtype_name)
 
@@ -83,7 +81,7 @@ def _measure(spec: EngineSpec, seq_len: int, tokens: int) -> DeviceFigures:
         gemm_s = best_of(lambda: a @ b)
     matmul_tflops = 2 * m_rows * shape.hidden_size * shape.intermediate_size / gemm_s / 1e12
 
-    hf_config = AutoConfig.from_pretrained(spec.model_dir, trust_remote_code=spec.model.trust_remote_code)
+    hf_config = AutoConfig.from_pretrained(spec.model_dir, trust_remote_code=spec.trust_remote_code)
     model = AutoModel.from_config(hf_config, dtype=dtype).to(device).eval()
     batch = max(1, tokens // seq_len)
     ids = torch.randint(0, shape.vocab_size, (batch, seq_len), device=device)

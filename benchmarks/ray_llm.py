@@ -27,7 +27,6 @@ def run_ray_data_llm(
 ) -> tuple[Point, dict[str, list[float]]]:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    m = spec.model
     config = vLLMEngineProcessorConfig(
         model_source=spec.model_dir,
         task_type="embed",
@@ -82,7 +81,7 @@ def run_ray_data_llm(
         kind="ray_data_llm",
         label="ray.data.llm",
         params={
-            "max_num_batched_tokens": m.max_num_batched_tokens,
+            "max_num_batched_tokens": spec.max_num_batched_tokens,
             "max_model_len": spec.max_model_len,
             "batch_rows": batch_rows,
         },

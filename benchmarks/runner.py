@@ -22,15 +22,10 @@ from benchmarks.device import DeviceFigures, measure_device
 from benchmarks.metrics import Point, flops_per_token, peak_tflops
 from benchmarks.settings import BenchJobSettings, BenchSettings
 from pipeline import schema as s
-from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import PipelineError
-from pipeline.ingest import run_ingest
-from pipeline.plan.job import plan_job
-from pipeline.plan.memory import load_config
-from pipeline.plan.model_dir import resolve_model_dir
-from pipeline.plan.model_params import shape_from_config
+from pipeline.ingest import checked_tokenizer, run_ingest
+from pipeline.plan.job import JobPlan, place_engines, plan_lengths
 from pipeline.settings import Settings, core_settings
-from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_str
@@ -105,13 +100,14 @@ def sweep_settings(settings: BenchJobSettings, prefix: str) -> list[Settings]:
     return points
 
 
-def engine_spec(settings: Settings) -> EngineSpec:
-    """The engine one pipeline actor would get with these settings, alone on its device, for the baselines."""
+def engine_plan(settings: Settings) -> JobPlan:
+    """The plan one pipeline actor would get with these settings, alone on its device, for the baselines."""
     settings = settings.model_copy(update={"run": settings.run.model_copy(update={"engines_per_device": 1})})
-    tokenizer = load_tokenizer(resolve_model_dir(settings.model.path), settings.model.trust_remote_code)
+    lengths = plan_lengths(settings)
+    checked_tokenizer(settings, lengths)
     cpus = settings.run.num_cpus or os.cpu_count() or 1
     gpus = {"cpu": 0.0, "cuda": max(_gpus(), settings.model.tensor_parallel_size)}.get(settings.model.device, _gpus())
-    return plan_job(settings, tokenizer.num_special_tokens, gpus, cpus).engine
+    return place_engines(settings, lengths, gpus, cpus)
 
 
 def _gpus() -> float:
@@ -130,20 +126,21 @@ def run_bench(settings: BenchJobSettings) -> BenchResult:
     prefix = f"{settings.store.table_prefix}bench{bench_id}_"
     points = sweep_settings(settings, prefix)
     first = points[0]
-    spec = engine_spec(first)
+    plan = engine_plan(first)
+    spec = plan.engine
     table = corpus.chunk_corpus(first)
     if not len(table):
         msg = f"the inputs {list(settings.input.paths)} hold no documents to chunk; point input.paths at a corpus"
         raise PipelineError(msg)
     chunks_path = corpus.save(table, out_dir / "chunks.arrow")
     lengths = corpus.lengths_of(table)
-    shape = shape_from_config(load_config(spec.model_dir)[0])
+    shape = plan.model.shape
     device = None
     if settings.bench.measure_device:
         seq = round(sum(n * n for n in lengths) / sum(lengths))
-        device = measure_device(spec, seq, settings.model.max_num_batched_tokens)
+        device = measure_device(spec, shape, seq, settings.model.max_num_batched_tokens)
         log.info("device_measured", **device.to_dict())
-    dtype = device.dtype if device else spec.model.dtype
+    dtype = device.dtype if device else spec.dtype
     peak, source = peak_tflops(
         device.name if device and spec.device == "cuda" else None, dtype, settings.bench.peak_tflops
     )
@@ -197,7 +194,7 @@ def open_store(settings: Settings, prefix: str | None = None) -> LanceStore:
 def _bare(settings: Settings, chunks_path: Path, label: str, vectors: dict) -> Point:
     from benchmarks.bare import run_bare
 
-    spec = engine_spec(settings)
+    spec = engine_plan(settings).engine
     try:
         point, sample = run_bare(spec, chunks_path, label)
     except Exception as exc:  # a baseline's failure is reported, not fatal to the sweep
@@ -286,7 +283,7 @@ def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
 def _serve(spec, table, settings: Settings, b: BenchSettings, store, prefix, out_dir, vectors, result) -> list[Point]:
     from benchmarks.serve import run_serve, vllm_server
 
-    params = {"max_num_batched_tokens": spec.model.max_num_batched_tokens, "max_model_len": spec.max_model_len}
+    params = {"max_num_batched_tokens": spec.max_num_batched_tokens, "max_model_len": spec.max_model_len}
     points = []
     try:
         with vllm_server(spec, out_dir / "serve.log", b.serve_start_timeout_s) as (url, startup_s):

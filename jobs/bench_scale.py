@@ -95,8 +95,7 @@ def _model(conf: str) -> tuple[str, str, int]:
     from pipeline.settings import load_settings
 
     lengths, _, _ = preflight(load_settings(config_file=Path(conf)))
-    config = json.loads((Path(lengths.model_dir) / "config.json").read_text())
-    return lengths.model_id, lengths.chunk.fingerprint, int(config["hidden_size"])
+    return lengths.model.model_id, lengths.chunk.fingerprint, int(lengths.model.text_config["hidden_size"])
 
 
 def _reingest(

@@ -37,7 +37,7 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         values = {"status": "failed"}
         try:
             report = maintain_store(
-                store, settings.index, settings.maintenance, built.model_dir, exclusive, args.force_ann
+                store, settings.index, settings.maintenance, built.similarity, exclusive, args.force_ann
             )
             values = {"status": "succeeded", "maintenance": report.to_json(), "maintenance_s": report.seconds}
         except Exception as exc:

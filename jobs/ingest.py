@@ -46,7 +46,7 @@ def _dry_run(settings) -> int:
     for note in lengths.notes:
         print(f"note: {note}")
     print(
-        f"{len(shards)} shards; model {lengths.model_id} ({lengths.model_dir}); max_model_len "
+        f"{len(shards)} shards; model {lengths.model.model_id} ({lengths.model.path}); max_model_len "
         f"{lengths.max_model_len}; chunk tokens {lengths.chunk.max_tokens}, overlap {lengths.chunk.overlap_tokens}"
     )
     return 0

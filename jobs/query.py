@@ -59,7 +59,7 @@ def _search(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
         parser.error("-k must be at least 1")
     store = LanceStore.from_settings(settings.store)
     built = read_built_with(store)
-    target = SearchTarget.open(store, built.model_dir)
+    target = SearchTarget.open(store, built.similarity)
     table, indexes, metric = target.table, target.indexes, target.metric
     mode = "hybrid" if args.hybrid else "text" if args.text_search else "vector"
     options = SearchOptions(

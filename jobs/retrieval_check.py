@@ -45,7 +45,7 @@ def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
     built = read_built_with(store)
-    target = SearchTarget.open(store, built.model_dir)
+    target = SearchTarget.open(store, built.similarity)
     index = target.indexes.get(VECTOR)
     if index is not None:
         stats = target.table.index_stats(index.name)

@@ -26,7 +26,6 @@ from pipeline.plan.job import (
     resolve_device,
 )
 from pipeline.plan.memory import GIB, MemoryPlan, detect_device_memory
-from pipeline.plan.model_dir import model_fingerprint
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
@@ -93,7 +92,7 @@ def checked_tokenizer(settings: Settings, lengths: LengthPlan) -> FastTokenizer:
     """The model's tokenizer, with the chunk's room checked against its special tokens. Loading it takes a few
     seconds (mostly importing transformers): a run does it while its engines start, and the chunk actors get it
     loaded, importing only the tokenizers library."""
-    tokenizer = load_tokenizer(lengths.model_dir, settings.model.trust_remote_code)
+    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
     check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
     return tokenizer
 
@@ -149,7 +148,7 @@ def run_ingest(settings: Settings) -> RunResult:
                 run_id,
                 RUN_KIND_INGEST,
                 started_at,
-                **_run_columns(settings, plan, memory, metadata["model_fingerprint"]),
+                **_run_columns(settings, plan, memory),
             )
             store.ensure_side_tables()
             keys = store.stored_keys()
@@ -187,7 +186,7 @@ def run_ingest(settings: Settings) -> RunResult:
                 status = "succeeded"
                 run_scope.close()  # the engines' memory is free before maintenance
                 if settings.index.after_run:
-                    upkeep = _maintain(store, settings, plan.engine.model_dir, exclusive)
+                    upkeep = _maintain(store, settings, plan.model.similarity, exclusive)
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}"[:4000]
                 raise
@@ -210,11 +209,11 @@ def run_ingest(settings: Settings) -> RunResult:
     return result
 
 
-def _maintain(store: LanceStore, settings: Settings, model_dir: str, exclusive: bool) -> MaintenanceReport:
+def _maintain(store: LanceStore, settings: Settings, similarity: str | None, exclusive: bool) -> MaintenanceReport:
     """Indexes and upkeep after the run's last commit. A failure here leaves the data committed and searchable
     (exactly, without the missing indexes), so it is recorded and logged rather than failing the run."""
     try:
-        report = maintain_store(store, settings.index, settings.maintenance, model_dir, exclusive)
+        report = maintain_store(store, settings.index, settings.maintenance, similarity, exclusive)
     except Exception as exc:  # noqa: BLE001 - recorded in the runs row; the next run or jobs.index retries
         log.error("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
         report = MaintenanceReport(skipped=f"failed: {type(exc).__name__}: {exc}"[:2000])
@@ -231,7 +230,7 @@ def _written(committer: RunCommitter) -> dict[str, int]:
 def _table_metadata(plan: JobPlan) -> dict:
     return {
         "model": plan.model_id,
-        "model_fingerprint": model_fingerprint(Path(plan.engine.model_dir)),
+        "model_fingerprint": plan.model.fingerprint,
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "overlap_tokens": plan.chunk.overlap_tokens,
@@ -246,11 +245,12 @@ def device_memory_bytes(settings: Settings, device: str) -> int | None:
     return detect_device_memory(device)
 
 
-def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan, fingerprint: str) -> dict:
+def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": plan.model.fingerprint,
+        "similarity": plan.model.similarity,
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "device": plan.engine.device,

@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 from pipeline import schema as s
 from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.errors import StoreError
+from pipeline.plan.model_dir import ModelDir
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.sql import sql_str
+from pipeline.store.sql import sql_list, sql_str
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,9 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
     settings = json.loads(run["settings"])
     model_dir = model_dir or settings["resolved"]["model_dir"]
     chunks_table = store.open_chunks()
-    chunks = chunks_table.to_arrow()
-    run_chunks = chunks.filter(pc.equal(chunks.column(s.RUN_ID), run["run_id"]))
-    over_limit = pc.sum(pc.greater(chunks.column(s.N_TOKENS), run["chunk_tokens"])).as_py() or 0
-
     of_run = f"{s.RUN_ID} = {sql_str(run['run_id'])}"
+    run_chunks = store.read(store.names.chunks, of_run, [s.CHUNK_ID, s.DOC_ID, s.N_TOKENS])
+    over_limit = chunks_table.count_rows(f"{s.N_TOKENS} > {int(run['chunk_tokens'])}")
     batches = store.read(store.names.batches, of_run)
     rejects = store.read(store.names.rejects, of_run)
     chunk_docs = len(set(run_chunks.column(s.DOC_ID).to_pylist()))
@@ -86,10 +85,10 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
     accounting = {name: list(values) for name, values in pairs.items()}
     accounting_ok = all(x == y for x, y in pairs.values())
 
-    rows = run_chunks.select([s.CHUNK_ID, s.TEXT, s.N_TOKENS, s.VECTOR]).to_pylist()
-    picked = random.Random(seed).sample(rows, min(sample, len(rows)))
+    chunk_ids = run_chunks.column(s.CHUNK_ID).to_pylist()
+    picked = _read_chunks(store, random.Random(seed).sample(chunk_ids, min(sample, len(chunk_ids))))
     tokenizer = load_tokenizer(model_dir)
-    reference = ReferenceEmbedder(model_dir)
+    reference = ReferenceEmbedder(ModelDir.read(model_dir))
     cosines, mismatches, found_first = [], 0, 0
     for row in picked:
         ids = tokenizer.with_special_tokens(tokenizer.encode(row[s.TEXT])[0])
@@ -107,6 +106,14 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
         accounting_ok=accounting_ok,
         accounting=accounting,
     )
+
+
+def _read_chunks(store: LanceStore, chunk_ids: list[str]) -> list[dict]:
+    """The sampled chunks' texts and vectors: only those rows leave the store."""
+    if not chunk_ids:
+        return []
+    where = f"{s.CHUNK_ID} IN ({sql_list(chunk_ids)})"
+    return store.read(store.names.chunks, where, [s.CHUNK_ID, s.TEXT, s.N_TOKENS, s.VECTOR]).to_pylist()
 
 
 def _ranks_first(table, row: dict, tie_eps: float = 1e-6) -> bool:

@@ -8,7 +8,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.engine.vllm import EngineSpec, VllmEmbedder
 from pipeline.errors import ConfigError, Refusal, StoreError
 from pipeline.plan.job import needs_long_len
-from pipeline.plan.model_dir import model_fingerprint, model_id_for, read_model_limits, resolve_model_dir
+from pipeline.plan.model_dir import ModelDir, similarity_at
 from pipeline.settings import ModelSettings
 from pipeline.stages.tokenizer import Tokenizer, load_tokenizer
 from pipeline.store.lance_store import LanceStore
@@ -40,6 +39,8 @@ class BuiltWith:
     max_model_len: int
     device: str
     run_id: str
+    similarity: str | None = None
+    """The similarity the model states, as the run recorded it (or its directory states, for older runs)."""
 
 
 def read_built_with(store: LanceStore) -> BuiltWith:
@@ -66,12 +67,14 @@ def read_built_with(store: LanceStore) -> BuiltWith:
         max_model_len=resolved["max_model_len"],
         device=resolved["device"],
         run_id=run["run_id"],
+        similarity=resolved["similarity"] if "similarity" in resolved else similarity_at(resolved["model_dir"]),
     )
 
 
 @dataclass(frozen=True)
 class QueryEngine:
     spec: EngineSpec
+    model: ModelDir
     model_id: str
     dim: int
     """The table's vector dimension, which the engine's vectors must have."""
@@ -83,52 +86,50 @@ def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str 
     which must be the table's model: same fingerprint, or the same id for tables made before fingerprints.
     The device is the caller's when set, else the run's."""
     try:
-        model_dir = resolve_model_dir(caller.path)
+        model = ModelDir.read(caller.path, caller.name)
     except ConfigError as exc:
         msg = (
             f"{exc}. The table was built with model {built.model_id!r} from {built.model_dir}; pass "
             f"--model-path with a copy of that model on this machine"
         )
         raise ConfigError(msg) from None
-    check_same_model(built, model_dir, model_id_for(caller.path, caller.name, model_dir))
+    check_same_model(built, model)
     notes = []
-    if str(model_dir) != built.model_dir:
-        notes.append(f"model {built.model_id!r} read from {model_dir} (the run read it from {built.model_dir})")
+    if str(model.path) != built.model_dir:
+        notes.append(f"model {built.model_id!r} read from {model.path} (the run read it from {built.model_dir})")
     device = caller.device if caller.device != "auto" else built.device
     if device != built.device:
         notes.append(f"engine on {device}; the table was embedded on {built.device} (vectors agree to ~1e-3)")
     recorded = {k: v for k, v in built.model.items() if k in ModelSettings.model_fields}
-    model = ModelSettings(**{**recorded, "path": caller.path, "device": device})
-    spec = EngineSpec(
-        model_dir=str(model_dir),
-        model=model,
-        max_model_len=built.max_model_len,
+    settings = ModelSettings(**{**recorded, "path": caller.path, "device": device})
+    spec = EngineSpec.resolve(
+        settings,
         device=device,
+        model_dir=str(model.path),
+        max_model_len=built.max_model_len,
         cpu_threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-        allow_long_max_model_len=needs_long_len(
-            model.allow_long_max_model_len, read_model_limits(model_dir), built.max_model_len
-        ),
+        allow_long_max_model_len=needs_long_len(settings.allow_long_max_model_len, model.limits, built.max_model_len),
         engine_log_level=engine_log_level,
     )
-    return QueryEngine(spec, built.model_id, built.dim, notes)
+    return QueryEngine(spec, model, built.model_id, built.dim, notes)
 
 
-def check_same_model(built: BuiltWith, model_dir: Path, model_id: str) -> None:
+def check_same_model(built: BuiltWith, model: ModelDir) -> None:
     """Refuse a model whose vectors are not comparable with the table's."""
     if built.fingerprint:
-        theirs = model_fingerprint(model_dir)
-        if theirs == built.fingerprint:
+        if model.fingerprint == built.fingerprint:
             return
         msg = (
-            f"the table holds vectors of model {built.model_id!r} (fingerprint {built.fingerprint}); {model_dir} is "
-            f"a different model (fingerprint {theirs}), whose vectors cannot be compared with them. Query with "
-            f"the table's model, or ingest into another store.table_prefix with this one"
+            f"the table holds vectors of model {built.model_id!r} (fingerprint {built.fingerprint}); {model.path} "
+            f"is a different model (fingerprint {model.fingerprint}), whose vectors cannot be compared with them. "
+            f"Query with the table's model, or ingest into another store.table_prefix with this one"
         )
         raise ConfigError(msg)
-    if model_id != built.model_id:
+    if model.model_id != built.model_id:
         msg = (
-            f"the table holds vectors of model {built.model_id!r}; the model given is {model_id!r}, whose vectors "
-            f"cannot be compared with them. Query with the table's model (set model.name if only the name differs)"
+            f"the table holds vectors of model {built.model_id!r}; the model given is {model.model_id!r}, whose "
+            f"vectors cannot be compared with them. Query with the table's model (set model.name if only the name "
+            f"differs)"
         )
         raise ConfigError(msg)
 
@@ -177,9 +178,10 @@ class QueryEmbedder:
             msg = f"embedder {choice!r} is not one of {', '.join(EMBEDDERS)}"
             raise ConfigError(msg)
         self.spec = engine.spec
+        self.model = engine.model
         self.notes: list[str] = []
         started = time.perf_counter()
-        self.tokenizer = load_tokenizer(self.spec.model_dir, self.spec.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.spec.model_dir, self.spec.trust_remote_code)
         self.engine: VllmEmbedder | None = None
         self.reference = self._reference(choice, probe) if choice != "engine" else None
         if self.reference is None:
@@ -203,7 +205,7 @@ class QueryEmbedder:
             why_not = "the table has no chunk to check it against"
         else:
             try:
-                reference = ReferenceEmbedder(self.spec.model_dir, self.spec.model.trust_remote_code)
+                reference = ReferenceEmbedder(self.model, self.spec.trust_remote_code)
                 similarity = cosine(reference.embed_ids(self.token_ids(probe.text)), probe.vector)
             except (ConfigError, QueryTooLong) as exc:
                 why_not = str(exc)

@@ -5,48 +5,30 @@ torch and transformers are imported on first use.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.plan.model_dir import ModelDir
 
-
-def pooling_of(model_dir: Path) -> tuple[str, bool]:
-    """(mode, normalize) from modules.json and the pooling module's config; mean + normalize by default."""
-    modules_file = model_dir / "modules.json"
-    if not modules_file.is_file():
-        return "mean", True
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m["type"].endswith("Normalize") for m in modules)
-    mode = "mean"
-    for m in modules:
-        if m["type"].endswith("Pooling"):
-            cfg = json.loads((model_dir / m["path"] / "config.json").read_text())
-            if cfg.get("pooling_mode_cls_token"):
-                mode = "cls"
-            elif cfg.get("pooling_mode_lasttoken"):
-                mode = "last"
-            elif not cfg.get("pooling_mode_mean_tokens", True):
-                msg = f"pooling in {model_dir} is not cls, last-token or mean; the reference cannot reproduce it"
-                raise ConfigError(msg)
-    return mode, normalize
+REPRODUCIBLE_POOLING = ("cls", "last", "mean")
 
 
 class ReferenceEmbedder:
-    def __init__(self, model_dir: str | Path, trust_remote_code: bool = False):
+    def __init__(self, model: ModelDir, trust_remote_code: bool = False):
+        if model.pooling.mode not in REPRODUCIBLE_POOLING:
+            msg = f"pooling in {model.path} is not cls, last-token or mean; the reference cannot reproduce it"
+            raise ConfigError(msg)
         import torch
         from transformers import AutoModel
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars on a query's stderr
         self.torch = torch
-        self.model_dir = Path(model_dir)
+        self.model_dir = model.path
         self.model = AutoModel.from_pretrained(
-            str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+            str(model.path), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
         ).eval()
-        self.mode, self.normalize = pooling_of(self.model_dir)
+        self.mode, self.normalize = model.pooling.mode, model.pooling.normalize
 
     def embed_ids(self, token_ids: list[int]) -> np.ndarray:
         torch = self.torch

@@ -21,17 +21,39 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Everything an engine needs, resolved on the driver."""
+    """Everything an engine needs, resolved on the driver: the values it starts with and nothing else."""
 
     model_dir: str
-    model: ModelSettings
     max_model_len: int
+    max_num_batched_tokens: int
     device: str
+    """'cpu' or 'cuda' ('auto' resolved against the cluster)."""
     cpu_threads: int
     allow_long_max_model_len: bool
     engine_log_level: str
+    dtype: str = "auto"
+    """As set; 'auto' is vLLM's choice from the checkpoint."""
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = True
+    trust_remote_code: bool = False
     engines_per_device: int = 1
     """Engines sharing this engine's GPU or CPU node."""
+
+    @classmethod
+    def resolve(cls, model: ModelSettings, *, device: str, **resolved) -> EngineSpec:
+        """The spec for `model`'s settings on `device`, with the values the planner resolved (`model_dir`,
+        `max_model_len`, `cpu_threads`, ...)."""
+        return cls(
+            device=device,
+            max_num_batched_tokens=model.max_num_batched_tokens,
+            dtype=model.dtype,
+            tensor_parallel_size=model.tensor_parallel_size,
+            gpu_memory_utilization=model.gpu_memory_utilization,
+            enforce_eager=eager(model.enforce_eager, device),
+            trust_remote_code=model.trust_remote_code,
+            **resolved,
+        )
 
 
 def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, str]:
@@ -64,16 +86,16 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
 def engine_kwargs(spec: EngineSpec) -> dict:
     """vllm.LLM / `vllm serve` engine arguments besides the model: the pipeline's engines and every benchmark
     baseline are built from this one dict."""
-    m = spec.model
     return {
         "max_model_len": spec.max_model_len,
-        "max_num_batched_tokens": m.max_num_batched_tokens,
-        "tensor_parallel_size": m.tensor_parallel_size,
+        "max_num_batched_tokens": spec.max_num_batched_tokens,
+        "tensor_parallel_size": spec.tensor_parallel_size,
         # vLLM reads the fraction as of the whole device: engines sharing one split it.
-        "gpu_memory_utilization": m.gpu_memory_utilization / (spec.engines_per_device if spec.device == "cuda" else 1),
-        "dtype": m.dtype,
-        "enforce_eager": eager(m.enforce_eager, spec.device),
-        "trust_remote_code": m.trust_remote_code,
+        "gpu_memory_utilization": spec.gpu_memory_utilization
+        / (spec.engines_per_device if spec.device == "cuda" else 1),
+        "dtype": spec.dtype,
+        "enforce_eager": spec.enforce_eager,
+        "trust_remote_code": spec.trust_remote_code,
         "seed": 0,
     }
 

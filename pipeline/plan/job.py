@@ -6,17 +6,13 @@ from what the settings say.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from pipeline.engine.reference import pooling_of
 from pipeline.engine.slots import choose_engines_per_device
 from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import ConfigError
-from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, load_config, plan_memory
-from pipeline.plan.model_dir import ModelLimits, check_remote_code, model_id_for, read_model_limits, resolve_model_dir
-from pipeline.plan.model_params import shape_from_config
+from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, plan_memory
+from pipeline.plan.model_dir import ModelDir, ModelLimits, check_remote_code
 from pipeline.settings import Settings
 from pipeline.stages.chunking import ChunkPlan
 
@@ -25,8 +21,7 @@ from pipeline.stages.chunking import ChunkPlan
 class LengthPlan:
     """The sequence and chunk lengths, fixed by the settings and the model alone."""
 
-    model_dir: str
-    model_id: str
+    model: ModelDir
     max_model_len: int
     chunk: ChunkPlan
     allow_long_max_model_len: bool
@@ -36,11 +31,15 @@ class LengthPlan:
 
 @dataclass(frozen=True)
 class JobPlan:
-    model_id: str
+    model: ModelDir
     engine: EngineSpec
     chunk: ChunkPlan
     actors: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
 
 
 def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int) -> JobPlan:
@@ -54,14 +53,13 @@ def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int
 def plan_lengths(settings: Settings) -> LengthPlan:
     """max_model_len and chunk size against the model's own limits; needs no cluster and no tokenizer (the
     engines are placed from it while the tokenizer loads; `check_chunk_room` follows once it has)."""
-    model_dir = resolve_model_dir(settings.model.path)
-    check_remote_code(model_dir, settings.model.trust_remote_code)
-    limits = read_model_limits(model_dir)
-    notes: list[str] = []
-    max_model_len = _max_model_len(settings, limits, notes)
-    chunk_tokens = _chunk_tokens(settings, max_model_len, notes)
     m = settings.model
-    if m.max_num_batched_tokens < max_model_len and splits_long_prompts(model_dir):
+    model = ModelDir.read(m.path, m.name)
+    check_remote_code(model, m.trust_remote_code)
+    notes: list[str] = []
+    max_model_len = _max_model_len(settings, model.limits, notes)
+    chunk_tokens = _chunk_tokens(settings, max_model_len, notes)
+    if m.max_num_batched_tokens < max_model_len and model.splits_long_prompts():
         notes.append(
             f"max_num_batched_tokens {m.max_num_batched_tokens} is below max_model_len {max_model_len}: vLLM splits "
             f"longer prompts over several forward passes (chunked prefill, for last-token pooling on a causal model)"
@@ -73,19 +71,9 @@ def plan_lengths(settings: Settings) -> LengthPlan:
             f"raise max_num_batched_tokens to at least {max_model_len} or lower max_model_len"
         )
         raise ConfigError(msg)
-    model_id = model_id_for(m.path, m.name, model_dir)
-    chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model_id)
-    allow_long = needs_long_len(m.allow_long_max_model_len, limits, max_model_len)
-    return LengthPlan(str(model_dir), model_id, max_model_len, chunk, allow_long, notes)
-
-
-def splits_long_prompts(model_dir: Path) -> bool:
-    """Whether vLLM runs chunked prefill for this pooling model: causal attention with last-token pooling.
-    (Checked against vLLM 0.32: a Qwen3-style decoder accepts a budget below max_model_len, a BERT refuses.)"""
-    config = json.loads((model_dir / "config.json").read_text())
-    if shape_from_config(config).kind != "decoder":
-        return False
-    return pooling_of(model_dir)[0] == "last" or not (model_dir / "modules.json").is_file()
+    chunk = ChunkPlan(chunk_tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, model.model_id)
+    allow_long = needs_long_len(m.allow_long_max_model_len, model.limits, max_model_len)
+    return LengthPlan(model, max_model_len, chunk, allow_long, notes)
 
 
 def resolve_device(setting: str, gpus: float) -> str:
@@ -111,7 +99,6 @@ def place_engines(
         raise ConfigError(msg)
     fitting = None
     if device == "cuda" and device_memory_bytes:
-        config, model_dir = load_config(lengths.model_dir)
         request = PlanRequest(
             dtype=m.dtype,
             max_model_len=lengths.max_model_len,
@@ -121,7 +108,7 @@ def place_engines(
             device=device,
             device_memory_bytes=device_memory_bytes,
         )
-        fitting = engines_that_fit(config, request, model_dir)
+        fitting = engines_that_fit(lengths.model.config, request, lengths.model.path)
     r = settings.run
     share = choose_engines_per_device(
         r.engines_per_device, r.max_engines_per_device, device, m.tensor_parallel_size, fitting, cpus
@@ -145,17 +132,17 @@ def place_engines(
         )
     if per_device > 1 or r.engines_per_device is not None:
         notes.append(f"engines_per_device {per_device}: {share.note}")
-    engine = EngineSpec(
-        model_dir=lengths.model_dir,
-        model=m,
-        max_model_len=lengths.max_model_len,
+    engine = EngineSpec.resolve(
+        m,
         device=device,
+        model_dir=str(lengths.model.path),
+        max_model_len=lengths.max_model_len,
         cpu_threads=m.cpu_threads or max(1, cpus // (per_device if r.engines_per_device else actors)),
         allow_long_max_model_len=lengths.allow_long_max_model_len,
         engine_log_level=settings.logging.engine_level,
         engines_per_device=per_device,
     )
-    return JobPlan(lengths.model_id, engine, lengths.chunk, actors, notes)
+    return JobPlan(lengths.model, engine, lengths.chunk, actors, notes)
 
 
 def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) -> int:
@@ -242,7 +229,6 @@ def needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bo
 
 def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | None) -> MemoryPlan:
     """The memory planner's verdict for this job; ConfigError, with its advice, when the model cannot fit."""
-    config, model_dir = load_config(plan.engine.model_dir)
     m = settings.model
     on_cpu = plan.engine.device == "cpu"
     request = PlanRequest(
@@ -257,7 +243,7 @@ def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | N
         chunk_tokens=plan.chunk.max_tokens,
         batch_rows=settings.run.batch_rows,
     )
-    memory = plan_memory(config, request, model_dir)
+    memory = plan_memory(plan.model.config, request, plan.model.path)
     if memory.fits is False:
         needed, budget = memory.per_rank["needed"] / GIB, memory.per_rank["budget"] / GIB
         msg = (

@@ -1,4 +1,4 @@
-"""Find a model directory and read the limits its config files state. No ray or vllm imports."""
+"""Find a model directory and read what its files state, once, into a ModelDir. No ray or vllm imports."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import hashlib
 import importlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.plan.model_params import usable_positions
+from pipeline.plan.model_params import ModelShape, shape_from_config, usable_positions
 
 PACKAGE_PREFIX = "package:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
@@ -42,33 +43,6 @@ def resolve_model_dir(spec: str) -> Path:
     return path.resolve()
 
 
-def model_id_for(path_spec: str, name: str | None, model_dir: Path) -> str:
-    """The id stored with every vector: the configured name, the package's module, or the directory's name."""
-    if name:
-        return name
-    if path_spec.startswith(PACKAGE_PREFIX):
-        return path_spec[len(PACKAGE_PREFIX) :]
-    return model_dir.name
-
-
-def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
-    """Refuse, before any engine starts, a model that can only run with its own shipped code."""
-    if trust_remote_code:
-        return
-    config = _read_json(model_dir / "config.json")
-    if not config.get("auto_map"):
-        return
-    from transformers import CONFIG_MAPPING  # heavy import, only for models that ship code
-
-    if config.get("model_type") not in CONFIG_MAPPING:
-        msg = (
-            f"the model in {model_dir} ships its own code (auto_map in config.json, model_type "
-            f"{config.get('model_type')!r} unknown to transformers); set model.trust_remote_code = true "
-            f"only if you trust that code"
-        )
-        raise ConfigError(msg)
-
-
 @dataclass(frozen=True)
 class ModelLimits:
     model_type: str
@@ -99,41 +73,140 @@ class ModelLimits:
         return limit, source
 
 
-def read_model_limits(model_dir: Path) -> ModelLimits:
-    config = _read_json(model_dir / "config.json")
-    text_config = config.get("text_config") or config
-    model_type = str(config.get("model_type", "unknown"))
-    sbert = model_dir / "sentence_bert_config.json"
-    serving = _read_json(sbert).get("max_seq_length") if sbert.is_file() else None
-    hidden = text_config.get("hidden_size") or text_config.get("d_model")
-    tok = model_dir / "tokenizer_config.json"
-    stated = _read_json(tok).get("model_max_length") if tok.is_file() else None
-    tokenizer_limit = int(stated) if isinstance(stated, int | float) and 0 < stated < 10**7 else None
-    serving_limit = int(serving) if serving else None
-    return ModelLimits(model_type, usable_positions(config), serving_limit, hidden, tokenizer_limit)
-
-
-def similarity_of(model_dir: Path) -> str | None:
-    """The similarity the model was trained for (sentence-transformers' similarity_fn_name), if it says."""
-    path = model_dir / "config_sentence_transformers.json"
-    return _read_json(path).get("similarity_fn_name") if path.is_file() else None
-
-
+POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
 FINGERPRINT_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """Identifies a model's vectors: its config, pooling and tokenizer files, and the names and sizes of its
+@dataclass(frozen=True)
+class Pooling:
+    mode: str
+    """'cls', 'last', 'mean', or 'other' (a pooling the reference embedder cannot reproduce, such as max)."""
+    normalize: bool
+    stated: bool
+    """Whether sentence-transformers' modules.json states it; unstated means mean + normalize."""
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model directory, read once: what the planners, the engine spec, the table metadata and the query path
+    take from the model's files."""
+
+    path: Path
+    model_id: str
+    """The id stored with every vector: the configured name, the package's module, or the directory's name."""
+    config: dict
+    """config.json as stated."""
+    limits: ModelLimits
+    pooling: Pooling
+    similarity: str | None
+    """The similarity the model was trained for (sentence-transformers' similarity_fn_name), if it says."""
+    fingerprint: str
+    """Identifies the model's vectors: its config, pooling and tokenizer files, and the names and sizes of its
     weight files (hashing gigabytes of weights would take longer than embedding a query)."""
+    ships_code: bool
+    """config.json maps its classes to code in the directory (auto_map)."""
+
+    @classmethod
+    def read(cls, path_spec: str, name: str | None = None) -> ModelDir:
+        """`path_spec`: a directory, or 'package:<module>' for a model a package ships (see resolve_model_dir)."""
+        path = resolve_model_dir(path_spec)
+        config = _read_json(path / "config.json")
+        package = path_spec[len(PACKAGE_PREFIX) :] if path_spec.startswith(PACKAGE_PREFIX) else None
+        return cls(
+            path=path,
+            model_id=name or package or path.name,
+            config=config,
+            limits=_limits(path, config),
+            pooling=_pooling(path),
+            similarity=_similarity(path),
+            fingerprint=_fingerprint(path),
+            ships_code=bool(config.get("auto_map")),
+        )
+
+    @property
+    def text_config(self) -> dict:
+        """The text model's part of config.json (multimodal configs nest one)."""
+        return self.config.get("text_config") or self.config
+
+    @cached_property
+    def shape(self) -> ModelShape:
+        return shape_from_config(self.config)
+
+    def splits_long_prompts(self) -> bool:
+        """Whether vLLM runs chunked prefill for this pooling model: causal attention with last-token pooling.
+        (Checked against vLLM 0.32: a Qwen3-style decoder accepts a budget below max_model_len, a BERT refuses.)"""
+        if self.shape.kind != "decoder":
+            return False
+        return self.pooling.mode == "last" or not self.pooling.stated
+
+
+def check_remote_code(model: ModelDir, trust_remote_code: bool) -> None:
+    """Refuse, before any engine starts, a model that can only run with its own shipped code."""
+    if trust_remote_code or not model.ships_code:
+        return
+    from transformers import CONFIG_MAPPING  # heavy import, only for models that ship code
+
+    model_type = model.config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        msg = (
+            f"the model in {model.path} ships its own code (auto_map in config.json, model_type "
+            f"{model_type!r} unknown to transformers); set model.trust_remote_code = true "
+            f"only if you trust that code"
+        )
+        raise ConfigError(msg)
+
+
+def similarity_at(model_dir: str | None) -> str | None:
+    """The similarity a recorded model directory states, when that directory is on this machine."""
+    return _similarity(Path(model_dir)) if model_dir and Path(model_dir).is_dir() else None
+
+
+def _similarity(path: Path) -> str | None:
+    return _optional_json(path / "config_sentence_transformers.json").get("similarity_fn_name")
+
+
+def _limits(path: Path, config: dict) -> ModelLimits:
+    text_config = config.get("text_config") or config
+    serving = _optional_json(path / "sentence_bert_config.json").get("max_seq_length")
+    stated = _optional_json(path / "tokenizer_config.json").get("model_max_length")
+    return ModelLimits(
+        model_type=str(config.get("model_type", "unknown")),
+        position_limit=usable_positions(config),
+        serving_limit=int(serving) if serving else None,
+        hidden_size=text_config.get("hidden_size") or text_config.get("d_model"),
+        tokenizer_limit=int(stated) if isinstance(stated, int | float) and 0 < stated < 10**7 else None,
+    )
+
+
+def _pooling(path: Path) -> Pooling:
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return Pooling("mean", normalize=True, stated=False)
+    modules = _read_json(modules_file)
+    mode = "mean"
+    for module in modules:
+        if module["type"].endswith("Pooling"):
+            cfg = _read_json(path / module["path"] / "config.json")
+            named = [name for key, name in POOLING_MODES.items() if cfg.get(key)]
+            mode = named[0] if named else ("mean" if cfg.get("pooling_mode_mean_tokens", True) else "other")
+    normalize = any(module["type"].endswith("Normalize") for module in modules)
+    return Pooling(mode, normalize, stated=True)
+
+
+def _fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     for name in (*FINGERPRINT_FILES, *TOKENIZER_FILES):
-        path = model_dir / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    for path in sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES):
-        digest.update(f"{path.name}:{path.stat().st_size}".encode() + b"\0")
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    for file in sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        digest.update(f"{file.name}:{file.stat().st_size}".encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def _optional_json(path: Path) -> dict:
+    return _read_json(path) if path.is_file() else {}
 
 
 def _read_json(path: Path) -> dict:

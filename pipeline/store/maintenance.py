@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import structlog
@@ -15,7 +14,6 @@ from lancedb.index import FTS, BTree, IvfHnswSq, IvfPq
 
 from pipeline import schema as s
 from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
-from pipeline.plan.model_dir import similarity_of
 from pipeline.settings import IndexSettings, MaintenanceSettings
 from pipeline.store.lance_store import LanceStore
 
@@ -65,14 +63,13 @@ class MaintenanceReport:
         return out
 
 
-def vector_facts(table, model_dir: str | None) -> tuple[str, bool | None]:
-    """(metric, normalized): normalization measured on stored vectors, the model's similarity from its files."""
+def vector_facts(table, similarity: str | None) -> tuple[str, bool | None]:
+    """(metric, normalized): normalization measured on stored vectors, and the similarity the model states."""
     sample = table.search().select([s.VECTOR]).limit(NORM_SAMPLE).to_arrow().column(s.VECTOR)
     normalized = None
     if len(sample):
         vectors = np.asarray(sample.combine_chunks().flatten()).reshape(len(sample), -1)
         normalized = bool(np.all(np.abs(np.linalg.norm(vectors, axis=1) - 1.0) < NORM_TOLERANCE))
-    similarity = similarity_of(Path(model_dir)) if model_dir and Path(model_dir).is_dir() else None
     return vector_metric(bool(normalized), similarity), normalized
 
 
@@ -80,19 +77,19 @@ def indexes_by_column(table) -> dict[str, object]:
     return {ix.columns[0]: ix for ix in table.list_indices()}
 
 
-def search_metric(table, model_dir: str | None) -> str:
+def search_metric(table, similarity: str | None) -> str:
     """The distance queries must use: the vector index's, else the one an index would be built with."""
     index = indexes_by_column(table).get(s.VECTOR)
     if index is not None:
         return table.index_stats(index.name).distance_type
-    return vector_facts(table, model_dir)[0]
+    return vector_facts(table, similarity)[0]
 
 
 def maintain_store(
     store: LanceStore,
     index: IndexSettings,
     maintenance: MaintenanceSettings,
-    model_dir: str | None,
+    similarity: str | None,
     exclusive: bool,
     force_ann: bool = False,
 ) -> MaintenanceReport:
@@ -119,7 +116,7 @@ def maintain_store(
         report.tables = {name: _before_after(state, _table_state(store, name)) for name, state in before.items()}
     rows = chunks.count_rows()
     dim = chunks.schema.field(s.VECTOR).type.list_size
-    report.metric, report.normalized = vector_facts(chunks, model_dir)
+    report.metric, report.normalized = vector_facts(chunks, similarity)
     existing = indexes_by_column(chunks)
     ann = _existing_ann(chunks, existing.get(s.VECTOR), store.last_ann_training())
     actions = [plan_ann(rows, dim, report.metric, index, ann, force_ann), *plan_other_indexes(rows, existing, index)]

@@ -59,9 +59,10 @@ class SearchTarget:
     metric: str
 
     @classmethod
-    def open(cls, store: LanceStore, model_dir: str | None) -> SearchTarget:
+    def open(cls, store: LanceStore, similarity: str | None) -> SearchTarget:
+        """`similarity`: the one the model states (BuiltWith.similarity), for a table without a vector index."""
         table = store.db.open_table(store.names.chunks)
-        return cls(table, indexes_by_column(table), search_metric(table, model_dir))
+        return cls(table, indexes_by_column(table), search_metric(table, similarity))
 
 
 def filter_sql(doc_ids: tuple[str, ...], source: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -12,6 +13,7 @@ from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.engine.vllm import VllmEmbedder
 from pipeline.errors import ChunkBudgetError
 from pipeline.plan.job import plan_job
+from pipeline.plan.model_dir import ModelDir
 from pipeline.settings import Settings
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.documents import text_hash
@@ -60,7 +62,7 @@ def test_tiny_long_position_model_embeds_2000_token_chunks_like_transformers(tin
         out = EmbedStep(engine, "t")(chunks)
         assert engine.info()["max_model_len"] == 2001
         assert engine.info()["max_num_batched_tokens"] == 8192
-        reference = ReferenceEmbedder(tiny_model_path)
+        reference = ReferenceEmbedder(ModelDir.read(str(tiny_model_path)))
         for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), out.column(s.VECTOR).to_pylist(), strict=False):
             assert cosine(reference.embed_ids(ids), vec) >= 0.999
         with pytest.raises(ChunkBudgetError, match="max_model_len - 1 = 2000"):
@@ -77,7 +79,7 @@ def test_packaged_minilm_matches_transformers_on_full_length_chunks(minilm_path,
         assert max(chunks.column(s.N_TOKENS).to_pylist()) > 480
         vectors = engine.embed(chunks.column(s.TOKEN_IDS).to_pylist())
         assert vectors.shape == (len(chunks), 384)
-        reference = ReferenceEmbedder(minilm_path)
+        reference = ReferenceEmbedder(ModelDir.read(str(minilm_path)))
         for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors, strict=False):
             assert cosine(reference.embed_ids(ids), vec) >= 0.999
         # semantic sanity: a chunk is closer to a paraphrase of itself than to another chunk
@@ -114,9 +116,8 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
         gpus=0,
         cpus=2,
     ).engine
-    too_small = spec.model.model_copy(update={"max_num_batched_tokens": 1024})
     with pytest.raises(Exception, match="max_num_batched_tokens \\(1024\\) is smaller than max_model_len \\(2001\\)"):
-        VllmEmbedder(type(spec)(**{**spec.__dict__, "model": too_small}))
+        VllmEmbedder(replace(spec, max_num_batched_tokens=1024))
 
 
 def test_last_token_decoder_embeds_prompts_longer_than_its_batch_budget(tmp_path, long_texts):
@@ -135,7 +136,7 @@ def test_last_token_decoder_embeds_prompts_longer_than_its_batch_budget(tmp_path
         chunks = chunk_rows(tokenizer, plan, long_texts[:1])
         assert max(chunks.column(s.N_TOKENS).to_pylist()) > 1500
         vectors = engine.embed(chunks.column(s.TOKEN_IDS).to_pylist())
-        reference = ReferenceEmbedder(model)
+        reference = ReferenceEmbedder(ModelDir.read(str(model)))
         assert reference.mode == "last"
         for ids, vec in zip(chunks.column(s.TOKEN_IDS).to_pylist(), vectors, strict=True):
             assert cosine(reference.embed_ids(ids), vec) >= 0.999

@@ -106,13 +106,17 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
 
 def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gpu():
     from pipeline.plan.job import LengthPlan, place_engines
+    from pipeline.plan.model_dir import ModelDir, ModelLimits, Pooling
     from pipeline.stages.chunking import ChunkPlan
 
     settings = load_settings(REPO / "conf/cluster.toml")
     m = settings.model
     tp = m.tensor_parallel_size
     chunk = ChunkPlan(settings.chunk.tokens, settings.chunk.overlap_tokens, settings.chunk.boundary_window, m.name)
-    lengths = LengthPlan(m.path, m.name, m.max_model_len, chunk, allow_long_max_model_len=False)
+    # the cluster's model directory is not on this machine: the placement needs only its id
+    unread = ModelLimits("unknown", None, None, None)
+    model = ModelDir(Path(m.path), m.name, {}, unread, Pooling("mean", True, False), None, "", ships_code=False)
+    lengths = LengthPlan(model, m.max_model_len, chunk, allow_long_max_model_len=False)
     for name, spec in cluster_specs():
         total_gpus = total_cpus = 0
         for group in spec["workerGroupSpecs"]:

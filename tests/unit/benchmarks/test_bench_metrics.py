@@ -132,7 +132,7 @@ def test_diagnosis_says_when_the_engine_itself_ran_slower_than_alone():
 
 
 def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
-    from benchmarks.runner import engine_spec
+    from benchmarks.runner import engine_plan
     from benchmarks.serve import server_command
     from pipeline.engine.vllm import engine_kwargs
 
@@ -145,7 +145,7 @@ def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
             "enforce_eager": True,
         }
     )
-    spec = engine_spec(settings)
+    spec = engine_plan(settings).engine
     kwargs = engine_kwargs(spec)
     assert (kwargs["max_num_batched_tokens"], kwargs["max_model_len"], kwargs["enforce_eager"]) == (16192, 256, True)
     cmd = " ".join(server_command(spec, 8000))

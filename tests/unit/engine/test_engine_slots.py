@@ -69,7 +69,8 @@ def test_node_slots_rank_bundles_per_node():
 
 def spec(device: str, engines: int, threads: int = 2) -> EngineSpec:
     model = ModelSettings(path="m", gpu_memory_utilization=0.8)
-    return EngineSpec("m", model, 512, device, threads, False, "WARNING", engines)
+    resolved = {"model_dir": "m", "max_model_len": 512, "cpu_threads": threads, "allow_long_max_model_len": False}
+    return EngineSpec.resolve(model, device=device, engine_log_level="WARNING", engines_per_device=engines, **resolved)
 
 
 def test_engines_sharing_a_gpu_split_its_memory_fraction():

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.engine.query import QueryTooLong, query_engine, query_token_ids, read_built_with
 from pipeline.errors import ConfigError, StoreError
-from pipeline.plan.model_dir import model_fingerprint
+from pipeline.plan.model_dir import ModelDir
 from pipeline.settings import ModelSettings, load_settings
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
@@ -23,7 +23,7 @@ NAME = "all-MiniLM-L6-v2"
 def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     """A store as an ingestion run of conf/local.toml leaves it (chunks table metadata and runs rows)."""
     store = LanceStore(str(path))
-    fp = model_fingerprint(minilm_path) if fingerprint else None
+    fp = ModelDir.read(str(minilm_path)).fingerprint if fingerprint else None
     meta = {"model": NAME, **({"model_fingerprint": fp} if fp else {})}
     store.chunks_table(384, meta)
     settings = load_settings("conf/local.toml").model_dump(mode="json")
@@ -44,13 +44,13 @@ def test_an_empty_store_says_to_ingest_first(tmp_path):
 def test_engine_settings_come_from_the_last_successful_ingestion(tmp_path, minilm_path):
     built = read_built_with(make_store(tmp_path, minilm_path))
     assert (built.run_id, built.model_id, built.dim, built.max_model_len) == ("run-0", NAME, 384, 512)
-    assert built.fingerprint == model_fingerprint(minilm_path)
+    assert built.fingerprint == ModelDir.read(str(minilm_path)).fingerprint
     caller = ModelSettings(path=MINILM, name=NAME, dtype="bfloat16", max_num_batched_tokens=1024)
     engine = query_engine(built, caller)
     spec = engine.spec
     assert spec.model_dir == str(minilm_path) and spec.max_model_len == 512 and spec.device == "cpu"
-    assert spec.model.dtype == "float32"  # the run's, not the caller's
-    assert spec.model.max_num_batched_tokens == 8192
+    assert spec.dtype == "float32"  # the run's, not the caller's
+    assert spec.max_num_batched_tokens == 8192
     assert spec.allow_long_max_model_len  # 512 is past sentence_bert_config's 256, as in the run
     assert engine.notes == []
 

@@ -207,12 +207,13 @@ def test_advice_for_2000_token_chunks_on_each_shape():
 
 
 def test_job_and_planner_read_the_same_position_limit(tmp_path):
-    from pipeline.plan.model_dir import read_model_limits
+    from pipeline.plan.model_dir import ModelDir
 
     for model_type, positions, usable in (("xlm-roberta", 514, 512), ("mpnet", 514, 512), ("bert", 512, 512)):
         config = {**BERT_BASE, "model_type": model_type, "max_position_embeddings": positions, "pad_token_id": 1}
         (tmp_path / "config.json").write_text(json.dumps(config))
-        assert read_model_limits(tmp_path).position_limit == shape_from_config(config).max_positions == usable
+        (tmp_path / "tokenizer_config.json").write_text("{}")
+        assert ModelDir.read(str(tmp_path)).limits.position_limit == shape_from_config(config).max_positions == usable
 
 
 def test_the_plan_jobs_defaults_are_the_ingestion_settings_defaults(minilm_path):

@@ -269,7 +269,7 @@ def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
     from pipeline import ray_stages
 
     try:
-        ray_stages.start_ray(settings)
+        ray_stages.start_ray(settings.run)
         point, sample = run_ray_data_llm(spec, table, settings.run.batch_rows, store, name, settings.run.commit_rows)
     except Exception as exc:
         log.exception("baseline_failed", baseline="ray_data_llm")
@@ -321,7 +321,7 @@ def _start_ray(settings: Settings) -> float:
     from pipeline import ray_stages
 
     started = time.perf_counter()
-    ray_stages.start_ray(settings)
+    ray_stages.start_ray(settings.run)
     return time.perf_counter() - started
 
 

@@ -115,7 +115,7 @@ def run_ingest(settings: Settings) -> RunResult:
             # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
             # directory; an import running beside it then fails (transformers resolves a path at import).
             loading.result()
-        ray_stages.start_ray(settings)
+        ray_stages.start_ray(settings.run)
         gpus, cpus = ray_stages.cluster_resources()
         device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
         plan = place_engines(settings, lengths, gpus, cpus, device_memory)
@@ -141,7 +141,7 @@ def run_ingest(settings: Settings) -> RunResult:
         with ExitStack() as run_scope:
             board = run_scope.enter_context(ray_stages.progress_board())
             # The engines start loading now, while the store is read and Ray Data starts, reads and chunks.
-            engines = run_scope.enter_context(ray_stages.engine_actors(settings, plan, board, priority))
+            engines = run_scope.enter_context(ray_stages.engine_actors(plan, settings.logging, board, priority))
             tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
             metadata = _table_metadata(plan)
             store.start_run(

@@ -20,15 +20,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from pipeline import schema as s
 from pipeline.engine.slots import SLOT_ENV, node_slots
-from pipeline.engine.vllm import VllmEmbedder
+from pipeline.engine.vllm import EngineSpec, VllmEmbedder
 from pipeline.errors import EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.job import JobPlan
 from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.runtime.progress import Progress, chunked_counts, embedded_counts, planned_counts
-from pipeline.settings import Settings
+from pipeline.settings import InputSettings, LoggingSettings, RunSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import Chunker
+from pipeline.stages.chunking import Chunker, ChunkPlan
 from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.stages.documents import Shard
 from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
@@ -92,11 +92,11 @@ def board_reader(board) -> Callable[[], dict[str, int]]:
 class ChunkActor:
     """Chunks the planned documents with the model's tokenizer."""
 
-    def __init__(self, settings: Settings, plan: JobPlan, tokenizer: FastTokenizer, board=None):
-        configure_logging(settings.logging.level, settings.logging.json_format)
+    def __init__(self, logs: LoggingSettings, chunk: ChunkPlan, tokenizer: FastTokenizer, board=None):
+        configure_logging(logs.level, logs.json_format)
         # Not demoted: the chunks feed the engines, and a starved chunker leaves them waiting (measured: engines
         # idle 9-40% of the steady window when chunking still ran at niceness 19 beside them).
-        self.step = ChunkStep(Chunker(tokenizer, plan.chunk))
+        self.step = ChunkStep(Chunker(tokenizer, chunk))
         self.board = board
 
     def __call__(self, docs: pa.Table) -> pa.Table:
@@ -112,13 +112,13 @@ class EngineActor:
     places it, so the engine loads while Ray Data starts, reads and chunks; its process runs nothing but the
     engine. Once ready, it leaves the flag that lets the helper stages on its node step aside."""
 
-    def __init__(self, settings: Settings, plan: JobPlan, board=None, priority: HelperPriority = NO_DEMOTION):
-        configure_logging(settings.logging.level, settings.logging.json_format)
+    def __init__(self, logs: LoggingSettings, spec: EngineSpec, board=None, priority: HelperPriority = NO_DEMOTION):
+        configure_logging(logs.level, logs.json_format)
         self.board = board
         self.failure: Exception | None = None
         slot = os.environ.get(SLOT_ENV)
         try:
-            embedder = VllmEmbedder(plan.engine, int(slot) if slot else None)
+            embedder = VllmEmbedder(spec, int(slot) if slot else None)
         except Exception as exc:  # noqa: BLE001 - raised by each call instead: an actor that fails to start dies
             self.failure = exc  # with a message only, and the run's error would lose what the engine said
             return
@@ -211,14 +211,14 @@ def _write(batch: pa.Table, writer: ChunkWriter, priority: HelperPriority) -> pa
 
 
 def read_documents(
-    settings: Settings, fs: pafs.FileSystem, shards: list[Shard], priority: HelperPriority = NO_DEMOTION
+    source: InputSettings, fs: pafs.FileSystem, shards: list[Shard], priority: HelperPriority = NO_DEMOTION
 ) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
-    pieces = split_pieces(shards, fs, settings.input.piece_bytes, priority)
+    pieces = split_pieces(shards, fs, source.piece_bytes, priority)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
-        fn_kwargs={"reader": PieceReader(fs, settings.input), "priority": priority},
+        fn_kwargs={"reader": PieceReader(fs, source), "priority": priority},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=0.5,
@@ -256,7 +256,7 @@ class Engines:
 
 @contextmanager
 def engine_actors(
-    settings: Settings, plan: JobPlan, board=None, priority: HelperPriority = NO_DEMOTION
+    plan: JobPlan, logs: LoggingSettings, board=None, priority: HelperPriority = NO_DEMOTION
 ) -> Iterator[Engines]:
     """Start the run's engines now: one bundle per engine, spread over nodes (one per node before two on one) and
     reserved before any task of the run can take the room, and one engine actor in each, with its slot among the
@@ -264,7 +264,7 @@ def engine_actors(
     run starts; they and their bundles are released at the end."""
     bundle = {"CPU": engine_cpus(plan)}
     if plan.engine.device == "cuda":
-        bundle["GPU"] = settings.model.tensor_parallel_size / plan.engine.engines_per_device
+        bundle["GPU"] = plan.engine.tensor_parallel_size / plan.engine.engines_per_device
     group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
     ray.get(group.ready())
     nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
@@ -278,7 +278,7 @@ def engine_actors(
             max_task_retries=ENGINE_RESTARTS,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
             runtime_env={"env_vars": {SLOT_ENV: str(slots[i] % plan.engine.engines_per_device)}},
-        ).remote(settings, plan, board, priority)
+        ).remote(logs, plan.engine, board, priority)
         for i in range(plan.actors)
     ]
     try:
@@ -312,7 +312,7 @@ def build_dataset(
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     _, cpus = cluster_resources()
-    docs = read_documents(settings, fs, shards, priority)
+    docs = read_documents(settings.input, fs, shards, priority)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
@@ -334,7 +334,7 @@ def build_dataset(
     )
     chunks = planned.map_batches(
         ChunkActor,
-        fn_constructor_kwargs={"settings": settings, "plan": plan, "tokenizer": tokenizer, "board": board},
+        fn_constructor_kwargs={"logs": settings.logging, "chunk": plan.chunk, "tokenizer": tokenizer, "board": board},
         batch_size=64,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
@@ -372,7 +372,7 @@ def joins_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
 
 
-def start_ray(settings: Settings) -> None:
+def start_ray(run: RunSettings) -> None:
     """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine. A local Ray keeps its
     workers' output (vLLM's messages among it) in its session's log files, not on the screen."""
     if ray.is_initialized():
@@ -388,14 +388,14 @@ def start_ray(settings: Settings) -> None:
         quiet_console()
         return
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    store_mb = settings.run.object_store_mb or min(2048, max(256, total_mb // 10))
+    store_mb = run.object_store_mb or min(2048, max(256, total_mb // 10))
     ray.init(
-        num_cpus=(settings.run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
+        num_cpus=(run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
         object_store_memory=store_mb * 2**20,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
-        _system_config={"worker_niceness": settings.run.worker_niceness, **LOCAL_RAY_CONFIG},
+        _system_config={"worker_niceness": run.worker_niceness, **LOCAL_RAY_CONFIG},
     )
     quiet_console()
 

@@ -28,7 +28,7 @@ def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:
         task = ray.get_runtime_context().get_task_id()
         return batch.select([s.DOC_ID, s.LINE, s.REJECT_REASON]).append_column("task", pa.array([task] * len(batch)))
 
-    refs = read_documents(settings, fs, shards).map_batches(tag, batch_format="pyarrow").to_arrow_refs()
+    refs = read_documents(settings.input, fs, shards).map_batches(tag, batch_format="pyarrow").to_arrow_refs()
     table = pa.concat_tables(ray.get(refs))
     return table, len(set(table.column("task").to_pylist()))
 

@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 from jobs.common import parse, run
 from pipeline.engine.query import read_built_with
 from pipeline.schema import RUN_KIND_INDEX
-from pipeline.store.lance_store import LanceStore, new_run_id
+from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import maintain_store
+from pipeline.store.runs import new_run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     run_id, started, started_at = new_run_id(), time.perf_counter(), datetime.now(timezone.utc)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         built = read_built_with(store)
-        store.start_run(run_id, RUN_KIND_INDEX, started_at, model=built.model_id)
+        store.run_log.start(run_id, RUN_KIND_INDEX, started_at, model=built.model_id)
         values = {"status": "failed"}
         try:
             report = maintain_store(
@@ -46,7 +47,7 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         finally:
             wall_s = time.perf_counter() - started
             finished = {**values, "finished_at": datetime.now(timezone.utc), "wall_s": wall_s}
-            store.finish_run(run_id, finished, failing="error" in values)
+            store.run_log.finish(run_id, finished, failing="error" in values)
     print("\n".join(report.lines()))
     print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
     return 0

@@ -34,10 +34,11 @@ from pipeline.stages.documents import Shard
 from pipeline.stages.sources import list_shards
 from pipeline.stages.tokenizer import FastTokenizer, load_tokenizer
 from pipeline.stats import STAGE_LABELS, RunTotals
-from pipeline.store.lance_store import LanceStore, new_run_id
+from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import MaintenanceReport, maintain_store
 from pipeline.store.run_commit import RunCommitter, RunOutcome
+from pipeline.store.runs import new_run_id
 
 log = structlog.get_logger(__name__)
 PROGRESS_EVERY_S = 15.0
@@ -144,7 +145,7 @@ def run_ingest(settings: Settings) -> RunResult:
             engines = run_scope.enter_context(ray_stages.engine_actors(plan, settings.logging, board, priority))
             tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
             metadata = _table_metadata(plan)
-            store.start_run(
+            store.run_log.start(
                 run_id,
                 RUN_KIND_INGEST,
                 started_at,
@@ -193,7 +194,7 @@ def run_ingest(settings: Settings) -> RunResult:
             finally:
                 outcome = outcome or committer.outcome()
                 result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-                store.finish_run(
+                store.run_log.finish(
                     run_id, _finish_values(result, committer.engine_info, error), failing=error is not None
                 )
                 log.info(

@@ -54,7 +54,7 @@ class VerifyReport:
 
 
 def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | None = None) -> VerifyReport:
-    run = store.latest_run(status=None)
+    run = store.run_log.latest(status=None)
     if run is None:
         msg = f"no ingestion run in {store.uri} (table prefix {store.names.runs[: -len('runs')]!r})"
         raise StoreError(msg)

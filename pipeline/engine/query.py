@@ -49,7 +49,7 @@ def read_built_with(store: LanceStore) -> BuiltWith:
         raise StoreError(msg)
     table = store.open_chunks()
     meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
-    run = store.latest_run()
+    run = store.run_log.latest()
     if run is None or not run["settings"]:
         msg = f"{store.uri} has no successful ingestion run to read the model and engine settings from"
         raise StoreError(msg)

@@ -1,12 +1,10 @@
-"""The LanceDB side: the four tables, the store lock, and where the chunks table lives. No ray or vllm imports."""
+"""The LanceDB side: the four tables, where the chunks table lives, and what it holds. No ray or vllm imports."""
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import lancedb
 import pyarrow as pa
@@ -16,14 +14,10 @@ from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.settings import StoreSettings, revealed
 from pipeline.store.chunk_writer import ChunkWriter
-from pipeline.store.sql import sql_str
+from pipeline.store.runs import RunLog
 from pipeline.store.stored_keys import StoredKeys
 
 log = structlog.get_logger(__name__)
-
-
-def new_run_id() -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -103,58 +97,10 @@ class LanceStore:
         else:
             self.db.create_table(name, rows)
 
-    def start_run(self, run_id: str, kind: str, started_at: datetime, **columns) -> None:
-        """The run's `runs` row, marked running from `started_at` (the moment its start-up is counted from)."""
-        row = {"run_id": run_id, "started_at": started_at, "status": "running", "kind": kind, **columns}
-        runs = self.table(self.names.runs, s.RUNS_SCHEMA)
-        # Only one run holds the store's lock, so any run still marked running died without finishing.
-        runs.update(where="status = 'running'", values={"status": "interrupted"})
-        runs.add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
-
-    def finish_run(self, run_id: str, values: dict, failing: bool = False) -> None:
-        """Record the run's end. A run that is `failing` keeps its own error: when the store cannot take the
-        record (often what failed), that is logged, and the row stays running until the next run marks it
-        interrupted."""
-        try:
-            self.table(self.names.runs, s.RUNS_SCHEMA).update(where=f"run_id = {sql_str(run_id)}", values=values)
-        except Exception as exc:
-            if not failing:
-                raise
-            log.error("run_not_recorded", run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:1000])
-
-    def last_ann_training(self) -> int | None:
-        """Rows the vector index was last trained on, from the newest maintenance record that (re)built it."""
-        runs = self._runs_with("maintenance")
-        if runs is None:
-            return None
-        rows = runs.search().where("maintenance IS NOT NULL").select(["started_at", "maintenance"]).limit(None)
-        for row in sorted(rows.to_list(), key=lambda r: r["started_at"], reverse=True):
-            for action in json.loads(row["maintenance"]).get("indexes", []):
-                if action["kind"] == "ann" and action["action"] in ("create", "retrain"):
-                    return action["params"].get("trained_rows")
-        return None
-
-    def latest_run(self, kind: str = s.RUN_KIND_INGEST, status: str | None = "succeeded") -> dict | None:
-        """The newest runs row of a kind; rows written before runs had kinds are ingestion runs. Read-only."""
-        runs = self._runs_with()
-        if runs is None:
-            return None
-        conditions = [f"status = {sql_str(status)}"] if status else []
-        if "kind" in runs.schema.names:
-            either_null = " OR kind IS NULL" if kind == s.RUN_KIND_INGEST else ""
-            conditions.append(f"(kind = {sql_str(kind)}{either_null})")
-        elif kind != s.RUN_KIND_INGEST:
-            return None
-        query = runs.search()
-        if conditions:
-            query = query.where(" AND ".join(conditions))
-        return max(query.limit(None).to_list(), key=lambda r: r["started_at"], default=None)
-
-    def _runs_with(self, *columns: str):
-        if not self.exists(self.names.runs):
-            return None
-        runs = self.db.open_table(self.names.runs)
-        return runs if all(c in runs.schema.names for c in columns) else None
+    @property
+    def run_log(self) -> RunLog:
+        """The runs table: one row per run, its settings, outcome and timings."""
+        return RunLog(self)
 
     @property
     def chunks_uri(self) -> str:

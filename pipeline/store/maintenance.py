@@ -118,7 +118,7 @@ def maintain_store(
     dim = chunks.schema.field(s.VECTOR).type.list_size
     report.metric, report.normalized = vector_facts(chunks, similarity)
     existing = indexes_by_column(chunks)
-    ann = _existing_ann(chunks, existing.get(s.VECTOR), store.last_ann_training())
+    ann = _existing_ann(chunks, existing.get(s.VECTOR), store.run_log.last_ann_training())
     actions = [plan_ann(rows, dim, report.metric, index, ann, force_ann), *plan_other_indexes(rows, existing, index)]
     for action in actions:
         seconds = _apply(chunks, action) if action.action in ("create", "retrain") else None

@@ -30,7 +30,7 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     settings["resolved"] = {"model_dir": str(minilm_path), "max_model_len": 512, "device": "cpu"}
     now = datetime.now(timezone.utc)
     for i, (status, kind) in enumerate([("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]):
-        store.start_run(
+        store.run_log.start(
             f"run-{i}", kind, now + timedelta(seconds=i), status=status, model=NAME, settings=json.dumps(settings)
         )
     return store

@@ -156,15 +156,15 @@ def test_a_failing_run_keeps_its_own_error_when_the_store_cannot_record_its_end(
     from pipeline.errors import StoreError
 
     store = LanceStore(str(tmp_path))
-    store.start_run("r1", "ingest", datetime.now(timezone.utc))
+    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
 
     def unreachable(*args, **kwargs):
         raise StoreError("the store is unreachable")
 
     monkeypatch.setattr(store, "table", unreachable)
-    store.finish_run("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
+    store.run_log.finish("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
     with pytest.raises(StoreError, match="unreachable"):
-        store.finish_run("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
+        store.run_log.finish("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
     monkeypatch.undo()
     [row] = store.table(store.names.runs, s.RUNS_SCHEMA).to_arrow().to_pylist()
     assert row["status"] == "running"  # until the next run marks it interrupted

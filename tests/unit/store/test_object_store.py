@@ -88,7 +88,7 @@ def test_store_on_s3_with_options_from_settings(s3_server, bucket):
     from pipeline.store.lance_store import LanceStore
 
     store = LanceStore(f"s3://{bucket}/lancedb", "t_", s3_server.options())
-    store.start_run("r1", "ingest", datetime.now(timezone.utc))
+    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
     store.ensure_side_tables()
     assert store.table(store.names.runs, s.RUNS_SCHEMA).count_rows() == 1
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]

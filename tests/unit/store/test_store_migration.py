@@ -27,6 +27,6 @@ def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
         (tmp_path / f"{name}.lance" / "_versions").mkdir(parents=True)  # what a kill mid-create leaves
     store = LanceStore(str(tmp_path))
     assert not store.exists("runs") and store.stored_keys() is None
-    store.start_run("r1", "ingest", datetime.now(timezone.utc))
+    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
     assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
     assert store.chunks_table(8, {"model": "m"}).count_rows() == 0

@@ -58,7 +58,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run_id}.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
     now = datetime.now(timezone.utc)
-    store.start_run(run_id, "ingest", now)
+    store.run_log.start(run_id, "ingest", now)
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
     chunker = Chunker(tokenizer, PLAN)
@@ -69,7 +69,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
 
 def maintain(store: LanceStore, run_id: str, index=INDEX, maintenance=KEEP_ALL, exclusive=True, **kw):
     report = maintain_store(store, index, maintenance, None, exclusive, **kw)
-    store.finish_run(run_id, {"status": "succeeded", "maintenance": report.to_json()})
+    store.run_log.finish(run_id, {"status": "succeeded", "maintenance": report.to_json()})
     return report
 
 
@@ -135,7 +135,7 @@ def test_new_rows_are_folded_into_the_indexes_and_growth_retrains(store, tokeniz
     retrained = next(a for a in maintain(store, "run-3", index=growth).indexes if a["kind"] == "ann")
     assert retrained["action"] == "retrain"
     assert retrained["params"]["trained_rows"] == chunks(store).count_rows()
-    assert store.last_ann_training() == chunks(store).count_rows()
+    assert store.run_log.last_ann_training() == chunks(store).count_rows()
 
 
 def test_without_exclusive_access_only_indexes_are_touched(store):

@@ -1,0 +1,89 @@
+"""The runs table: a row per run, marked running at its start and completed at its end, and what later runs and
+jobs read back from it (the latest successful ingestion, the vector index's last training). No ray or vllm."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import structlog
+
+from pipeline import schema as s
+from pipeline.store.sql import sql_str
+
+if TYPE_CHECKING:
+    from pipeline.store.lance_store import LanceStore
+
+log = structlog.get_logger(__name__)
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+class RunLog:
+    """The store's runs table."""
+
+    def __init__(self, store: LanceStore):
+        self.store = store
+
+    def start(self, run_id: str, kind: str, started_at: datetime, **columns) -> None:
+        """The run's `runs` row, marked running from `started_at` (the moment its start-up is counted from)."""
+        row = {"run_id": run_id, "started_at": started_at, "status": "running", "kind": kind, **columns}
+        runs = self._table()
+        # Only one run holds the store's lock, so any run still marked running died without finishing.
+        runs.update(where="status = 'running'", values={"status": "interrupted"})
+        runs.add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
+
+    def finish(self, run_id: str, values: dict, failing: bool = False) -> None:
+        """Record the run's end. A run that is `failing` keeps its own error: when the store cannot take the
+        record (often what failed), that is logged, and the row stays running until the next run marks it
+        interrupted."""
+        try:
+            self.store.table(self.store.names.runs, s.RUNS_SCHEMA).update(
+                where=f"run_id = {sql_str(run_id)}", values=values
+            )
+        except Exception as exc:
+            if not failing:
+                raise
+            log.error("run_not_recorded", run_id=run_id, error=f"{type(exc).__name__}: {exc}"[:1000])
+
+    def last_ann_training(self) -> int | None:
+        """Rows the vector index was last trained on, from the newest maintenance record that (re)built it."""
+        runs = self._runs_with("maintenance")
+        if runs is None:
+            return None
+        rows = runs.search().where("maintenance IS NOT NULL").select(["started_at", "maintenance"]).limit(None)
+        for row in sorted(rows.to_list(), key=lambda r: r["started_at"], reverse=True):
+            for action in json.loads(row["maintenance"]).get("indexes", []):
+                if action["kind"] == "ann" and action["action"] in ("create", "retrain"):
+                    return action["params"].get("trained_rows")
+        return None
+
+    def latest(self, kind: str = s.RUN_KIND_INGEST, status: str | None = "succeeded") -> dict | None:
+        """The newest runs row of a kind; rows written before runs had kinds are ingestion runs. Read-only."""
+        runs = self._runs_with()
+        if runs is None:
+            return None
+        conditions = [f"status = {sql_str(status)}"] if status else []
+        if "kind" in runs.schema.names:
+            either_null = " OR kind IS NULL" if kind == s.RUN_KIND_INGEST else ""
+            conditions.append(f"(kind = {sql_str(kind)}{either_null})")
+        elif kind != s.RUN_KIND_INGEST:
+            return None
+        query = runs.search()
+        if conditions:
+            query = query.where(" AND ".join(conditions))
+        return max(query.limit(None).to_list(), key=lambda r: r["started_at"], default=None)
+
+    def _table(self):
+        return self.store.table(self.store.names.runs, s.RUNS_SCHEMA)
+
+    def _runs_with(self, *columns: str):
+        if not self.store.exists(self.store.names.runs):
+            return None
+        runs = self.store.db.open_table(self.store.names.runs)
+        return runs if all(c in runs.schema.names for c in columns) else None

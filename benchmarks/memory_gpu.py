@@ -13,47 +13,12 @@ from __future__ import annotations
 import argparse
 import time
 
-SHAPES = {
-    "bert": (
-        "bert",
-        {
-            "vocab_size": 30522,
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "intermediate_size": 3072,
-            "max_position_embeddings": 2048,
-            "type_vocab_size": 2,
-        },
-    ),
-    "qwen3": (
-        "qwen3",
-        {
-            "vocab_size": 151669,
-            "hidden_size": 1024,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "intermediate_size": 3072,
-            "max_position_embeddings": 32768,
-            "tie_word_embeddings": True,
-        },
-    ),
-    "phi3v": (
-        "phi3",
-        {
-            "vocab_size": 32064,
-            "hidden_size": 3072,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "intermediate_size": 8192,
-            "max_position_embeddings": 131072,
-            "tie_word_embeddings": False,
-        },
-    ),
-}
+from tests.model_configs import BERT_BASE, PHI3V, QWEN3
+
+SHAPES = {"bert": {**BERT_BASE, "max_position_embeddings": 2048}, "qwen3": QWEN3, "phi3v": PHI3V}
+"""config.json of each shape; BERT with positions for 2,000-token sequences."""
+HF_MODEL_TYPES = {"phi3_v": "phi3"}
+"""transformers' text model for a model_type it has no class of its own for."""
 
 
 def main() -> None:
@@ -79,7 +44,9 @@ def main() -> None:
         f"{'plan A':>9}{'meas A':>9}{'ratio':>6} | {'fwd s':>7}{'TFLOP/s':>9}   (GiB)"
     )
     for name in args.shapes.split(","):
-        model_type, fields = SHAPES[name]
+        plan_config = SHAPES[name]
+        model_type = HF_MODEL_TYPES.get(plan_config["model_type"], plan_config["model_type"])
+        fields = {k: v for k, v in plan_config.items() if k not in ("model_type", "torch_dtype")}
         config = AutoConfig.for_model(model_type, **fields)
         torch.manual_seed(0)
         if on_gpu:
@@ -90,7 +57,6 @@ def main() -> None:
             torch.cuda.memory_allocated() if on_gpu else sum(p.numel() * p.element_size() for p in model.parameters())
         )
         n_params = sum(p.numel() for p in model.parameters())
-        plan_config = {**fields, "model_type": "phi3_v" if name == "phi3v" else model_type}
         for budget in (int(b) for b in args.budgets.split(",")):
             seqs = max(1, budget // args.seq_len)
             ids = torch.randint(0, fields["vocab_size"], (seqs, args.seq_len), device=device)

@@ -7,17 +7,7 @@ from benchmarks.metrics import Point, diagnose, efficiency, flops_per_token, mfu
 from benchmarks.runner import sweep_settings
 from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
-
-BERT_BASE = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "max_position_embeddings": 512,
-    "type_vocab_size": 2,
-}
+from tests.model_configs import BERT_BASE
 
 
 def test_flops_per_token_is_two_per_matmul_weight_plus_attention():

@@ -87,8 +87,9 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
 
     chunk_ids = run_chunks.column(s.CHUNK_ID).to_pylist()
     picked = _read_chunks(store, random.Random(seed).sample(chunk_ids, min(sample, len(chunk_ids))))
-    tokenizer = load_tokenizer(model_dir)
-    reference = ReferenceEmbedder(ModelDir.read(model_dir))
+    model = ModelDir.read(model_dir)
+    tokenizer = load_tokenizer(model.path)
+    reference = ReferenceEmbedder(model)
     cosines, mismatches, found_first = [], 0, 0
     for row in picked:
         ids = tokenizer.with_special_tokens(tokenizer.encode(row[s.TEXT])[0])

@@ -24,7 +24,6 @@ class ReferenceEmbedder:
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars on a query's stderr
         self.torch = torch
-        self.model_dir = model.path
         self.model = AutoModel.from_pretrained(
             str(model.path), local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch.float32
         ).eval()

@@ -86,13 +86,13 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
 def engine_kwargs(spec: EngineSpec) -> dict:
     """vllm.LLM / `vllm serve` engine arguments besides the model: the pipeline's engines and every benchmark
     baseline are built from this one dict."""
+    sharing = spec.engines_per_device if spec.device == "cuda" else 1
     return {
         "max_model_len": spec.max_model_len,
         "max_num_batched_tokens": spec.max_num_batched_tokens,
         "tensor_parallel_size": spec.tensor_parallel_size,
         # vLLM reads the fraction as of the whole device: engines sharing one split it.
-        "gpu_memory_utilization": spec.gpu_memory_utilization
-        / (spec.engines_per_device if spec.device == "cuda" else 1),
+        "gpu_memory_utilization": spec.gpu_memory_utilization / sharing,
         "dtype": spec.dtype,
         "enforce_eager": spec.enforce_eager,
         "trust_remote_code": spec.trust_remote_code,

@@ -99,15 +99,7 @@ def place_engines(
         raise ConfigError(msg)
     fitting = None
     if device == "cuda" and device_memory_bytes:
-        request = PlanRequest(
-            dtype=m.dtype,
-            max_model_len=lengths.max_model_len,
-            max_num_batched_tokens=m.max_num_batched_tokens,
-            tensor_parallel_size=m.tensor_parallel_size,
-            gpu_memory_utilization=m.gpu_memory_utilization,
-            device=device,
-            device_memory_bytes=device_memory_bytes,
-        )
+        request = _memory_request(settings, lengths.max_model_len, device, device_memory_bytes)
         fitting = engines_that_fit(lengths.model.config, request, lengths.model.path)
     r = settings.run
     share = choose_engines_per_device(
@@ -227,19 +219,33 @@ def needs_long_len(allowed: bool, limits: ModelLimits, max_model_len: int) -> bo
     return allowed or serving_cap
 
 
+def _memory_request(
+    settings: Settings, max_model_len: int, device: str, device_memory_bytes: int | None, **more
+) -> PlanRequest:
+    """What the memory planner is asked for an engine of these settings at `max_model_len` on `device`."""
+    m = settings.model
+    return PlanRequest(
+        dtype=m.dtype,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=m.max_num_batched_tokens,
+        tensor_parallel_size=m.tensor_parallel_size,
+        gpu_memory_utilization=m.gpu_memory_utilization,
+        device=device,
+        device_memory_bytes=device_memory_bytes,
+        **more,
+    )
+
+
 def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | None) -> MemoryPlan:
     """The memory planner's verdict for this job; ConfigError, with its advice, when the model cannot fit."""
     m = settings.model
     on_cpu = plan.engine.device == "cpu"
-    request = PlanRequest(
-        dtype=m.dtype,
-        max_model_len=plan.engine.max_model_len,
-        max_num_batched_tokens=m.max_num_batched_tokens,
-        tensor_parallel_size=m.tensor_parallel_size,
+    request = _memory_request(
+        settings,
+        plan.engine.max_model_len,
+        plan.engine.device,
+        device_memory_bytes,
         engines_per_device=plan.actors if on_cpu else plan.engine.engines_per_device,
-        gpu_memory_utilization=m.gpu_memory_utilization,
-        device=plan.engine.device,
-        device_memory_bytes=device_memory_bytes,
         chunk_tokens=plan.chunk.max_tokens,
         batch_rows=settings.run.batch_rows,
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.plan.job import plan_job
+from pipeline.plan.job import place_engines, plan_job, plan_lengths
 from pipeline.settings import Settings
 
 
@@ -151,3 +151,21 @@ def test_chunk_room_counts_the_tokenizers_special_tokens(minilm_path):
     assert plan_job(settings(minilm_path, chunk=chunk), num_special_tokens=1, gpus=0, cpus=2).chunk.max_tokens == 200
     with pytest.raises(ConfigError, match=r"overlap_tokens=99 leaves no room: chunks hold 198 tokens besides the 2 "):
         plan_job(settings(minilm_path, chunk=chunk), num_special_tokens=2, gpus=0, cpus=2)
+
+
+def test_engines_share_a_gpu_as_the_memory_planner_fits_them(minilm_path):
+    from pipeline.plan.memory import PlanRequest, engines_that_fit
+
+    settings = Settings(
+        model={"path": str(minilm_path), "gpu_memory_utilization": 0.5}, run={"max_engines_per_device": 64}
+    )
+    lengths = plan_lengths(settings)
+    fit = engines_that_fit(
+        lengths.model.config,
+        PlanRequest(max_model_len=lengths.max_model_len, gpu_memory_utilization=0.5, device_memory_bytes=8 * 2**30),
+        lengths.model.path,
+    )
+    plan = place_engines(settings, lengths, gpus=1, cpus=8, device_memory_bytes=8 * 2**30)
+    assert plan.engine.device == "cuda" and plan.engine.engines_per_device == plan.actors == fit > 1
+    small = place_engines(settings, lengths, gpus=1, cpus=8, device_memory_bytes=2 * 2**30)
+    assert 1 <= small.engine.engines_per_device < fit

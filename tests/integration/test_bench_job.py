@@ -5,17 +5,15 @@ bench table must agree with the runs and batches rows of the same run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import lancedb
 import pyarrow.compute as pc
 import pytest
 
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +23,9 @@ def bench(tmp_path_factory, sample_texts):
     corpus.mkdir()
     lines = [json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(sample_texts[:10])]
     (corpus / "docs.jsonl").write_text("\n".join(lines) + "\n")
-    env = {
-        **os.environ,
-        "EMBEDPIPE_RUN__NUM_CPUS": "2",
-        "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    }
-    env.pop("RAY_ADDRESS", None)
-    args = [
-        sys.executable,
-        "-m",
+    env = job_env(**SMALL_RAY)
+    args = job_command(
         "jobs.bench",
-        "--config",
-        "conf/bench.toml",
         "--inputs",
         str(corpus),
         "--db",
@@ -54,7 +42,8 @@ def bench(tmp_path_factory, sample_texts):
         "16",
         "--bench.engines-per-device",
         "[1]",
-    ]
+        config="conf/bench.toml",
+    )
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, proc

@@ -18,8 +18,9 @@ import lancedb
 import pytest
 import yaml
 
+from tests.job_process import REPO, job_env
+
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
 BUCKET = "embedpipe-demo"
 BIN = Path(sys.executable).parent
 
@@ -66,14 +67,9 @@ def stop_cluster(temp_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3_server):
     temp_dir = Path("/tmp") / f"ray-it-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    env = {
-        **os.environ,
-        **s3_server.env(),
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "token",
-    }
-    env.pop("RAY_ADDRESS", None)
+    env = job_env(
+        **s3_server.env(), PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token"
+    )
     port, dashboard = free_port(), free_port(8300, 8999)
     common = ["--num-cpus", "2", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir)]
     try:

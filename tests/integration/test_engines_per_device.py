@@ -4,9 +4,7 @@ and every batch row names the engine (and cores) that embedded it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import lancedb
@@ -14,20 +12,15 @@ import numpy as np
 import pytest
 
 from pipeline import schema as s
+from tests.job_process import REPO, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def ingest(corpus: Path, db: Path, *extra: str) -> lancedb.DBConnection:
-    env = {**os.environ, "EMBEDPIPE_RUN__NUM_CPUS": "2", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    args = [
-        sys.executable,
-        "-m",
+    env = job_env(EMBEDPIPE_RUN__NUM_CPUS="2", RAY_DATA_DISABLE_PROGRESS_BARS="1")
+    args = job_command(
         "jobs.ingest",
-        "--config",
-        "conf/local.toml",
         "--inputs",
         str(corpus),
         "--db",
@@ -36,7 +29,7 @@ def ingest(corpus: Path, db: Path, *extra: str) -> lancedb.DBConnection:
         "--run.batch-rows",
         "8",
         *extra,
-    ]
+    )
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return lancedb.connect(str(db))

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import lancedb
 import pyarrow as pa
@@ -20,9 +17,9 @@ import pytest
 from pipeline import schema as s
 from pipeline.checks.verify import verify_run
 from pipeline.store.lance_store import LanceStore
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -59,31 +56,11 @@ def corpus(tmp_path_factory, sample_texts):
 def run(corpus, tmp_path_factory):
     root, _ = corpus
     db = tmp_path_factory.mktemp("db") / "lancedb"
-    env = {
-        **os.environ,
-        "EMBEDPIPE_RUN__NUM_CPUS": "2",
-        "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    }
-    env.pop("RAY_ADDRESS", None)
+    args = ("--inputs", str(root), "--db", str(db), "--run.batch-rows", "16", "--run.commit-rows", "100")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.ingest",
-            "--config",
-            "conf/local.toml",
-            "--inputs",
-            str(root),
-            "--db",
-            str(db),
-            "--run.batch-rows",
-            "16",
-            "--run.commit-rows",
-            "100",
-        ],
+        job_command("jobs.ingest", *args),
         cwd=REPO,
-        env=env,
+        env=job_env(**SMALL_RAY),
         capture_output=True,
         text=True,
         timeout=900,

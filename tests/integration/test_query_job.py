@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -21,20 +20,16 @@ from pipeline.engine.reference import cosine
 from pipeline.errors import ConfigError
 from pipeline.settings import ModelSettings
 from pipeline.store.lance_store import LanceStore
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    "EMBEDPIPE_RUN__NUM_CPUS": "2",
-    "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-}
+ENV = job_env(**SMALL_RAY)
 
 
 def job(module: str, *args: str, db: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", module, "--config", "conf/local.toml", "--db", str(db), *args]
-    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        job_command(module, "--db", str(db), *args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ingest(inputs: Path, db: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,9 @@ import pytest
 
 from pipeline import schema as s
 from pipeline.stages.doc_plan import KEY_COLUMNS, complete_documents
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
-REPO = Path(__file__).resolve().parents[2]
 DOCS = 120
 
 
@@ -28,12 +27,8 @@ class IngestProcess:
     """`python -m jobs.ingest` in its own process, its JSON log events collected as they come."""
 
     def __init__(self, model: Path, inputs: Path, db: Path, *extra: str):
-        args = [
-            sys.executable,
-            "-m",
+        args = job_command(
             "jobs.ingest",
-            "--config",
-            "conf/local.toml",
             "--model-path",
             str(model),
             "--model.name",
@@ -55,14 +50,8 @@ class IngestProcess:
             "--logging.json-format",
             "true",
             *extra,
-        ]
-        env = {
-            **os.environ,
-            "EMBEDPIPE_RUN__NUM_CPUS": "2",
-            "EMBEDPIPE_RUN__OBJECT_STORE_MB": "256",
-            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-        }
-        env.pop("RAY_ADDRESS", None)
+        )
+        env = job_env(**SMALL_RAY)
         self.events: list[dict] = []
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(

@@ -9,13 +9,12 @@ import pty
 import re
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.job_process import REPO, job_command, job_env
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 DOCS = 80
@@ -53,20 +52,10 @@ def test_a_terminal_run_shows_live_progress_and_keeps_engine_messages_off_screen
         for i in range(DOCS):
             f.write(json.dumps({"id": f"d{i}", "text": " ".join(words[(i + j) % len(words)] for j in range(900))}))
             f.write("\n")
-    env = {**os.environ, "TERM": "xterm", "EMBEDPIPE_RUN__NUM_CPUS": "2"}
-    env.pop("RAY_ADDRESS", None)
-    args = [
-        sys.executable,
-        "-m",
-        "jobs.ingest",
-        "--config",
-        "conf/local.toml",
-        "--inputs",
-        str(corpus),
-        "--store.uri",
-        str(tmp_path / "db"),
-        "--no-index.after-run",
-    ]
+    env = job_env(TERM="xterm", EMBEDPIPE_RUN__NUM_CPUS="2")
+    args = job_command(
+        "jobs.ingest", "--inputs", str(corpus), "--store.uri", str(tmp_path / "db"), "--no-index.after-run"
+    )
     code, screen = run_on_a_terminal(args, env)
     assert code == 0, screen[-3000:]
     redraws = [line for line in screen.split("\r\x1b[2K") if "ETA" in line]

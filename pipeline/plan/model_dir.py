@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.plan.model_params import ModelShape, shape_from_config, usable_positions
+from pipeline.plan.model_params import ModelShape, shape_from_config, text_config, usable_positions
 
 PACKAGE_PREFIX = "package:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
@@ -126,8 +126,7 @@ class ModelDir:
 
     @property
     def text_config(self) -> dict:
-        """The text model's part of config.json (multimodal configs nest one)."""
-        return self.config.get("text_config") or self.config
+        return text_config(self.config)
 
     @cached_property
     def shape(self) -> ModelShape:
@@ -167,14 +166,14 @@ def _similarity(path: Path) -> str | None:
 
 
 def _limits(path: Path, config: dict) -> ModelLimits:
-    text_config = config.get("text_config") or config
+    text = text_config(config)
     serving = _optional_json(path / "sentence_bert_config.json").get("max_seq_length")
     stated = _optional_json(path / "tokenizer_config.json").get("model_max_length")
     return ModelLimits(
         model_type=str(config.get("model_type", "unknown")),
         position_limit=usable_positions(config),
         serving_limit=int(serving) if serving else None,
-        hidden_size=text_config.get("hidden_size") or text_config.get("d_model"),
+        hidden_size=text.get("hidden_size") or text.get("d_model"),
         tokenizer_limit=int(stated) if isinstance(stated, int | float) and 0 < stated < 10**7 else None,
     )
 

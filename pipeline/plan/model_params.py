@@ -66,9 +66,14 @@ class ModelShape:
         return self.num_kv_heads * self.head_dim
 
 
+def text_config(config: dict) -> dict:
+    """The text model's part of a config.json (multimodal configs nest one as text_config)."""
+    return config.get("text_config") or config
+
+
 def usable_positions(config: dict) -> int | None:
     """Longest sequence the model's positions allow; RoBERTa-family tables start after padding_idx + 1 rows."""
-    text = config.get("text_config") or config
+    text = text_config(config)
     positions = text.get("max_position_embeddings") or text.get("n_positions")
     if not positions:
         return None
@@ -78,7 +83,7 @@ def usable_positions(config: dict) -> int | None:
 
 
 def shape_from_config(config: dict) -> ModelShape:
-    text = config.get("text_config") or config
+    text = text_config(config)
     model_type = str(config.get("model_type", "unknown"))
     kind = "encoder" if model_type in ENCODER_TYPES else "decoder"
     hidden = int(text["hidden_size"])

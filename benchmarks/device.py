@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.metrics import flops_per_token
 from pipeline.engine.vllm import EngineSpec
+from pipeline.plan.compute import flops_per_token
 from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.model_params import ModelShape
 
@@ -42,7 +42,7 @@ def measure_device(spec: EngineSpec, shape: ModelShape, seq_len: int, tokens: in
 
 def engine_dtype(spec: EngineSpec, shape: ModelShape) -> str:
     """The dtype the engine computes in, as the memory planner resolves it (a float16 checkpoint stays float16)."""
-    return resolve_dtype(spec.dtype, shape, spec.device)
+    return resolve_dtype(spec.dtype, shape)
 
 
 def _measure(spec: EngineSpec, shape: ModelShape, seq_len: int, tokens: int) -> DeviceFigures:

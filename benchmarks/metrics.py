@@ -1,37 +1,12 @@
-"""Throughput arithmetic and the diagnosis: pure functions over measured points. No ray, vllm or torch.
-
-FLOPs per token follow the usual forward-pass count: 2 per weight of every matrix a token passes through
-(attention projections and MLP; embedding lookups are free), plus attention itself, QK^T and AV at 2 x L x q
-each per layer for a sequence of L tokens (half of that on average for causal attention).
-"""
+"""Throughput arithmetic and the diagnosis: pure functions over measured points. No ray, vllm or torch. FLOPs per
+token and device peaks come from the planner (pipeline/plan/compute.py), which places engines by them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.plan.model_params import ModelShape, params_from_shape
 from pipeline.stats import STAGE_LABELS, STAGES
-
-PEAK_TFLOPS_16BIT = {
-    "H200": 989.0,
-    "H100 SXM": 989.0,
-    "H100 NVL": 835.0,
-    "H100 PCIE": 756.0,
-    "H100": 989.0,
-    "GH200": 989.0,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L40": 181.0,
-    "L4": 121.0,
-    "A10G": 70.0,
-    "A10": 125.0,
-    "T4": 65.0,
-    "V100": 125.0,
-}
-"""Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, in TFLOP/s. Longer names
-first where one contains another; looked up by substring of the device name."""
 
 SAMPLE_VECTORS = 32
 """Vectors each runner returns for the cross-check against the bare engine's (first chunks of the corpus)."""
@@ -43,31 +18,6 @@ ENGINE_BUSY_FLOOR = 0.85
 """Below this share of the steady window spent in the engine, the run is bound outside it."""
 FLAT_SPREAD = 0.05
 """Tokens/s that varies less than this across a sweep is "the same" (the machine's noise is about this size)."""
-
-
-def peak_tflops(device_name: str | None, dtype: str, override: float | None = None) -> tuple[float | None, str]:
-    """The device's peak for MFU and where it came from."""
-    if override:
-        return override, "bench.peak_tflops"
-    if not device_name or dtype not in ("bfloat16", "float16", "auto"):
-        return None, "no known peak (set bench.peak_tflops)"
-    name = device_name.upper()
-    for key, value in PEAK_TFLOPS_16BIT.items():
-        if key in name:
-            return value, f"data sheet, {key} 16-bit dense"
-    return None, f"{device_name} is not in the peak table (set bench.peak_tflops)"
-
-
-def flops_per_token(shape: ModelShape, lengths: Sequence[int]) -> float:
-    """Average forward FLOPs per token over chunks of these lengths (longer chunks weigh more per token)."""
-    counts = params_from_shape(shape, pooler=False)
-    matmul = counts["attention"] + counts["mlp"]
-    tokens = sum(lengths)
-    if tokens == 0:
-        return 0.0
-    weighted_len = sum(n * n for n in lengths) / tokens
-    per_layer = 4 * shape.q_size * weighted_len * (0.5 if shape.kind == "decoder" else 1.0)
-    return 2.0 * matmul + shape.num_layers * per_layer
 
 
 @dataclass(frozen=True)

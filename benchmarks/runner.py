@@ -19,12 +19,15 @@ import structlog
 from benchmarks import corpus
 from benchmarks.cpu_use import CpuSampler, cpu_by_role
 from benchmarks.device import DeviceFigures, measure_device
-from benchmarks.metrics import Point, flops_per_token, peak_tflops
+from benchmarks.metrics import Point
 from benchmarks.settings import BenchJobSettings, BenchSettings
 from pipeline import schema as s
 from pipeline.errors import PipelineError
 from pipeline.ingest import checked_tokenizer, run_ingest
+from pipeline.plan.compute import flops_per_token, peak_tflops
 from pipeline.plan.job import JobPlan, place_engines, plan_lengths
+from pipeline.plan.placement import Cluster
+from pipeline.runtime.devices import read_node_devices
 from pipeline.settings import Settings, core_settings
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
@@ -106,17 +109,14 @@ def engine_plan(settings: Settings) -> JobPlan:
     lengths = plan_lengths(settings)
     checked_tokenizer(settings, lengths)
     cpus = settings.run.num_cpus or os.cpu_count() or 1
-    gpus = {"cpu": 0.0, "cuda": max(_gpus(), settings.model.tensor_parallel_size)}.get(settings.model.device, _gpus())
-    return place_engines(settings, lengths, gpus, cpus)
-
-
-def _gpus() -> float:
-    try:
-        import torch
-
-        return float(torch.cuda.device_count())
-    except ImportError:
-        return 0.0
+    devices = read_node_devices()
+    gpus = {"cpu": 0, "cuda": max(devices.gpu_count, settings.model.tensor_parallel_size)}.get(
+        settings.model.device, devices.gpu_count
+    )
+    cluster = Cluster.one_node(
+        gpus, cpus, gpu_name=devices.gpu_name, gpu_memory_bytes=devices.gpu_memory_bytes, host_memory_bytes=None
+    )
+    return place_engines(settings, lengths, cluster)
 
 
 def run_bench(settings: BenchJobSettings) -> BenchResult:
@@ -142,7 +142,10 @@ def run_bench(settings: BenchJobSettings) -> BenchResult:
         log.info("device_measured", **device.to_dict())
     dtype = device.dtype if device else spec.dtype
     peak, source = peak_tflops(
-        device.name if device and spec.device == "cuda" else None, dtype, settings.bench.peak_tflops
+        device.name if device and spec.device == "cuda" else None,
+        dtype,
+        settings.bench.peak_tflops,
+        "bench.peak_tflops",
     )
     result = BenchResult(
         bench_id,
@@ -266,10 +269,10 @@ def _stored_vectors(store: LanceStore, wanted: dict) -> dict[str, list[float]]:
 
 def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
     from benchmarks.ray_llm import run_ray_data_llm
-    from pipeline import ray_stages
+    from pipeline import ray_cluster
 
     try:
-        ray_stages.start_ray(settings.run)
+        ray_cluster.start_ray(settings.run)
         point, sample = run_ray_data_llm(spec, table, settings.run.batch_rows, store, name, settings.run.commit_rows)
     except Exception as exc:
         log.exception("baseline_failed", baseline="ray_data_llm")
@@ -318,10 +321,10 @@ def _failed(kind: str, label: str, settings: Settings, exc: BaseException) -> Po
 
 
 def _start_ray(settings: Settings) -> float:
-    from pipeline import ray_stages
+    from pipeline import ray_cluster
 
     started = time.perf_counter()
-    ray_stages.start_ray(settings.run)
+    ray_cluster.start_ray(settings.run)
     return time.perf_counter() - started
 
 

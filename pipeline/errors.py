@@ -31,3 +31,7 @@ class InputRejected(PipelineError):
 
 class StoreBusyError(StoreError, Refusal):
     """Another run holds the store's lock; nothing was started."""
+
+
+class PlacementError(PipelineError):
+    """Ray could not place the engines within the run's bound; nothing was embedded."""

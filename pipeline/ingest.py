@@ -1,4 +1,5 @@
-"""The ingestion run: plan, read, chunk, embed, write, account. Ray is reached only through ray_stages."""
+"""The ingestion run: plan, read, chunk, embed, write, account. Ray is reached only through ray_cluster (the cluster),
+ray_engines (the engines) and ray_stages (the dataset)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,9 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
-from pipeline.plan.job import (
-    JobPlan,
-    LengthPlan,
-    check_chunk_room,
-    check_memory,
-    place_engines,
-    plan_lengths,
-    resolve_device,
-)
-from pipeline.plan.memory import GIB, MemoryPlan, detect_device_memory
+from pipeline.plan.job import JobPlan, LengthPlan, check_chunk_room, check_memory, place_engines, plan_lengths
+from pipeline.plan.memory import MemoryPlan
+from pipeline.plan.placement import engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
@@ -99,7 +93,8 @@ def checked_tokenizer(settings: Settings, lengths: LengthPlan) -> FastTokenizer:
 
 
 def run_ingest(settings: Settings) -> RunResult:
-    from pipeline import ray_stages  # keeps ray out of imports of this module's callers that only plan
+    # keeps ray out of imports of this module's callers that only plan
+    from pipeline import ray_cluster, ray_engines, ray_stages
 
     started, started_at = time.perf_counter(), datetime.now(timezone.utc)
     fs, shards = list_shards(settings.input)
@@ -112,15 +107,20 @@ def run_ingest(settings: Settings) -> RunResult:
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
         loading = loader.submit(checked_tokenizer, settings, lengths)
         loader.shutdown(wait=False)
-        if ray_stages.joins_cluster():
+        if ray_cluster.joins_cluster():
             # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
             # directory; an import running beside it then fails (transformers resolves a path at import).
             loading.result()
-        ray_stages.start_ray(settings.run)
-        gpus, cpus = ray_stages.cluster_resources()
-        device_memory = device_memory_bytes(settings, resolve_device(settings.model.device, gpus))
-        plan = place_engines(settings, lengths, gpus, cpus, device_memory)
-        memory = check_memory(settings, plan, device_memory)
+        ray_cluster.start_ray(settings.run)
+        cluster = ray_cluster.cluster_inventory()
+        if settings.model.device == "cuda":
+            m = settings.model
+            bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
+            cluster = ray_cluster.wait_for_gpu_nodes(
+                cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s
+            )
+        plan = place_engines(settings, lengths, cluster)
+        memory = check_memory(settings, plan)
         for note in plan.notes:
             log.warning("setting_adjusted", note=note)
         for warning in memory.warnings:
@@ -132,17 +132,21 @@ def run_ingest(settings: Settings) -> RunResult:
             device=plan.engine.device,
             actors=plan.actors,
             engines_per_device=plan.engine.engines_per_device,
+            bundle=plan.placement.bundle,
+            nodes=cluster.describe(),
             max_model_len=plan.engine.max_model_len,
             max_num_batched_tokens=settings.model.max_num_batched_tokens,
             chunk_tokens=plan.chunk.max_tokens,
-            logs=ray_stages.logs_dir(),
+            logs=ray_cluster.logs_dir(),
         )
         stored_dim = store.check_chunks_table(plan.model_id)
         priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
         with ExitStack() as run_scope:
             board = run_scope.enter_context(ray_stages.progress_board())
             # The engines start loading now, while the store is read and Ray Data starts, reads and chunks.
-            engines = run_scope.enter_context(ray_stages.engine_actors(plan, settings.logging, board, priority))
+            engines = run_scope.enter_context(
+                ray_engines.engine_actors(plan, settings.logging, settings.run, cluster, board, priority)
+            )
             tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
             metadata = _table_metadata(plan)
             store.run_log.start(
@@ -239,13 +243,6 @@ def _table_metadata(plan: JobPlan) -> dict:
     }
 
 
-def device_memory_bytes(settings: Settings, device: str) -> int | None:
-    """Memory one engine's device has: the setting, else what this machine can tell."""
-    if settings.model.device_memory_gib:
-        return int(settings.model.device_memory_gib * GIB)
-    return detect_device_memory(device)
-
-
 def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
@@ -257,6 +254,9 @@ def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
         "device": plan.engine.device,
         "actors": plan.actors,
         "engines_per_device": plan.engine.engines_per_device,
+        "bundle": plan.placement.bundle,
+        "engines_per_node": plan.placement.per_node,
+        "device_memory_bytes": plan.device_memory_bytes,
         "cpu_threads": plan.engine.cpu_threads,
         "notes": plan.notes,
     }

@@ -104,10 +104,14 @@ class ModelSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' uses GPUs when the Ray cluster has them, else vLLM's CPU backend."""
     device_memory_gib: float | None = Field(default=None, gt=0)
-    """Memory of one GPU, for the fit check before launch. Unset: host memory on the CPU backend; on GPUs the
-    check is skipped (with a warning) unless the driver itself sees a GPU."""
+    """Memory of one GPU, for the fit check and the engines per GPU. Unset: read on the GPU nodes by a probe
+    (nvidia-smi, never CUDA in the driver), host memory on the CPU backend; where no probe can read it the check is
+    skipped with a warning and each GPU gets one engine."""
     cpu_threads: int | None = Field(default=None, ge=1)
     """CPU backend: threads per engine. Unset: the machine's cores divided among the actors."""
+    embedder: str = "vllm"
+    """What hosts each engine: 'vllm', or 'module:Class' naming a class built as Class(spec, slot) with the
+    embed/info interface of pipeline.stages.embed.Embedder (tests place a stand-in on a cluster without GPUs)."""
 
 
 class ChunkSettings(Section):
@@ -135,10 +139,17 @@ class RunSettings(Section):
     engines_per_device on a machine without GPUs."""
     engines_per_device: int | None = Field(default=None, ge=1)
     """Engines sharing one GPU (each gets 1/n of it and of gpu_memory_utilization) or one CPU node (each bound
-    to its own cores). Unset: on GPUs as many as the memory planner fits, at most max_engines_per_device; on
-    CPUs one."""
+    to its own cores). Unset: on GPUs one, unless the model's forward pass at max_num_batched_tokens is too short
+    to keep the GPU busy (a small model), then as many as fill it that fit in memory, at most
+    max_engines_per_device; with run.actors set, no more than the actors need; on CPUs one."""
     max_engines_per_device: int = Field(default=4, ge=1)
     """Cap on the engines per GPU that the planner chooses when engines_per_device is unset."""
+    placement_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest wait for Ray to place the engines (GPUs held by another job, nodes still joining, an autoscaler
+    adding GPU nodes); past it the run ends, naming what could not be placed."""
+    engine_start_timeout_s: float = Field(default=1200.0, gt=0)
+    """Longest an engine's start (loading weights, compiling, profiling memory) holds back the next engine on its
+    GPU; engines sharing a GPU start one after another."""
     chunk_actors: int = Field(default=1, ge=1)
     """Actors that parse and tokenize shards."""
     batch_rows: int = Field(default=64, ge=1)

@@ -32,3 +32,48 @@ class FakeEmbedder:
 
     def info(self) -> dict:
         return {"engine": "fake", "dim": self.dim}
+
+
+RECORDS_ENV = "EMBEDPIPE_TEST_ENGINE_RECORDS"
+"""Directory where RecordingEngine writes one JSON file per engine start (set on the cluster's nodes)."""
+
+
+class RecordingEngine(FakeEmbedder):
+    """A stand-in engine (model.embedder = "tests.fakes:RecordingEngine") for placement tests on a Ray cluster of
+    logical GPUs: FakeEmbedder's vectors at the model's dimension, and a record of what Ray gave the engine (its
+    node, GPU ids, CUDA_VISIBLE_DEVICES, the bundle resources it holds), the vLLM arguments it would have started
+    with, and when its start began and ended: a start that takes START_S, so starts that overlap show."""
+
+    START_S = 2.0
+
+    def __init__(self, spec, slot: int | None = None):
+        import json
+        import os
+        import time
+        from pathlib import Path
+
+        import ray
+
+        from pipeline.engine.vllm import engine_kwargs
+
+        began = time.time()
+        time.sleep(self.START_S)
+        context = ray.get_runtime_context()
+        config = json.loads((Path(spec.model_dir) / "config.json").read_text())
+        super().__init__(dim=config["hidden_size"])
+        record = {
+            "node": context.get_node_id(),
+            "gpu_ids": context.get_accelerator_ids().get("GPU", []),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "assigned": context.get_assigned_resources(),
+            "slot": slot,
+            "engine_kwargs": engine_kwargs(spec),
+            "began": began,
+            "ended": time.time(),
+            "pid": os.getpid(),
+        }
+        out = Path(os.environ[RECORDS_ENV]) / f"{os.getpid()}-{began:.6f}.json"
+        out.write_text(json.dumps(record))
+
+    def info(self) -> dict:
+        return {"engine": "recording", "dim": self.dim}

@@ -16,7 +16,9 @@ from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.engine.vllm import EngineSpec, VllmEmbedder
 from pipeline.errors import ConfigError, Refusal, StoreError
 from pipeline.plan.job import needs_long_len
+from pipeline.plan.memory import PlanRequest, query_memory_share
 from pipeline.plan.model_dir import ModelDir, similarity_at
+from pipeline.runtime.devices import read_node_devices
 from pipeline.settings import ModelSettings
 from pipeline.stages.tokenizer import Tokenizer, load_tokenizer
 from pipeline.store.lance_store import LanceStore
@@ -84,7 +86,9 @@ class QueryEngine:
 def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str = "WARNING") -> QueryEngine:
     """The engine settings of the table's last run, on the model the caller names (its settings' model.path),
     which must be the table's model: same fingerprint, or the same id for tables made before fingerprints.
-    The device is the caller's when set, else the run's."""
+    The engine runs where the query does: the caller's device, or for 'auto' this machine's GPU if it has one, else
+    its CPU; one GPU (tensor_parallel_size 1) and a memory share sized for a query engine, unless the caller sets
+    them."""
     try:
         model = ModelDir.read(caller.path, caller.name)
     except ConfigError as exc:
@@ -97,11 +101,18 @@ def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str 
     notes = []
     if str(model.path) != built.model_dir:
         notes.append(f"model {built.model_id!r} read from {model.path} (the run read it from {built.model_dir})")
-    device = caller.device if caller.device != "auto" else built.device
+    device = caller.device if caller.device != "auto" else ("cuda" if read_node_devices().gpu_count else "cpu")
     if device != built.device:
         notes.append(f"engine on {device}; the table was embedded on {built.device} (vectors agree to ~1e-3)")
     recorded = {k: v for k, v in built.model.items() if k in ModelSettings.model_fields}
-    settings = ModelSettings(**{**recorded, "path": caller.path, "device": device})
+    given = {
+        k: getattr(caller, k)
+        for k in ("tensor_parallel_size", "gpu_memory_utilization")
+        if k in caller.model_fields_set
+    }
+    settings = ModelSettings(**{**recorded, "tensor_parallel_size": 1, **given, "path": caller.path, "device": device})
+    if "gpu_memory_utilization" not in given:
+        settings = _query_sized(settings, model, built.max_model_len, notes)
     spec = EngineSpec.resolve(
         settings,
         device=device,
@@ -110,8 +121,29 @@ def query_engine(built: BuiltWith, caller: ModelSettings, engine_log_level: str 
         cpu_threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         allow_long_max_model_len=needs_long_len(settings.allow_long_max_model_len, model.limits, built.max_model_len),
         engine_log_level=engine_log_level,
+        language_model_only=model.multimodal,
     )
     return QueryEngine(spec, model, built.model_id, built.dim, notes)
+
+
+def _query_sized(settings: ModelSettings, model: ModelDir, max_model_len: int, notes: list[str]) -> ModelSettings:
+    """The settings with a memory share sized for one query engine on this machine's device, not the run's."""
+    devices = read_node_devices()
+    memory = devices.gpu_memory_bytes if settings.device == "cuda" else devices.host_memory_bytes
+    request = PlanRequest(
+        dtype=settings.dtype,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        device=settings.device,
+        device_memory_bytes=memory,
+    )
+    share = query_memory_share(model.config, request, model.path)
+    if share is None:
+        notes.append(
+            f"device memory unknown here: the engine takes {settings.gpu_memory_utilization} of it, as the run did"
+        )
+        return settings
+    return settings.model_copy(update={"gpu_memory_utilization": share})
 
 
 def check_same_model(built: BuiltWith, model: ModelDir) -> None:

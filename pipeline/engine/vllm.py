@@ -39,6 +39,11 @@ class EngineSpec:
     trust_remote_code: bool = False
     engines_per_device: int = 1
     """Engines sharing this engine's GPU or CPU node."""
+    language_model_only: bool = False
+    """The model has encoders besides the text one (vision, audio) that vLLM should not build: only token ids
+    are ever sent."""
+    embedder: str = "vllm"
+    """model.embedder: which class hosts the engine (see pipeline.engine.factory)."""
 
     @classmethod
     def resolve(cls, model: ModelSettings, *, device: str, **resolved) -> EngineSpec:
@@ -52,6 +57,7 @@ class EngineSpec:
             gpu_memory_utilization=model.gpu_memory_utilization,
             enforce_eager=eager(model.enforce_eager, device),
             trust_remote_code=model.trust_remote_code,
+            embedder=model.embedder,
             **resolved,
         )
 
@@ -72,6 +78,8 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
         if slot is not None and spec.engines_per_device > 1:
             cores = core_sets(_cores(), spec.engines_per_device)[slot]
             bind, threads = bind_spec(cores), len(cores)
+        if spec.tensor_parallel_size > 1:  # each rank is a process of its own: the OS places their threads
+            bind, threads = "nobind", max(1, spec.cpu_threads // spec.tensor_parallel_size)
         env |= {
             # vLLM 0.32's AOT compile artifacts fail to load on the CPU build ("'function' object has no attribute
             # 'finalize_loading'") and every start compiled again; the older compile cache loads.
@@ -87,10 +95,11 @@ def engine_kwargs(spec: EngineSpec) -> dict:
     """vllm.LLM / `vllm serve` engine arguments besides the model: the pipeline's engines and every benchmark
     baseline are built from this one dict."""
     sharing = spec.engines_per_device if spec.device == "cuda" else 1
-    return {
+    kwargs = {
         "max_model_len": spec.max_model_len,
         "max_num_batched_tokens": spec.max_num_batched_tokens,
         "tensor_parallel_size": spec.tensor_parallel_size,
+        "distributed_executor_backend": executor_backend(spec.tensor_parallel_size),
         # vLLM reads the fraction as of the whole device: engines sharing one split it.
         "gpu_memory_utilization": spec.gpu_memory_utilization / sharing,
         "dtype": spec.dtype,
@@ -98,6 +107,25 @@ def engine_kwargs(spec: EngineSpec) -> dict:
         "trust_remote_code": spec.trust_remote_code,
         "seed": 0,
     }
+    if spec.language_model_only:
+        # Only token ids are sent, so the vision (or audio) tower would never run, yet vLLM would build it, load its
+        # weights and profile it with a worst-case image at start. With every modality's limit at 0 it skips
+        # the towers vLLM marks as such (`_mark_tower_model`); the text path and its weights are unchanged (for
+        # Phi-3-vision, VLM2Vec's base, vLLM then takes the token table from the language model's weights, which
+        # is where the checkpoint stores it).
+        kwargs["language_model_only"] = True
+    return kwargs
+
+
+def executor_backend(tensor_parallel_size: int) -> str:
+    """vLLM's executor, chosen here rather than left to vLLM. An engine runs inside a Ray actor that sits in the
+    run's placement group, and there vLLM 0.32 picks its `ray` executor for any world size above 1
+    (ParallelConfig.__post_init__ sees get_current_placement_group()); that executor refuses a bundle of more
+    than one GPU and, given one-GPU bundles, takes the first of the whole group, which belong to other engines.
+    `mp` spawns the tensor-parallel workers inside the actor, on the GPUs Ray gave it (CUDA_VISIBLE_DEVICES), so an
+    engine is one bundle of tensor_parallel_size GPUs on one node (NVLink between them, no cross-node TP) and the
+    group stays the run's alone. One GPU needs no workers: `uni` runs the model in the actor's own process."""
+    return "mp" if tensor_parallel_size > 1 else "uni"
 
 
 def eager(setting: bool | None, device: str) -> bool:

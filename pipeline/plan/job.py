@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.engine.slots import choose_engines_per_device
 from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import ConfigError
-from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, plan_memory
+from pipeline.plan.compute import forward_ms, peak_tflops
+from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, plan_memory, resolve_dtype
 from pipeline.plan.model_dir import ModelDir, ModelLimits, check_remote_code
+from pipeline.plan.placement import Cluster, DeviceShare, Placement, choose_engines_per_device, lay_out
 from pipeline.settings import Settings
 from pipeline.stages.chunking import ChunkPlan
 
@@ -36,18 +37,21 @@ class JobPlan:
     chunk: ChunkPlan
     actors: int
     notes: list[str] = field(default_factory=list)
+    placement: Placement | None = None
+    device_memory_bytes: int | None = None
+    """Memory of one engine's device, as the plan was fitted to (None: unknown)."""
 
     @property
     def model_id(self) -> str:
         return self.model.model_id
 
 
-def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int) -> JobPlan:
-    """Check the settings against the model, its tokenizer's special tokens and the cluster's GPUs/CPUs; raise
-    ConfigError with the fix."""
+def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int, **device) -> JobPlan:
+    """Check the settings against the model, its tokenizer's special tokens and a one-node cluster of `gpus` and
+    `cpus` (`device`: its GPU's name and memory); raise ConfigError with the fix."""
     lengths = plan_lengths(settings)
     check_chunk_room(settings, lengths.chunk, num_special_tokens)
-    return place_engines(settings, lengths, gpus, cpus)
+    return place_engines(settings, lengths, Cluster.one_node(gpus, cpus, **device))
 
 
 def plan_lengths(settings: Settings) -> LengthPlan:
@@ -81,60 +85,77 @@ def resolve_device(setting: str, gpus: float) -> str:
     return setting if setting != "auto" else ("cuda" if gpus >= 1 else "cpu")
 
 
-def place_engines(
-    settings: Settings, lengths: LengthPlan, gpus: float, cpus: int, device_memory_bytes: int | None = None
-) -> JobPlan:
-    """Device, number of engines (and how many share each device) and threads, from the cluster's GPUs and
-    CPUs and, on GPUs, the memory planner's fit at `device_memory_bytes`."""
-    m = settings.model
-    device = resolve_device(m.device, gpus)
-    if device == "cuda" and gpus < m.tensor_parallel_size:
-        msg = (
-            f"model.tensor_parallel_size={m.tensor_parallel_size} needs that many GPUs per engine but the cluster "
-            f"has {gpus:g}; lower tensor_parallel_size or add GPUs"
-        )
-        raise ConfigError(msg)
+def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> JobPlan:
+    """Device, number of engines (and how many share each device), where they go and their threads, from the
+    cluster's nodes and, on GPUs, the memory planner's fit and the model's compute per forward pass."""
+    m, r = settings.model, settings.run
+    device = resolve_device(m.device, cluster.gpus)
     if device == "cpu" and m.tensor_parallel_size != 1:
         msg = f"model.tensor_parallel_size={m.tensor_parallel_size} needs GPUs; set it to 1 on the CPU backend"
         raise ConfigError(msg)
-    fitting = None
-    if device == "cuda" and device_memory_bytes:
-        request = _memory_request(settings, lengths.max_model_len, device, device_memory_bytes)
-        fitting = engines_that_fit(lengths.model.config, request, lengths.model.path)
-    r = settings.run
-    share = choose_engines_per_device(
-        r.engines_per_device, r.max_engines_per_device, device, m.tensor_parallel_size, fitting, cpus
-    )
+    memory = device_memory_bytes(settings, device, cluster)
+    share = _device_share(settings, lengths, device, cluster, memory)
     per_device = share.engines_per_device
-    groups = int(gpus // m.tensor_parallel_size) if device == "cuda" else 1
-    actors = r.actors or groups * per_device
-    if device == "cuda" and actors > groups * per_device:
-        shared = f" at {per_device} engines per GPU" if per_device > 1 else ""
-        msg = (
-            f"run.actors={actors} x model.tensor_parallel_size={m.tensor_parallel_size} needs "
-            f"{actors * m.tensor_parallel_size / per_device:g} GPUs{shared} but the cluster has {gpus:g}; lower "
-            f"run.actors or raise run.engines_per_device"
-        )
-        raise ConfigError(msg)
-    notes = list(lengths.notes)
+    groups = sum(int(n.gpus // m.tensor_parallel_size) for n in cluster.gpu_nodes())
+    if device == "cuda" and r.actors and r.engines_per_device is None and groups:
+        # run.actors alone never leaves a GPU's share unused: fewer engines each take a larger share
+        per_device = min(per_device, -(-r.actors // groups))
+    placement = lay_out(cluster, device, m.tensor_parallel_size, per_device, r.actors)
+    notes = [*lengths.notes, *placement.notes]
     if m.enforce_eager is None and device == "cpu":
         notes.append(
             "enforce_eager on: on the CPU backend the engine starts about twice as fast without torch.compile and "
             "embeds as fast (set model.enforce_eager = false to compile)"
         )
-    if per_device > 1 or r.engines_per_device is not None:
+    if per_device != share.engines_per_device:
+        notes.append(f"engines_per_device {per_device}: run.actors={r.actors} engines on {groups} GPUs")
+    elif per_device > 1 or r.engines_per_device is not None or device == "cuda":
         notes.append(f"engines_per_device {per_device}: {share.note}")
+    cpus = cluster.cpus
     engine = EngineSpec.resolve(
         m,
         device=device,
         model_dir=str(lengths.model.path),
         max_model_len=lengths.max_model_len,
-        cpu_threads=m.cpu_threads or max(1, cpus // (per_device if r.engines_per_device else actors)),
+        cpu_threads=m.cpu_threads or max(1, cpus // (per_device if r.engines_per_device else placement.actors)),
         allow_long_max_model_len=lengths.allow_long_max_model_len,
         engine_log_level=settings.logging.engine_level,
         engines_per_device=per_device,
+        language_model_only=lengths.model.multimodal,
     )
-    return JobPlan(lengths.model, engine, lengths.chunk, actors, notes)
+    return JobPlan(lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory)
+
+
+def _device_share(
+    settings: Settings, lengths: LengthPlan, device: str, cluster: Cluster, memory: int | None
+) -> DeviceShare:
+    """Engines per device: on a GPU from the memory planner's fit and the model's forward pass at the device's
+    peak, read from the probed GPU (never from the driver, which on a cluster has none)."""
+    m, r = settings.model, settings.run
+    fitting = forward = None
+    if device == "cuda" and memory:
+        request = _memory_request(settings, lengths.max_model_len, device, memory)
+        fitting = engines_that_fit(lengths.model.config, request, lengths.model.path)
+        gpu = cluster.smallest_gpu()
+        dtype = resolve_dtype(m.dtype, lengths.model.shape)
+        peak, _ = peak_tflops(gpu.gpu_name if gpu else None, dtype)
+        if peak:
+            forward = forward_ms(lengths.model.shape, m.max_num_batched_tokens, lengths.chunk.max_tokens, peak)
+    return choose_engines_per_device(
+        r.engines_per_device, r.max_engines_per_device, device, m.tensor_parallel_size, fitting, cluster.cpus, forward
+    )
+
+
+def device_memory_bytes(settings: Settings, device: str, cluster: Cluster) -> int | None:
+    """Memory of one engine's device: the setting, else what the probe read on the cluster's nodes (the smallest
+    GPU; host memory on the CPU backend)."""
+    if settings.model.device_memory_gib:
+        return int(settings.model.device_memory_gib * GIB)
+    if device == "cuda":
+        gpu = cluster.smallest_gpu()
+        return gpu.gpu_memory_bytes if gpu else None
+    hosts = [n.host_memory_bytes for n in cluster.nodes if n.host_memory_bytes]
+    return min(hosts) if hosts else None
 
 
 def _max_model_len(settings: Settings, limits: ModelLimits, notes: list[str]) -> int:
@@ -236,15 +257,16 @@ def _memory_request(
     )
 
 
-def check_memory(settings: Settings, plan: JobPlan, device_memory_bytes: int | None) -> MemoryPlan:
-    """The memory planner's verdict for this job; ConfigError, with its advice, when the model cannot fit."""
+def check_memory(settings: Settings, plan: JobPlan) -> MemoryPlan:
+    """The memory planner's verdict for this job on the device memory it was placed by; ConfigError, with its
+    advice, when the model cannot fit."""
     m = settings.model
     on_cpu = plan.engine.device == "cpu"
     request = _memory_request(
         settings,
         plan.engine.max_model_len,
         plan.engine.device,
-        device_memory_bytes,
+        plan.device_memory_bytes,
         engines_per_device=plan.actors if on_cpu else plan.engine.engines_per_device,
         chunk_tokens=plan.chunk.max_tokens,
         batch_rows=settings.run.batch_rows,

@@ -39,6 +39,11 @@ GPU_RUNTIME_OVERHEAD = int(0.75 * GIB)
 CPU_RUNTIME_OVERHEAD = 128 * 2**20
 """oneDNN and vLLM's own structures in an engine process on the CPU backend (measured, 125-155 MiB)."""
 TP_SIZES = (1, 2, 4, 8)
+CPU_ENGINE_PROCESS = GIB
+"""What a CPU engine's process holds before its model and cache: Python, torch and vLLM imported (measured
+0.9 GiB in one process); vLLM's CPU backend counts it against gpu_memory_utilization of host memory."""
+QUERY_SHARE_SLACK = 1.25
+QUERY_SHARE_RANGE = (0.02, 0.9)
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,20 @@ def detect_device_memory(device: str) -> int | None:
     return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
-def resolve_dtype(dtype: str, shape: ModelShape, device: str) -> str:
+FLOAT16_UNSUPPORTED = {"gemma2", "gemma3", "gemma3_text", "glm4"}
+"""Model types vLLM 0.32 never runs in float16 (`_FLOAT16_NOT_SUPPORTED_MODELS`, numerical instability)."""
+
+
+def resolve_dtype(dtype: str, shape: ModelShape) -> str:
+    """The dtype vLLM 0.32 computes a pooling model in: the setting, or for 'auto' the checkpoint's own 16-bit
+    dtype. A float32 (or unstated) checkpoint runs in float16, on GPUs and x86 CPUs alike: for pooling models
+    vLLM prefers float16 over the platform's first dtype (`_resolve_auto_dtype`), except for the model types it
+    keeps off float16, which take bfloat16."""
     if dtype != "auto":
         return dtype
-    if device == "cpu":
-        return "float32"
-    return {"float32": "bfloat16"}.get(shape.torch_dtype or "bfloat16", shape.torch_dtype or "bfloat16")
+    if shape.torch_dtype in ("float16", "bfloat16"):
+        return shape.torch_dtype
+    return "bfloat16" if shape.model_type in FLOAT16_UNSUPPORTED else "float16"
 
 
 def activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> dict[str, int]:
@@ -121,7 +134,7 @@ def activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> dict[s
 
 def plan_memory(config: dict, request: PlanRequest, model_dir: Path | None = None) -> MemoryPlan:
     shape = shape_from_config(config)
-    dtype = resolve_dtype(request.dtype, shape, request.device)
+    dtype = resolve_dtype(request.dtype, shape)
     b = DTYPE_BYTES[dtype]
     checkpoint = params_from_safetensors(model_dir) if model_dir else None
     has_lm_head = bool(checkpoint and checkpoint.counts["heads"] > shape.hidden_size * (shape.hidden_size + 1))
@@ -170,6 +183,20 @@ def engines_that_fit(config: dict, request: PlanRequest, model_dir: Path | None 
     return _largest(lambda n: _fits(weights, shape, request, engines_per_device=n), 1, 64, 1) or 0
 
 
+def query_memory_share(config: dict, request: PlanRequest, model_dir: Path | None = None) -> float | None:
+    """gpu_memory_utilization for a query engine: what one engine of `request` needs (weights, one forward pass at
+    its budget, KV for it, the runtime; on CPU the process itself), with a quarter more, as a share of the device
+    (None when its memory is unknown). A query embeds a few short texts: the run's share, sized to fill a GPU
+    with cache, would reserve most of a laptop's memory."""
+    if not request.device_memory_bytes:
+        return None
+    needed = plan_memory(config, request, model_dir).per_rank["needed"]
+    if request.device == "cpu":
+        needed += CPU_ENGINE_PROCESS
+    share = QUERY_SHARE_SLACK * needed / request.device_memory_bytes
+    return round(min(max(share, QUERY_SHARE_RANGE[0]), QUERY_SHARE_RANGE[1]), 3)
+
+
 def kv_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> int:
     return 0 if shape.kind == "encoder" else tokens * shape.num_layers * 2 * shape.kv_size * dtype_bytes
 
@@ -200,7 +227,7 @@ def _per_rank(weight_bytes: int, act: dict[str, int], kv_needed: int, request: P
 
 def _fits(plan_weights: int, shape: ModelShape, request: PlanRequest, **changes) -> bool:
     r = PlanRequest(**{**asdict(request), **changes})
-    b = DTYPE_BYTES[resolve_dtype(r.dtype, shape, r.device)]
+    b = DTYPE_BYTES[resolve_dtype(r.dtype, shape)]
     act = activation_bytes(shape, r.max_num_batched_tokens, b)
     return bool(_per_rank(plan_weights, act, kv_bytes(shape, r.max_num_batched_tokens, b), r)["fits"])
 

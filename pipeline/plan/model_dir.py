@@ -73,6 +73,9 @@ class ModelLimits:
         return limit, source
 
 
+MULTIMODAL_KEYS = ("vision_config", "img_processor", "audio_config", "vision_tower", "mm_vision_tower")
+"""config.json keys of models with an encoder besides the text one (Phi-3-vision's img_processor, LLaVA- and
+Qwen-VL-style vision_config, audio_config)."""
 POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
 FINGERPRINT_FILES = ("config.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -131,6 +134,11 @@ class ModelDir:
     @cached_property
     def shape(self) -> ModelShape:
         return shape_from_config(self.config)
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether vLLM would build an image or audio encoder for this model beside its language model."""
+        return any(key in self.config for key in MULTIMODAL_KEYS)
 
     def splits_long_prompts(self) -> bool:
         """Whether vLLM runs chunked prefill for this pooling model: causal attention with last-token pooling.

@@ -5,96 +5,31 @@ started on this machine with resources of their own), shards and the LanceDB sto
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lancedb
 import pytest
 import yaml
 
-from tests.job_process import REPO, job_env
+from tests.job_process import REPO
+from tests.local_cluster import BIN, LocalCluster, ray_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 BUCKET = "embedpipe-demo"
-BIN = Path(sys.executable).parent
-
-
-def free_port(low: int = 6400, high: int = 6999) -> int:
-    for port in range(low, high):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port")
-
-
-def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
-    for _ in range(12):  # right after `ray start` the job agent may not be registered yet
-        proc = subprocess.run(
-            [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-        )
-        if "No available agent to submit job" not in proc.stderr + proc.stdout:
-            break
-        time.sleep(5)
-    assert proc.returncode == 0, f"ray {' '.join(args)}:\n{proc.stderr[-1500:]}\n{proc.stdout[-5000:]}"
-    return proc
-
-
-def stop_cluster(temp_dir: Path) -> None:
-    """Stop only the processes of this cluster: those whose command line names its temp dir, then their workers."""
-    mine = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if str(temp_dir) in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    mine.append(int(proc.name))
-            except OSError:
-                continue
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in mine:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(3)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_server):
-    temp_dir = Path("/tmp") / f"ray-it-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    env = job_env(
-        **s3_server.env(), PATH=f"{BIN}:{os.environ['PATH']}", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token"
-    )
-    port, dashboard = free_port(), free_port(8300, 8999)
-    common = ["--num-cpus", "2", "--object-store-memory", str(256 * 2**20), "--temp-dir", str(temp_dir)]
+def cluster(s3_server):
+    nodes = LocalCluster("it", s3_server.env(), dashboard=True)
     try:
-        ray_cli(
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dashboard),
-            "--include-dashboard",
-            "true",
-            "--disable-usage-stats",
-            "--resources",
-            '{"head_node": 1}',
-            *common,
-            env=env,
-        )
-        ray_cli("start", "--address", f"127.0.0.1:{port}", "--resources", '{"second_node": 1}', *common, env=env)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
+        nodes.add_node(cpus=2, resources='{"head_node": 1}')
+        nodes.add_node(cpus=2, resources='{"second_node": 1}')
+        yield {"address": nodes.dashboard, "env": nodes.env}
     finally:
-        stop_cluster(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        nodes.stop()
+        shutil.rmtree(nodes.temp_dir, ignore_errors=True)
 
 
 def put_docs(s3_server, names: list[str], texts: list[str]) -> None:

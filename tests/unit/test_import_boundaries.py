@@ -9,6 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 EDGES = {
     "pipeline.ray_stages": "the Ray Data adapter: the run's stages as Ray tasks and actors",
+    "pipeline.ray_engines": "the engines' actors, their placement group and start gate",
+    "pipeline.ray_cluster": "joining or starting Ray, and the inventory of its nodes",
     "benchmarks.ray_llm": "the Ray Data LLM baseline of the benchmark",
 }
 

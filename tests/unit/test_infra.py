@@ -107,6 +107,7 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
 def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gpu():
     from pipeline.plan.job import LengthPlan, place_engines
     from pipeline.plan.model_dir import ModelDir, ModelLimits, Pooling
+    from pipeline.plan.placement import Cluster, Node
     from pipeline.stages.chunking import ChunkPlan
 
     settings = load_settings(REPO / "conf/cluster.toml")
@@ -118,16 +119,19 @@ def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gp
     model = ModelDir(Path(m.path), m.name, {}, unread, Pooling("mean", True, False), None, "", ships_code=False)
     lengths = LengthPlan(model, m.max_model_len, chunk, allow_long_max_model_len=False)
     for name, spec in cluster_specs():
-        total_gpus = total_cpus = 0
+        pods = []
         for group in spec["workerGroupSpecs"]:
             for container in group["template"]["spec"]["containers"]:
                 requests, limits = container["resources"]["requests"], container["resources"]["limits"]
                 gpus = int(requests.get("nvidia.com/gpu", 0))
                 assert gpus == int(limits.get("nvidia.com/gpu", 0)), name
                 assert gpus >= tp and gpus % tp == 0, f"{name}: {gpus} GPUs per pod for tensor_parallel_size {tp}"
-                total_gpus += gpus * group["replicas"]
-                total_cpus += int(requests["cpu"]) * group["replicas"]
-        plan = place_engines(settings, lengths, gpus=total_gpus, cpus=total_cpus)
+                pods += [
+                    Node(f"{group['groupName']}-{i}", "pod", int(requests["cpu"]), gpus)
+                    for i in range(group["replicas"])
+                ]
+        total_gpus = sum(pod.gpus for pod in pods)
+        plan = place_engines(settings, lengths, Cluster(tuple(pods)))
         assert plan.engine.device == "cuda", name
         assert plan.actors * tp == total_gpus * plan.engine.engines_per_device, (
             f"{name}: a requested GPU runs no engine"

@@ -3,35 +3,10 @@ produces it and the numbers it must quote."""
 
 import pytest
 
-from benchmarks.metrics import Point, diagnose, efficiency, flops_per_token, mfu, peak_tflops
+from benchmarks.metrics import Point, diagnose, efficiency, mfu
 from benchmarks.runner import sweep_settings
 from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
-from tests.model_configs import BERT_BASE
-
-
-def test_flops_per_token_is_two_per_matmul_weight_plus_attention():
-    shape = shape_from_config(BERT_BASE)
-    h, i, layers = 768, 3072, 12
-    weights = layers * (4 * h * h + 2 * h * i)
-    for length in (128, 512):
-        expected = 2 * weights + layers * 4 * h * length
-        assert flops_per_token(shape, [length] * 3) == pytest.approx(expected, rel=2e-3)
-    # mixed lengths: longer chunks cost more per token, weighted by their tokens
-    mixed = flops_per_token(shape, [100, 500])
-    assert flops_per_token(shape, [100]) < mixed < flops_per_token(shape, [500])
-    decoder = shape_from_config({**BERT_BASE, "model_type": "llama"})
-    causal = 2 * layers * (4 * h * h + 3 * h * i) + layers * 2 * h * 512  # gated MLP, half the attention term
-    assert flops_per_token(decoder, [512]) == pytest.approx(causal, rel=1e-6)
-
-
-def test_peak_lookup_override_and_unknown():
-    assert peak_tflops("NVIDIA H200", "bfloat16") == (989.0, "data sheet, H200 16-bit dense")
-    assert peak_tflops("NVIDIA H100 PCIe", "float16")[0] == 756.0
-    assert peak_tflops("NVIDIA L4", "bfloat16")[0] == 121.0  # not L40's figure
-    assert peak_tflops("AMD EPYC", "float32")[0] is None
-    assert peak_tflops("AMD EPYC", "float32", override=1.5) == (1.5, "bench.peak_tflops")
-    assert peak_tflops("NVIDIA H200", "float32")[0] is None  # the table holds 16-bit peaks only
 
 
 def point(kind="pipeline", budget=8192, tps=1000.0, busy=0.95, per_call=20_000.0, engines=1, **stages):
@@ -143,10 +118,11 @@ def test_every_baseline_gets_the_pipelines_engine_arguments(minilm_path):
     assert "--enforce-eager" in cmd and "--trust-remote-code" not in cmd
 
 
-DTYPE_CASES = [  # setting, device, checkpoint's dtype, what the engine computes in
+DTYPE_CASES = [  # setting, device, checkpoint's dtype, what vLLM 0.32 computes a pooling model in
     ("auto", "cuda", "float16", "float16"),
-    ("auto", "cuda", "float32", "bfloat16"),
-    ("auto", "cpu", "float16", "float32"),
+    ("auto", "cuda", "float32", "float16"),  # not bfloat16: vLLM prefers float16 for pooling models
+    ("auto", "cpu", "float32", "float16"),  # measured here: MiniLM's float32 checkpoint runs as torch.float16
+    ("auto", "cuda", "bfloat16", "bfloat16"),
     ("bfloat16", "cuda", "float16", "bfloat16"),
 ]
 
@@ -164,4 +140,4 @@ def test_the_device_measurement_computes_in_the_memory_planners_dtype(
     spec = plan_job(Settings(model={"path": str(minilm_path), "dtype": dtype}), 2, gpus=0, cpus=2).engine
     spec = replace(spec, device=device)
     shape = replace(shape_from_config(load_config(str(minilm_path))[0]), torch_dtype=checkpoint)
-    assert engine_dtype(spec, shape) == resolve_dtype(dtype, shape, device) == expected
+    assert engine_dtype(spec, shape) == resolve_dtype(dtype, shape) == expected

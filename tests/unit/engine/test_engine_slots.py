@@ -1,5 +1,5 @@
-"""Engines per device: the setting checked, the planner's fit and cap on GPUs, one per TP group, and core sets
-on CPU nodes that never overlap."""
+"""Engines on one device: core sets on CPU nodes that never overlap, each engine's slot and binding, and the share
+of a GPU's memory each takes. (How many share a device: tests/unit/plan/test_placement.py.)"""
 
 from __future__ import annotations
 
@@ -7,41 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.engine.slots import bind_spec, choose_engines_per_device, core_sets, node_slots
+from pipeline.engine.slots import bind_spec, core_sets, node_slots
 from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
 from pipeline.errors import ConfigError
 from pipeline.settings import ModelSettings
-
-
-def test_gpu_default_is_what_fits_capped_by_the_setting():
-    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=9, cores=16).engines_per_device == 4
-    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=3, cores=16).engines_per_device == 3
-    capped = choose_engines_per_device(None, 4, "cuda", 1, fitting=9, cores=16)
-    assert "fits 9" in capped.note and "max_engines_per_device=4" in capped.note
-
-
-def test_gpu_unknown_memory_or_nothing_fitting_means_one():
-    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=None, cores=16).engines_per_device == 1
-    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=0, cores=16).engines_per_device == 1
-
-
-def test_a_setting_above_the_fit_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match=r"lower run\.engines_per_device to 2"):
-        choose_engines_per_device(5, 8, "cuda", 1, fitting=2, cores=16)
-    assert choose_engines_per_device(2, 8, "cuda", 1, fitting=2, cores=16).engines_per_device == 2
-
-
-def test_tensor_parallel_engines_never_share():
-    assert choose_engines_per_device(None, 4, "cuda", 2, fitting=9, cores=16).engines_per_device == 1
-    with pytest.raises(ConfigError, match="tensor_parallel_size"):
-        choose_engines_per_device(2, 4, "cuda", 2, fitting=9, cores=16)
-
-
-def test_cpu_default_is_one_engine_and_more_engines_than_cores_is_refused():
-    assert choose_engines_per_device(None, 4, "cpu", 1, fitting=None, cores=2).engines_per_device == 1
-    assert choose_engines_per_device(2, 4, "cpu", 1, fitting=None, cores=2).engines_per_device == 2
-    with pytest.raises(ConfigError, match="at most 2"):
-        choose_engines_per_device(3, 4, "cpu", 1, fitting=None, cores=2)
 
 
 @given(st.sets(st.integers(0, 63), min_size=1), st.integers(1, 64))

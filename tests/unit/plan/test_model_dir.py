@@ -12,6 +12,7 @@ from pipeline.engine.reference import ReferenceEmbedder
 from pipeline.errors import ConfigError
 from pipeline.plan.job import check_memory, place_engines, plan_lengths
 from pipeline.plan.model_dir import ModelDir
+from pipeline.plan.placement import Cluster
 from pipeline.settings import Settings
 
 
@@ -60,7 +61,7 @@ def test_a_run_plan_parses_config_json_once(minilm_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_text", counting)
     settings = Settings(model={"path": str(minilm_path), "device": "cpu"})
-    plan = place_engines(settings, plan_lengths(settings), gpus=0, cpus=2, device_memory_bytes=8 * 2**30)
-    memory = check_memory(settings, plan, 8 * 2**30)
+    plan = place_engines(settings, plan_lengths(settings), Cluster.one_node(0, 2, host_memory_bytes=8 * 2**30))
+    memory = check_memory(settings, plan)
     assert memory.fits and plan.model.fingerprint and plan.engine.model_dir == str(minilm_path.resolve())
     assert len(reads) == 1, reads

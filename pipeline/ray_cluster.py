@@ -1,0 +1,183 @@
+"""The Ray cluster a run works on: joining it or starting a local one, and what its alive nodes hold (CPUs, GPUs,
+and the GPUs' model and memory, read on each node by a probe task, never by CUDA in the driver)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+
+import ray
+import structlog
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline.errors import ConfigError
+from pipeline.plan.placement import Cluster, Node
+from pipeline.runtime.devices import NodeDevices, read_node_devices
+from pipeline.settings import RunSettings
+
+log = structlog.get_logger(__name__)
+
+LOCAL_RAY_CONFIG = {
+    "enable_metrics_collection": False,
+    "metrics_report_interval_ms": 600_000,
+    "task_events_report_interval_ms": 0,
+    "event_stats": False,
+}
+"""A local Ray's own bookkeeping that nothing reads in an embedded run (no dashboard): metric exports and task
+events from every process. Off, a local run's start-up was 2-4.6 s shorter in three paired runs on 2 cores."""
+SHUFFLE_CPU_HEADROOM = 1
+"""Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
+and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
+PROBE_TIMEOUT_S = 60.0
+"""Longest wait for the probe tasks that read each node's devices (a worker process starts on each)."""
+GPU_WAIT_POLL_S = 10.0
+
+
+def joins_cluster() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
+
+
+def start_ray(run: RunSettings) -> None:
+    """Join the cluster RAY_ADDRESS names, or start a local Ray sized for this machine. A local Ray keeps its
+    workers' output (vLLM's messages among it) in its session's log files, not on the screen."""
+    if ray.is_initialized():
+        return
+    # Ray starts its processes with fork+exec; lancedb's at-fork hook warns about fork alone.
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+    # Known and tracked (the README's notes): the per-engine placement uses it until Ray 2.64 removes it.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+    # A local Ray enables token authentication by itself and says so at every start.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        quiet_console()
+        return
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    store_mb = run.object_store_mb or min(2048, max(256, total_mb // 10))
+    ray.init(
+        num_cpus=(run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
+        object_store_memory=store_mb * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        _system_config={"worker_niceness": run.worker_niceness, **LOCAL_RAY_CONFIG},
+    )
+    quiet_console()
+
+
+def quiet_console() -> None:
+    """Ray Data's progress bars and notices go to its log file (ray-data.log), not the screen: the run's own
+    progress display replaces them."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+
+
+def logs_dir() -> str | None:
+    """Where this Ray's processes write their logs (the engines' among them), on the driver's node."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else None
+
+
+def is_local() -> bool:
+    """Whether this run started its own Ray (no RAY_ADDRESS): one machine, no autoscaler."""
+    return not os.environ.get("RAY_ADDRESS")
+
+
+@ray.remote(num_cpus=0)
+def _probe() -> NodeDevices:
+    return read_node_devices()
+
+
+def cluster_inventory(timeout_s: float = PROBE_TIMEOUT_S) -> Cluster:
+    """The alive nodes with their logical CPUs and GPUs, and what a probe on each read of its devices: a task on
+    each node of a cluster (one that does not answer in time leaves its node's devices unknown), or this process
+    for a local Ray, whose one node is this machine."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if is_local():
+        devices = [read_node_devices()] * len(nodes)
+    else:
+        devices = _probe_all(nodes, timeout_s)
+    found = []
+    for node, read in zip(nodes, devices, strict=True):
+        resources = node.get("Resources", {})
+        gpus = float(resources.get("GPU", 0.0))
+        if gpus and (read is None or read.gpu_memory_bytes is None):
+            why = read.note if read else f"its probe did not answer within {timeout_s:g} s"
+            log.warning("gpu_unread", node=node["NodeID"][:8], reason=why)
+        found.append(
+            Node(
+                node_id=node["NodeID"],
+                address=f"{node.get('NodeManagerAddress', '?')} ({node['NodeID'][:8]})",
+                cpus=float(resources.get("CPU", 0.0)),
+                gpus=gpus,
+                gpu_name=read.gpu_name if read and gpus else None,
+                gpu_memory_bytes=read.gpu_memory_bytes if read and gpus else None,
+                host_memory_bytes=read.host_memory_bytes if read else None,
+            )
+        )
+    return Cluster(tuple(found), cpu_headroom=SHUFFLE_CPU_HEADROOM if is_local() else 0)
+
+
+def _probe_all(nodes: list[dict], timeout_s: float) -> list[NodeDevices | None]:
+    refs = [
+        _probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    answered = set(done)
+    return [_answer(ref) if ref in answered else None for ref in refs]
+
+
+def _answer(ref) -> NodeDevices | None:
+    try:
+        return ray.get(ref)
+    except RayError as exc:
+        log.warning("probe_failed", error=str(exc).strip().splitlines()[-1][:300])
+        return None
+
+
+def cluster_cpus() -> int:
+    """Logical CPUs to size the plan's shuffle by (a local Ray's headroom left out)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus - SHUFFLE_CPU_HEADROOM) if is_local() else cpus
+
+
+def wait_for_gpu_nodes(cluster: Cluster, bundle: dict[str, float], engines: int, timeout_s: float) -> Cluster:
+    """A cluster asked for GPU engines that has no GPU node yet: ask Ray's autoscaler for the engines' bundles and
+    wait for GPU nodes to join, at most `timeout_s`; refuse, saying what was asked, if none does. A local Ray has
+    no autoscaler and is refused at once."""
+    if cluster.gpus > 0:
+        return cluster
+    if is_local():
+        msg = (
+            "model.device = cuda but this machine's Ray has no GPUs; run on a machine or cluster with GPUs, or set "
+            "model.device = auto (or cpu) for vLLM's CPU backend"
+        )
+        raise ConfigError(msg)
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[bundle] * engines)
+    log.warning("waiting_for_gpu_nodes", bundles=engines, bundle=bundle, timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(GPU_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+            cluster = cluster_inventory()
+            if cluster.gpus > 0:
+                return cluster
+    finally:
+        request_resources(bundles=[])  # the request outlives the job otherwise, and keeps GPU nodes up
+    msg = (
+        f"model.device = cuda but no node of the cluster has a GPU ({cluster.describe_gpus()}); the job asked Ray's "
+        f"autoscaler for {engines} bundles of {bundle} and waited {timeout_s:g} s (run.placement_timeout_s) without "
+        f"a GPU node joining. On an autoscaling cluster check its GPU worker group (maxReplicas, the GPU type, "
+        f"quotas) and `ray status`; otherwise add GPU nodes, or set model.device = auto to run on CPUs"
+    )
+    raise ConfigError(msg)

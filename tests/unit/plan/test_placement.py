@@ -1,0 +1,168 @@
+"""Where engines go, decided without a cluster: engines per GPU from the model's forward pass and the memory fit,
+engines per node from each node's GPUs (a tensor-parallel group never spans nodes), what each engine reserves, and
+refusals that name every node's GPUs instead of a placement Ray can never make."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pipeline.engine.vllm import engine_kwargs
+from pipeline.errors import ConfigError
+from pipeline.plan.compute import SATURATING_FORWARD_MS, forward_ms
+from pipeline.plan.job import check_memory, place_engines, plan_lengths
+from pipeline.plan.memory import GIB
+from pipeline.plan.placement import Cluster, Node, choose_engines_per_device, engine_bundle, lay_out
+from pipeline.settings import Settings
+from tests.model_builders import TOKENIZER_FILES, minilm_dir
+from tests.model_configs import BERT_BASE, PHI3V, QWEN3
+
+H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * GIB}
+
+
+def model_dir(tmp_path, config: dict, name: str):
+    """A model directory with `config` and MiniLM's tokenizer files, no weights (the planner counts from config)."""
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    for file in TOKENIZER_FILES:
+        shutil.copy(minilm_dir() / file, path / file)
+    return path
+
+
+def gpu_settings(path, run=None, **model) -> Settings:
+    model = {"path": str(path), "device": "cuda", "dtype": "bfloat16", "max_num_batched_tokens": 8192, **model}
+    return Settings(model=model, run=run or {})
+
+
+def nodes(*gpus: float, cpus: float = 16, **device) -> Cluster:
+    return Cluster(tuple(Node(f"n{i}", f"10.0.0.{i}", cpus, g, **device) for i, g in enumerate(gpus)))
+
+
+def test_a_large_model_gets_one_engine_per_gpu_though_memory_fits_more(tmp_path):
+    """The issue's case: the 4B default on an 80 GiB GPU fits several engines, but one fills the GPU."""
+    phi3v = model_dir(tmp_path, PHI3V, "vlm2vec")
+    settings = gpu_settings(phi3v)
+    lengths = plan_lengths(settings)
+    assert forward_ms(lengths.model.shape, 8192, 2000, 989.0) > SATURATING_FORWARD_MS  # ~63 ms at the H100 peak
+    plan = place_engines(settings, lengths, nodes(1, **H100))
+    assert plan.engine.engines_per_device == 1 and plan.actors == 1
+    assert plan.placement.bundle == {"CPU": 1.0, "GPU": 1.0}
+    assert any("one engine keeps the GPU busy" in n for n in plan.notes)
+    four = place_engines(gpu_settings(phi3v, run={"engines_per_device": 4}), lengths, nodes(1, **H100))
+    assert four.engine.engines_per_device == 4  # the memory does fit four: a setting may ask for them
+
+
+def test_a_small_model_shares_a_gpu_as_its_forward_pass_and_the_memory_allow(tmp_path):
+    bert = model_dir(tmp_path, BERT_BASE, "bert")
+    settings = gpu_settings(bert, max_model_len=512)
+    lengths = plan_lengths(settings)
+    short = forward_ms(lengths.model.shape, 8192, lengths.chunk.max_tokens, 989.0)
+    assert short < SATURATING_FORWARD_MS / 4  # ~1.6 ms: one engine would leave the GPU idle between passes
+    plan = place_engines(settings, lengths, nodes(2, **H100))
+    assert plan.engine.engines_per_device == 4 and plan.actors == 8  # the cap, on each of the two GPUs
+    assert plan.placement.bundle == {"CPU": 1.0, "GPU": 0.25}
+    assert engine_kwargs(plan.engine)["gpu_memory_utilization"] == pytest.approx(0.9 / 4)
+    unknown_gpu = place_engines(settings, lengths, nodes(2, gpu_name="Acme X1", gpu_memory_bytes=80 * GIB))
+    assert unknown_gpu.engine.engines_per_device == 1  # no peak to compute with: the safe default
+    assert any("peak is unknown" in n for n in unknown_gpu.notes)
+
+
+def test_a_mid_sized_model_gets_as_many_engines_as_fill_the_saturating_time(tmp_path):
+    qwen = model_dir(tmp_path, QWEN3, "qwen3")
+    settings = gpu_settings(qwen)
+    lengths = plan_lengths(settings)
+    ms = forward_ms(lengths.model.shape, 8192, lengths.chunk.max_tokens, 989.0)
+    plan = place_engines(settings, lengths, nodes(1, **H100))
+    expected = min(-(-SATURATING_FORWARD_MS // ms), 4)
+    assert plan.engine.engines_per_device == expected == 3, ms  # 0.6B: ~9 ms a pass at 8,192 tokens
+
+
+def test_actors_alone_never_leave_a_share_of_a_gpu_idle(tmp_path):
+    """run.actors = 1 (as conf/gpu.toml had it) on a GPU that fits more: its engine takes the whole GPU and the whole
+    memory share."""
+    bert = model_dir(tmp_path, BERT_BASE, "bert")
+    settings = gpu_settings(bert, run={"actors": 1}, max_model_len=512)
+    plan = place_engines(settings, plan_lengths(settings), nodes(1, **H100))
+    assert (plan.actors, plan.engine.engines_per_device, plan.placement.bundle["GPU"]) == (1, 1, 1.0)
+    assert engine_kwargs(plan.engine)["gpu_memory_utilization"] == pytest.approx(0.9)
+    three = gpu_settings(bert, run={"actors": 3}, max_model_len=512)
+    plan = place_engines(three, plan_lengths(three), nodes(1, 1, **H100))
+    assert (plan.actors, plan.engine.engines_per_device) == (3, 2)
+    assert any("leaves part of a GPU idle" in n for n in plan.notes)
+
+
+def test_the_device_memory_comes_from_the_probed_gpu_never_the_driver(tmp_path):
+    bert = model_dir(tmp_path, BERT_BASE, "bert")
+    settings = gpu_settings(bert, max_model_len=512)
+    lengths = plan_lengths(settings)
+    mixed = Cluster((Node("a", "a", 8, 1, "NVIDIA H100", 80 * GIB), Node("b", "b", 8, 1, "NVIDIA L4", 24 * GIB)))
+    plan = place_engines(settings, lengths, mixed)
+    assert plan.device_memory_bytes == 24 * GIB  # engines must fit the smallest GPU
+    assert check_memory(settings, plan).per_rank["budget"] == int(24 * GIB * 0.9) // plan.engine.engines_per_device
+    unread = place_engines(settings, lengths, nodes(1))
+    assert unread.device_memory_bytes is None and unread.engine.engines_per_device == 1
+    assert any("device memory unknown" in n for n in unread.notes)
+    given = place_engines(gpu_settings(bert, max_model_len=512, device_memory_gib=40), lengths, nodes(1))
+    assert given.device_memory_bytes == 40 * GIB
+
+
+def test_tensor_parallel_engines_are_planned_per_node():
+    assert lay_out(nodes(8, 8), "cuda", 3, 1, None).per_node == {"10.0.0.0": 2, "10.0.0.1": 2}  # floor(8 / 3)
+    mixed = lay_out(nodes(1, 1, 2), "cuda", 2, 1, None)
+    assert mixed.actors == 1 and mixed.per_node == {"10.0.0.0": 0, "10.0.0.1": 0, "10.0.0.2": 1}
+    assert mixed.bundle == {"CPU": 3.0, "GPU": 2.0}  # the engine's process and one worker process per GPU
+
+
+def test_a_plan_no_node_can_hold_is_refused_naming_every_nodes_gpus():
+    with pytest.raises(ConfigError) as refused:
+        lay_out(nodes(1, 1), "cuda", 2, 1, None)
+    message = str(refused.value)
+    assert "model.tensor_parallel_size=2" in message and "{CPU: 3, GPU: 2}" in message
+    assert "10.0.0.0 1, 10.0.0.1 1" in message and "lower model.tensor_parallel_size to at most 1" in message
+    with pytest.raises(ConfigError, match=r"add GPU nodes, or set model.device = cpu"):
+        lay_out(nodes(0, 0), "cuda", 1, 1, None)
+    with pytest.raises(ConfigError, match=r"needs 3 CPUs beside its GPUs.*10\.0\.0\.0 2 CPUs"):
+        lay_out(nodes(2, cpus=2), "cuda", 2, 1, None)
+
+
+def test_more_actors_than_the_nodes_hold_is_refused_with_the_capacity():
+    with pytest.raises(ConfigError, match=r"run\.actors=5 .* nodes hold 10\.0\.0\.0 2, 10\.0\.0\.1 2.* at most 4"):
+        lay_out(nodes(2, 2), "cuda", 1, 1, 5)
+    assert lay_out(nodes(2, 2), "cuda", 1, 2, 5).actors == 5  # two per GPU hold eight
+
+
+def test_what_each_engine_reserves():
+    assert engine_bundle("cpu", 1, 1) == {"CPU": 1.0}
+    assert engine_bundle("cpu", 1, 4) == {"CPU": 0.25}  # CPU engines split one CPU's worth; cores come from binding
+    assert engine_bundle("cuda", 1, 4) == {"CPU": 1.0, "GPU": 0.25}  # each drives the GPU and runs a scheduler
+    assert engine_bundle("cuda", 4, 1) == {"CPU": 5.0, "GPU": 4.0}
+    assert lay_out(nodes(0), "cpu", 1, 2, None).actors == 2
+
+
+def test_engines_per_device_rule():
+    share = choose_engines_per_device(None, 4, "cuda", 1, fitting=9, cores=16, forward_ms=0.5)
+    assert share.engines_per_device == 4 and "max_engines_per_device=4" in share.note
+    assert choose_engines_per_device(None, 8, "cuda", 1, fitting=3, cores=16, forward_ms=0.5).engines_per_device == 3
+    assert choose_engines_per_device(None, 8, "cuda", 1, fitting=9, cores=16, forward_ms=7.0).engines_per_device == 3
+    assert choose_engines_per_device(None, 8, "cuda", 1, fitting=9, cores=16, forward_ms=25).engines_per_device == 1
+    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=None, cores=16).engines_per_device == 1
+    assert choose_engines_per_device(None, 4, "cuda", 1, fitting=0, cores=16, forward_ms=0.5).engines_per_device == 1
+    with pytest.raises(ConfigError, match=r"lower run\.engines_per_device to 2"):
+        choose_engines_per_device(5, 8, "cuda", 1, fitting=2, cores=16)
+    assert choose_engines_per_device(2, 8, "cuda", 1, fitting=2, cores=16).engines_per_device == 2
+
+
+def test_tensor_parallel_engines_never_share():
+    assert choose_engines_per_device(None, 4, "cuda", 2, fitting=9, cores=16, forward_ms=0.1).engines_per_device == 1
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        choose_engines_per_device(2, 4, "cuda", 2, fitting=9, cores=16)
+
+
+def test_cpu_default_is_one_engine_and_more_engines_than_cores_is_refused():
+    assert choose_engines_per_device(None, 4, "cpu", 1, fitting=None, cores=2).engines_per_device == 1
+    assert choose_engines_per_device(2, 4, "cpu", 1, fitting=None, cores=2).engines_per_device == 2
+    with pytest.raises(ConfigError, match="at most 2"):
+        choose_engines_per_device(3, 4, "cpu", 1, fitting=None, cores=2)

@@ -1,0 +1,81 @@
+"""The engines' Ray adapter, without a cluster: which engine a feeder uses, how batch rows name their engine, and
+what a failed engine start keeps. Placement on a cluster of logical GPUs: tests/integration/test_gpu_placement.py."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pyarrow as pa
+import pytest
+
+from pipeline import schema as s
+from pipeline.errors import ChunkBudgetError, EngineError
+from pipeline.local_executor import planned_documents
+from pipeline.plan.job import plan_job
+from pipeline.ray_engines import ENGINE_ENV, EngineFeeder, Engines, _message_only, engine_label
+from pipeline.settings import InputSettings, Settings
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def plan(minilm_path):
+    return plan_job(Settings(model={"path": str(minilm_path), "device": "cpu"}), 2, gpus=0, cpus=2)
+
+
+@pytest.fixture(scope="module")
+def planned(plan, sample_texts, tmp_path_factory) -> pa.Table:
+    shard = tmp_path_factory.mktemp("in") / "s.jsonl"
+    lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(sample_texts[:4])]
+    shard.write_text("\n".join([*lines, json.dumps({"id": "blank", "text": " "})]))
+    return planned_documents(InputSettings(paths=[str(shard)]), plan.chunk.fingerprint)
+
+
+def test_a_feeder_sends_to_the_engine_its_environment_names(monkeypatch):
+    engines = ["e0", "e1", "e2"]
+    monkeypatch.setenv(ENGINE_ENV, "4")
+    assert EngineFeeder(engines).engine == "e1"
+    monkeypatch.delenv(ENGINE_ENV)
+    assert EngineFeeder(engines).engine == "e0"
+
+
+def test_a_batch_without_chunks_passes_the_embed_stage_without_an_engine(plan, planned, minilm_path):
+    chunks = ChunkStep(Chunker(load_tokenizer(minilm_path), plan.chunk))(planned)
+    rejected = chunks.filter(pa.compute.is_null(chunks.column(s.CHUNK_ID)))
+    assert rejected.num_rows == 1
+    out = EngineFeeder([None], dim=384)(rejected)  # an engine call would fail on None
+    assert out.column(s.VECTOR).null_count == 1 and out.column(s.REJECT_REASON).to_pylist() == ["empty_text"]
+
+
+def test_feeders_take_the_engines_in_turn_each_on_its_engines_node():
+    node_a, node_b = "a" * 56, "b" * 56  # Ray's node ids: 28 bytes in hex
+    engines = Engines(actors=["a", "b"], nodes=[node_a, node_b], feeders=itertools.count())
+    args = [engines.feeder_args() for _ in range(3)]
+    assert [a["runtime_env"]["env_vars"][ENGINE_ENV] for a in args] == ["0", "1", "0"]
+    assert [a["scheduling_strategy"].node_id for a in args] == [node_a, node_b, node_a]
+    assert all(a["scheduling_strategy"].soft for a in args)
+
+
+def test_an_engine_label_names_its_cores_only_when_it_shares_its_node():
+    assert engine_label("abcdef123456", {"engines_per_device": 1, "cpu_bind": "0-1"}).startswith("abcdef12:")
+    assert "cores" not in engine_label("abcdef123456", {"engines_per_device": 1, "cpu_bind": "0-1"})
+    assert engine_label("abcdef123456", {"engines_per_device": 2, "cpu_bind": "2-3"}).endswith(" cores 2-3")
+    assert "cores" not in engine_label("abcdef123456", {"engines_per_device": 2, "cpu_bind": "nobind"})
+
+
+def test_a_failed_start_keeps_its_message_and_not_the_half_built_engine():
+    class HalfBuilt:
+        def __init__(self):
+            self.weights = bytearray(2**20)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    try:
+        HalfBuilt()
+    except RuntimeError as exc:
+        kept = _message_only(exc)
+    assert isinstance(kept, EngineError) and kept.__traceback__ is None and kept.__cause__ is None
+    assert str(kept) == "an engine could not start: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    ours = _message_only(ChunkBudgetError("a chunk of 600 tokens reached the engine"))
+    assert type(ours) is ChunkBudgetError and str(ours) == "a chunk of 600 tokens reached the engine"

@@ -4,6 +4,7 @@ No engine starts here; tests/integration/test_query_job.py runs the real one."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -84,3 +85,22 @@ def test_queries_are_never_truncated(minilm_path):
     assert ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP], as the chunker counts them
     with pytest.raises(QueryTooLong, match=r"the query is \d+ tokens; the engine takes at most 15"):
         query_token_ids(tokenizer, "word " * 20, 16)
+
+
+def test_a_query_after_a_gpu_ingest_runs_where_the_query_does(tmp_path, minilm_path):
+    """A table embedded on GPUs (TP 2, 0.9 of each GPU) queried on this CPU machine: the engine runs here, on one
+    device, with a memory share sized for a query engine rather than the run's."""
+    built = read_built_with(make_store(tmp_path, minilm_path))
+    gpu_run = {**built.model, "device": "cuda", "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}
+    built = replace(built, device="cuda", model=gpu_run)
+    engine = query_engine(built, ModelSettings(path=MINILM, name=NAME))
+    spec = engine.spec
+    assert (spec.device, spec.tensor_parallel_size) == ("cpu", 1)  # this machine has no GPU
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    share = spec.gpu_memory_utilization
+    assert 0 < share < 0.2 and share * host > 2**30  # the engine process and MiniLM, not 90% of host memory
+    assert any("embedded on cuda" in n for n in engine.notes)
+    given = query_engine(
+        built, ModelSettings(path=MINILM, name=NAME, tensor_parallel_size=2, gpu_memory_utilization=0.5)
+    )
+    assert (given.spec.tensor_parallel_size, given.spec.gpu_memory_utilization) == (2, 0.5)  # unless the caller says

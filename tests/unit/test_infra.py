@@ -149,3 +149,28 @@ def test_head_runs_no_work_and_is_not_exposed():
         for container in _containers(head):
             for port in container.get("ports", []):
                 assert "hostPort" not in port, name
+
+
+def test_every_pod_of_a_cluster_reaches_the_store_authenticates_and_gpu_pods_keep_a_compile_cache():
+    for name, spec in cluster_specs():
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for group in groups:
+            for container in _containers(group):
+                secrets = {s["secretRef"]["name"] for s in container.get("envFrom", [])}
+                assert {"embedpipe-object-store", "embedpipe-ray-token"} <= secrets, (name, container["name"])
+                if "nvidia.com/gpu" not in container["resources"]["requests"]:
+                    continue
+                env = {e["name"]: e["value"] for e in container.get("env", [])}
+                mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+                volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
+                for variable in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR"):
+                    root = next((p for p in mounts if env[variable].startswith(p + "/")), None)
+                    assert root, f"{name}: {variable}={env[variable]} is not on a mounted volume"
+                    assert "persistentVolumeClaim" in volumes[mounts[root]], f"{name}: {variable} dies with the pod"
+
+
+def test_the_gpu_image_pins_the_torch_that_vllm_runs_on():
+    dockerfile = (INFRA / "docker/Dockerfile.gpu").read_text()
+    assert '"torch==2.13.0"' in dockerfile and "torch.version.cuda" in dockerfile
+    assert re.search(r"driver >= \d{3}", dockerfile)
+    assert '"vllm==0.32.0"' in PYPROJECT

@@ -14,7 +14,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.errors import ConfigError
-from pipeline.plan.placement import Cluster, Node
+from pipeline.plan.placement import Cluster, Node, bundle_shape
 from pipeline.runtime.devices import NodeDevices, read_node_devices
 from pipeline.settings import RunSettings
 
@@ -176,8 +176,9 @@ def wait_for_gpu_nodes(cluster: Cluster, bundle: dict[str, float], engines: int,
         request_resources(bundles=[])  # the request outlives the job otherwise, and keeps GPU nodes up
     msg = (
         f"model.device = cuda but no node of the cluster has a GPU ({cluster.describe_gpus()}); the job asked Ray's "
-        f"autoscaler for {engines} bundles of {bundle} and waited {timeout_s:g} s (run.placement_timeout_s) without "
-        f"a GPU node joining. On an autoscaling cluster check its GPU worker group (maxReplicas, the GPU type, "
-        f"quotas) and `ray status`; otherwise add GPU nodes, or set model.device = auto to run on CPUs"
+        f"autoscaler for {engines} bundles of {bundle_shape(bundle)} and waited {timeout_s:g} s "
+        f"(run.placement_timeout_s) without a GPU node joining. On an autoscaling cluster check its GPU worker "
+        f"group (maxReplicas, the GPU type, quotas) and `ray status`; otherwise add GPU nodes, or set "
+        f"model.device = auto to run on CPUs"
     )
     raise ConfigError(msg)

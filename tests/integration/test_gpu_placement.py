@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -242,3 +244,43 @@ actor = PlacedLikeAnEngine.options(
 default, chosen = ray.get(actor.backends.remote(executor_backend(2)), timeout=500)
 print(f"default={default} ours={chosen}")
 """
+
+
+def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(corpus, tiny_model_path, tmp_path):
+    """A cluster scaling from zero GPU workers: the job asks Ray's autoscaler for its engines' bundles (`ray status`
+    shows the request while it waits), withdraws the request, and refuses after its bound."""
+    cpu_only = LocalCluster("nogpu", {})
+    try:
+        cpu_only.add_node(cpus=2)
+        cpu_only.records = tmp_path / "records"
+        cpu_only.records.mkdir()
+        status = []
+
+        def watch() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any("'GPU': 1" in s for s in status):
+                status.append(ray_status(cpu_only))
+                time.sleep(2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        proc, seconds, _ = ingest(
+            cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "20"
+        )
+        watcher.join(timeout=5)
+        after = ray_status(cpu_only)
+    finally:
+        cpu_only.stop()
+        shutil.rmtree(cpu_only.temp_dir, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "no node of the cluster has a GPU" in error and "asked Ray's autoscaler for 1 bundles" in error, error
+    assert "waited 20 s" in error and seconds < 20 + 60
+    asked = re.compile(r"From request_resources:\n \{[^}]*'GPU': 1(\.0)?[,}][^\n]*: 1 from request_resources\(\)")
+    assert any(asked.search(s) for s in status), status[-1:]
+    assert "From request_resources:\n (none)" in after  # not left to keep GPU nodes up
+
+
+def ray_status(cluster) -> str:
+    proc = subprocess.run([str(BIN / "ray"), "status"], env=cluster.job_env(), capture_output=True, text=True)
+    return proc.stdout

@@ -166,3 +166,22 @@ def test_cpu_default_is_one_engine_and_more_engines_than_cores_is_refused():
     assert choose_engines_per_device(2, 4, "cpu", 1, fitting=None, cores=2).engines_per_device == 2
     with pytest.raises(ConfigError, match="at most 2"):
         choose_engines_per_device(3, 4, "cpu", 1, fitting=None, cores=2)
+
+
+def test_the_engines_arguments_per_device_and_tensor_parallel_size(tmp_path):
+    phi3v = model_dir(tmp_path, {**PHI3V, "img_processor": {"name": "clip_vision_model"}}, "vlm2vec")
+    bert = model_dir(tmp_path, BERT_BASE, "bert")
+    on = {}
+    for name, path, tp, gpus, run in (
+        ("phi3v tp1", phi3v, 1, 1, {}),
+        ("phi3v tp2", phi3v, 2, 2, {}),
+        ("bert shared", bert, 1, 1, {"engines_per_device": 2}),
+    ):
+        settings = gpu_settings(path, run=run, tensor_parallel_size=tp, max_model_len=512 if path == bert else None)
+        on[name] = engine_kwargs(place_engines(settings, plan_lengths(settings), nodes(gpus, **H100)).engine)
+    assert on["phi3v tp1"]["distributed_executor_backend"] == "uni" and on["phi3v tp1"]["language_model_only"]
+    assert (on["phi3v tp2"]["distributed_executor_backend"], on["phi3v tp2"]["tensor_parallel_size"]) == ("mp", 2)
+    assert on["phi3v tp2"]["gpu_memory_utilization"] == pytest.approx(0.9)  # TP engines never share a GPU
+    shared = on["bert shared"]
+    assert shared["gpu_memory_utilization"] == pytest.approx(0.45) and "language_model_only" not in shared
+    assert "kv_cache_memory_bytes" not in shared  # engines sharing a GPU start one after another instead

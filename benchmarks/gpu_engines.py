@@ -149,15 +149,19 @@ def render(results: dict) -> str:
     lines = [f"# GPU engines ({results['device']}, {results['date']})", "", "## Start race (two engines, one GPU)", ""]
     lines += ["| start | engine | KV cache GiB | error |", "|---|---|---|---|"]
     for key in ("together", "one_after_another"):
-        for i, log in enumerate(results["race"][key]["logs"]):
-            lines.append(f"| {key} | {i} | {log['kv_cache_gib']} | {log['error'] or ''} |")
+        race = results["race"][key]
+        for i, log in enumerate(race["logs"]):
+            error = log["error"] or (race["reports"][i].get("error") if i < len(race.get("reports", [])) else None)
+            lines.append(f"| {key} | {i} | {log['kv_cache_gib']} | {error or ''} |")
     lines += ["", "## Engines per GPU", "", "| engines | tokens/s | start s (each) |", "|---|---|---|"]
     for run in results["per_gpu"]:
         starts = ", ".join(f"{r.get('start_s', float('nan')):.1f}" for r in run["reports"])
-        tps = f"{run['tokens_per_s']:,.0f}" if run["tokens_per_s"] else "failed"
+        errors = [r["error"] for r in run["reports"] if r.get("error")]
+        tps = f"{run['tokens_per_s']:,.0f}" if run["tokens_per_s"] else f"failed: {errors[0] if errors else '?'}"
         lines.append(f"| {run['engines']} | {tps} | {starts} |")
     compile_ = results["compile"]
-    lines += ["", "## Compile", "", f"cold start {compile_['cold_s']} s, warm start {compile_['warm_s']} s", ""]
+    cold, warm = (f"{s:.1f}" if s is not None else "failed" for s in (compile_["cold_s"], compile_["warm_s"]))
+    lines += ["", "## Compile", "", f"cold start {cold} s, warm start {warm} s", ""]
     lines += ["## Memory: plan vs vLLM", "", f"plan (GiB per engine): {json.dumps(results['plan'])}", ""]
     lines.append(f"vLLM (alone on the GPU): {json.dumps(results['per_gpu'][0]['logs'][0])}")
     return "\n".join(lines) + "\n"
@@ -175,6 +179,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=2000)
     parser.add_argument("--chunks", type=int, default=512, help="chunks each engine embeds per measurement")
+    parser.add_argument("--gpu-memory-utilization", type=float, help="of the device, split among its engines")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +195,7 @@ def main() -> None:
         engine_log_level="INFO",
         dtype="bfloat16" if args.device == "cuda" else "float32",
         enforce_eager=args.device != "cuda",
+        gpu_memory_utilization=args.gpu_memory_utilization or (0.9 if args.device == "cuda" else 0.2),
     )
     common = {"chunks": args.chunks, "seq_len": args.seq_len, "vocab": vocab}
     results = {"device": args.device, "date": time.strftime("%Y-%m-%d"), "spec": spec.__dict__, "plan": {}}

@@ -24,12 +24,16 @@ def test_the_report_has_a_row_per_engine_and_per_engine_count():
     results = {
         "device": "cuda",
         "date": "2026-12-03",
-        "race": {"together": {"logs": logs}, "one_after_another": {"logs": [logs[0], logs[0]]}},
-        "per_gpu": [run, {**run, "engines": 2, "tokens_per_s": None}],
+        "race": {
+            "together": {"logs": logs, "reports": [{}, {}]},
+            "one_after_another": {"logs": [logs[0], parse_engine_log("")], "reports": [{}, {"error": "OOM"}]},
+        },
+        "per_gpu": [run, {**run, "engines": 2, "tokens_per_s": None, "reports": [{"start_s": 31.5, "error": "OOM"}]}],
         "compile": {"cold_s": 80.0, "warm_s": 20.0},
         "plan": {"weights": 7.6},
     }
     text = render(results)
     assert "| together | 1 | None | Error: No available memory" in text
-    assert "| 1 | 52,000 | 31.5 |" in text and "| 2 | failed | 31.5 |" in text
+    assert "| one_after_another | 1 | None | OOM |" in text  # a failure the log does not show is still reported
+    assert "| 1 | 52,000 | 31.5 |" in text and "| 2 | failed: OOM | 31.5 |" in text
     assert "cold start 80.0 s, warm start 20.0 s" in text

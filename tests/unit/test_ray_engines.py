@@ -4,33 +4,15 @@ what a failed engine start keeps. Placement on a cluster of logical GPUs: tests/
 from __future__ import annotations
 
 import itertools
-import json
 
 import pyarrow as pa
-import pytest
 
 from pipeline import schema as s
 from pipeline.errors import ChunkBudgetError, EngineError
-from pipeline.local_executor import planned_documents
-from pipeline.plan.job import plan_job
 from pipeline.ray_engines import ENGINE_ENV, EngineFeeder, Engines, _message_only, engine_label
-from pipeline.settings import InputSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def plan(minilm_path):
-    return plan_job(Settings(model={"path": str(minilm_path), "device": "cpu"}), 2, gpus=0, cpus=2)
-
-
-@pytest.fixture(scope="module")
-def planned(plan, sample_texts, tmp_path_factory) -> pa.Table:
-    shard = tmp_path_factory.mktemp("in") / "s.jsonl"
-    lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(sample_texts[:4])]
-    shard.write_text("\n".join([*lines, json.dumps({"id": "blank", "text": " "})]))
-    return planned_documents(InputSettings(paths=[str(shard)]), plan.chunk.fingerprint)
 
 
 def test_a_feeder_sends_to_the_engine_its_environment_names(monkeypatch):

@@ -3,34 +3,16 @@ actor is the pure chunk step. The wiring itself runs in tests/integration."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
-import pytest
 from ray.exceptions import RayTaskError
 
 from pipeline import schema as s
 from pipeline.errors import EngineError, InputRejected
-from pipeline.local_executor import planned_documents
-from pipeline.plan.job import plan_job
 from pipeline.ray_stages import ChunkActor, _pipeline_error
-from pipeline.settings import InputSettings, LoggingSettings, Settings
+from pipeline.settings import LoggingSettings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def plan(minilm_path):
-    return plan_job(Settings(model={"path": str(minilm_path), "device": "cpu"}), 2, gpus=0, cpus=2)
-
-
-@pytest.fixture(scope="module")
-def planned(plan, sample_texts, tmp_path_factory) -> pa.Table:
-    shard = tmp_path_factory.mktemp("in") / "s.jsonl"
-    lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(sample_texts[:4])]
-    shard.write_text("\n".join([*lines, json.dumps({"id": "blank", "text": " "})]))
-    return planned_documents(InputSettings(paths=[str(shard)]), plan.chunk.fingerprint)
 
 
 def test_the_chunk_actor_is_the_chunk_step_with_the_plans_chunking(plan, planned, minilm_path):

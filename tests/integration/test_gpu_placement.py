@@ -268,7 +268,7 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
             cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "20"
         )
         watcher.join(timeout=5)
-        after = ray_status(cpu_only)
+        after = ray_status_once(cpu_only, "From request_resources:\n (none)", within_s=30)
     finally:
         cpu_only.stop()
         shutil.rmtree(cpu_only.temp_dir, ignore_errors=True)
@@ -279,6 +279,17 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
     asked = re.compile(r"From request_resources:\n \{[^}]*'GPU': 1(\.0)?[,}][^\n]*: 1 from request_resources\(\)")
     assert any(asked.search(s) for s in status), status[-1:]
     assert "From request_resources:\n (none)" in after  # not left to keep GPU nodes up
+
+
+def ray_status_once(cluster, text: str, within_s: float) -> str:
+    """`ray status` once it shows `text`, or its last reading: the autoscaler's monitor refreshes what it reports
+    every few seconds, so a request withdrawn just now shows there a little later."""
+    deadline = time.monotonic() + within_s
+    while True:
+        status = ray_status(cluster)
+        if text in status or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
 
 
 def ray_status(cluster) -> str:

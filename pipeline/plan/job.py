@@ -6,15 +6,23 @@ from what the settings say.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import ConfigError
 from pipeline.plan.compute import forward_ms, peak_tflops
 from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, plan_memory, resolve_dtype
 from pipeline.plan.model_dir import ModelDir, ModelLimits, check_remote_code
-from pipeline.plan.placement import Cluster, DeviceShare, Placement, choose_engines_per_device, lay_out
-from pipeline.settings import Settings
+from pipeline.plan.placement import (
+    Cluster,
+    DeviceShare,
+    Placement,
+    assign_nodes,
+    check_stage_room,
+    choose_engines_per_device,
+    lay_out,
+)
+from pipeline.settings import RunSettings, Settings
 from pipeline.stages.chunking import ChunkPlan
 
 
@@ -102,6 +110,7 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
         per_device = min(per_device, -(-r.actors // groups))
     placement = lay_out(cluster, device, m.tensor_parallel_size, per_device, r.actors)
     notes = [*lengths.notes, *placement.notes]
+    placement = _leave_stage_room(cluster, placement, device, r, notes)
     if m.enforce_eager is None and device == "cpu":
         notes.append(
             "enforce_eager on: on the CPU backend the engine starts about twice as fast without torch.compile and "
@@ -124,6 +133,25 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
         language_model_only=lengths.model.multimodal,
     )
     return JobPlan(lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory)
+
+
+def _leave_stage_room(cluster: Cluster, placement: Placement, device: str, run: RunSettings, notes: list) -> Placement:
+    """The placement with room left for the other stages: fewer engines when run.actors is unset, else as set or
+    refused (check_stage_room's message)."""
+    if run.actors is None:
+        while placement.actors > 1:
+            try:
+                check_stage_room(cluster, placement, device, run.chunk_actors)
+                break
+            except ConfigError:
+                placement = replace(placement, actors=placement.actors - 1)
+        if placement.actors < sum(placement.per_node.values()):
+            notes.append(
+                f"{placement.actors} engines, not {sum(placement.per_node.values())}: the rest of the run needs "
+                f"CPUs beside them (set run.actors to choose)"
+            )
+    check_stage_room(cluster, placement, device, run.chunk_actors)
+    return replace(placement, nodes=tuple(assign_nodes(cluster, placement, device)))
 
 
 def _device_share(

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pipeline.errors import ConfigError
 from pipeline.plan.compute import SATURATING_FORWARD_MS
 
+LOCAL_CPU_HEADROOM = 1
+"""Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
+and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
+
 
 @dataclass(frozen=True)
 class Node:
@@ -38,8 +42,9 @@ class Cluster:
 
     @classmethod
     def one_node(cls, gpus: float = 0.0, cpus: float = 1.0, **device) -> Cluster:
-        """A cluster of one node, e.g. this machine."""
-        return cls((Node("local", "local", cpus, gpus, **device),))
+        """This machine as the local Ray a job starts sees it: its `cpus` and the shuffle's headroom."""
+        node = Node("local", "local", cpus + LOCAL_CPU_HEADROOM, gpus, **device)
+        return cls((node,), cpu_headroom=LOCAL_CPU_HEADROOM)
 
     @property
     def gpus(self) -> float:
@@ -166,6 +171,9 @@ class Placement:
     per_node: dict[str, int]
     """Engines each node can hold, by node address, for messages and records."""
     notes: list[str] = field(default_factory=list)
+    nodes: tuple[str, ...] = ()
+    """The node each engine is pinned to (its bundle's label selector): a bundle whose node is lost is never
+    re-placed on another node, where it would take the CPUs or GPUs the rest of the run needs."""
 
 
 def lay_out(
@@ -227,3 +235,76 @@ def bundle_shape(bundle: dict[str, float]) -> str:
 
 def _per_node(per_node: dict[str, int]) -> str:
     return ", ".join(f"{address} {n}" for address, n in per_node.items())
+
+
+@dataclass(frozen=True)
+class StageCpus:
+    """Logical CPUs each stage of the run asks Ray for. Ray Data 2.60's hash shuffle (the plan's repartition by
+    document id) runs map and reduce tasks of a whole CPU each, which must find that CPU free on one node while the
+    engines and the chunk actors hold theirs for the whole run."""
+
+    read: float = 0.5
+    shuffle: float = 1.0
+    plan: float = 0.25
+    chunk_actor: float = 0.5
+    write: float = 0.25
+    split: float = 0.25
+
+
+STAGE_CPUS = StageCpus()
+
+
+def assign_nodes(cluster: Cluster, placement: Placement, device: str) -> list[str]:
+    """The node of each engine, spread: one per node in turn, each node up to what it holds (on CPU nodes, what its
+    CPUs hold)."""
+    holds = {n.node_id: _holds(n, placement, device) for n in cluster.nodes}
+    placed = dict.fromkeys(holds, 0)
+    order: list[str] = []
+    while len(order) < placement.actors:
+        open_nodes = [n for n in holds if placed[n] < holds[n]]
+        if not open_nodes:
+            break
+        for node in open_nodes[: placement.actors - len(order)]:
+            placed[node] += 1
+            order.append(node)
+    return order
+
+
+def engines_per_node(cluster: Cluster, placement: Placement, device: str) -> dict[str, int]:
+    placed = dict.fromkeys((n.node_id for n in cluster.nodes), 0)
+    for node in assign_nodes(cluster, placement, device):
+        placed[node] += 1
+    return placed
+
+
+def _holds(node: Node, placement: Placement, device: str) -> int:
+    if device == "cuda":
+        return placement.per_node.get(node.address, 0)
+    return int(node.cpus // placement.bundle["CPU"])
+
+
+def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_actors: int) -> None:
+    """The engines must leave the other stages room, or the run waits forever for a CPU Ray cannot give. Engines
+    and chunk actors hold their CPUs for the whole run; every other stage is a task, the largest a task of the
+    plan's shuffle, which needs a whole CPU free on one node. So some node must keep a whole CPU beside its engines
+    even after the chunk actors take theirs wherever Ray puts them: the chunk actors must be too few to take every
+    node's spare whole CPU. ConfigError with every node's numbers if not."""
+    placed = engines_per_node(cluster, placement, device)
+    free = {n.node_id: n.cpus - placed[n.node_id] * placement.bundle["CPU"] for n in cluster.nodes}
+    s = STAGE_CPUS
+    # Chunk actors needed to leave a node without a whole free CPU: enough to bring it below one.
+    knockout = sum(math.floor((f - s.shuffle) / s.chunk_actor) + 1 for f in free.values() if f >= s.shuffle)
+    if knockout > chunk_actors:
+        return
+    nodes = "; ".join(
+        f"{n.address}: {n.cpus:g} CPUs, {placed[n.node_id]} engines ({placed[n.node_id] * placement.bundle['CPU']:g} "
+        f"CPUs), {free[n.node_id]:g} free"
+        for n in cluster.nodes
+    )
+    msg = (
+        f"the engines leave the other stages no room: {placement.actors} engines of {bundle_shape(placement.bundle)} "
+        f"on {nodes}. Besides the engines the run needs a node with {s.shuffle:g} free CPU for the plan's shuffle "
+        f"tasks after its {chunk_actors} chunk actors take {s.chunk_actor:g} CPU each; lower run.actors or "
+        f"run.chunk_actors, or give the nodes more CPUs"
+    )
+    raise ConfigError(msg)

@@ -14,7 +14,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.errors import ConfigError
-from pipeline.plan.placement import Cluster, Node, bundle_shape
+from pipeline.plan.placement import LOCAL_CPU_HEADROOM, Cluster, Node, bundle_shape
 from pipeline.runtime.devices import NodeDevices, read_node_devices
 from pipeline.settings import RunSettings
 
@@ -28,9 +28,6 @@ LOCAL_RAY_CONFIG = {
 }
 """A local Ray's own bookkeeping that nothing reads in an embedded run (no dashboard): metric exports and task
 events from every process. Off, a local run's start-up was 2-4.6 s shorter in three paired runs on 2 cores."""
-SHUFFLE_CPU_HEADROOM = 1
-"""Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
-and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
 PROBE_TIMEOUT_S = 60.0
 """Longest wait for the probe tasks that read each node's devices (a worker process starts on each)."""
 GPU_WAIT_POLL_S = 10.0
@@ -58,7 +55,7 @@ def start_ray(run: RunSettings) -> None:
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     store_mb = run.object_store_mb or min(2048, max(256, total_mb // 10))
     ray.init(
-        num_cpus=(run.num_cpus or os.cpu_count()) + SHUFFLE_CPU_HEADROOM,
+        num_cpus=(run.num_cpus or os.cpu_count()) + LOCAL_CPU_HEADROOM,
         object_store_memory=store_mb * 2**20,
         include_dashboard=False,
         log_to_driver=False,
@@ -122,7 +119,7 @@ def cluster_inventory(timeout_s: float = PROBE_TIMEOUT_S) -> Cluster:
                 host_memory_bytes=read.host_memory_bytes if read else None,
             )
         )
-    return Cluster(tuple(found), cpu_headroom=SHUFFLE_CPU_HEADROOM if is_local() else 0)
+    return Cluster(tuple(found), cpu_headroom=LOCAL_CPU_HEADROOM if is_local() else 0)
 
 
 def _probe_all(nodes: list[dict], timeout_s: float) -> list[NodeDevices | None]:
@@ -143,10 +140,16 @@ def _answer(ref) -> NodeDevices | None:
         return None
 
 
+def lost_nodes(cluster: Cluster) -> list[str]:
+    """The nodes of `cluster` (as the plan saw it) that are no longer alive."""
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    return [n.address for n in cluster.nodes if n.node_id not in alive]
+
+
 def cluster_cpus() -> int:
     """Logical CPUs to size the plan's shuffle by (a local Ray's headroom left out)."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, cpus - SHUFFLE_CPU_HEADROOM) if is_local() else cpus
+    return max(1, cpus - LOCAL_CPU_HEADROOM) if is_local() else cpus
 
 
 def wait_for_gpu_nodes(cluster: Cluster, bundle: dict[str, float], engines: int, timeout_s: float) -> Cluster:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pyarrow as pa
 import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayError
+from ray.util.placement_group import NODE_ID_LABEL_KEY as NODE_ID_LABEL
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from pipeline.engine.factory import make_embedder
@@ -26,19 +29,20 @@ from pipeline.errors import EngineError, PipelineError, PlacementError
 from pipeline.log import configure_logging
 from pipeline.plan.job import JobPlan
 from pipeline.plan.placement import Cluster, bundle_shape
+from pipeline.ray_supervision import CONTROL_TIMEOUT_S, ENGINE_ENV, NODE_VERDICT_S, EngineSupervisor
 from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.runtime.progress import embedded_counts
 from pipeline.settings import LoggingSettings, RunSettings
-from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
+from pipeline.stages.embed import EmbedStep
 
 log = structlog.get_logger(__name__)
 
-ENGINE_ENV = "EMBEDPIPE_ENGINE_INDEX"
-"""Environment variable naming the engine actor an embed-stage feeder sends its batches to."""
 ENGINE_RESTARTS = 4
 """Times Ray restarts an engine actor whose process died, retrying the calls it held."""
 PLACEMENT_LOG_EVERY_S = 30.0
 NO_DEMOTION = HelperPriority(0, "")
+LAST_WORDS = 50
+"""Log lines an engine keeps for the supervisor to quote if it hangs."""
 
 
 @ray.remote(num_cpus=0)
@@ -63,46 +67,49 @@ class StartGate:
             lock.release()
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"control": 1})
 class EngineActor:
     """Hosts one engine and embeds chunk batches by their token ids. Started by the driver as soon as the plan
     places it, so the engine loads while Ray Data starts, reads and chunks; its process runs nothing but the
-    engine. Once ready, it leaves the flag that lets the helper stages on its node step aside."""
+    engine. Once ready, it leaves the flag that lets the helper stages on its node step aside. It tells the run's
+    supervisor when it (re)starts, and answers the supervisor on a thread of its own even while a call hangs."""
 
-    def __init__(
-        self,
-        logs: LoggingSettings,
-        spec: EngineSpec,
-        board=None,
-        priority: HelperPriority = NO_DEMOTION,
-        gate=None,
-        start_timeout_s: float = 1200.0,
-    ):
+    def __init__(self, index: int, logs: LoggingSettings, spec: EngineSpec, run: EngineRun):
         configure_logging(logs.level, logs.json_format)
-        self.board = board
+        self.last_lines = _capture_log_lines()
+        self.board = run.board
         self.failure: PipelineError | None = None
-        slot = os.environ.get(SLOT_ENV)
         context = ray.get_runtime_context()
+        slot = os.environ.get(SLOT_ENV)
         device_key = f"{context.get_node_id()}:{','.join(context.get_accelerator_ids().get('GPU', []))}"
-        entered = _enter(gate, device_key, start_timeout_s)
+        entered = _enter(run.gate, device_key, run.start_timeout_s)
+        if run.supervisor is not None:  # its start counts from here, not from its wait at the gate
+            run.supervisor.starting.remote(index, context.was_current_actor_reconstructed, context.get_node_id())
         try:
             embedder = make_embedder(spec, int(slot) if slot else None)
         except Exception as exc:  # noqa: BLE001 - raised by each call instead: an actor that fails to start dies
             self.failure = _message_only(exc)  # with a message only, and the run's error would lose what it said
         finally:
             if entered:
-                gate.leave.remote(device_key)
+                run.gate.leave.remote(device_key)
+        if run.supervisor is not None:
+            run.supervisor.started.remote(index)
         if self.failure is not None:
             _release_device_memory()
             return
         self.step = EmbedStep(embedder, engine_label(context.get_node_id(), embedder.info()))
-        if priority.niceness:
-            mark_engines_ready(priority.engines_ready_flag)
-        if board is not None:
-            board.add.remote({"engines_ready": 1})
+        if run.priority.niceness:
+            mark_engines_ready(run.priority.engines_ready_flag)
+        if self.board is not None:
+            self.board.add.remote({"engines_ready": 1})
 
     def start_failure(self) -> PipelineError | None:
         return self.failure
+
+    @ray.method(concurrency_group="control")
+    def last_words(self) -> list[str]:
+        """The engine's last log lines (vLLM's and the stand-ins'), answered while an embed call runs."""
+        return list(self.last_lines)
 
     def embed(self, batch: pa.Table) -> pa.Table:
         if self.failure is not None:
@@ -111,6 +118,35 @@ class EngineActor:
         if self.board is not None:
             self.board.add.remote(embedded_counts(batch))
         return out
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """What every engine actor of a run shares: the run's progress board, supervisor and start gate, its helpers'
+    priority and how long a start may hold the next engine on its GPU."""
+
+    board: object = None
+    supervisor: object = None
+    gate: object = None
+    priority: HelperPriority = NO_DEMOTION
+    start_timeout_s: float = 1200.0
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: deque):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:500])
+
+
+def _capture_log_lines() -> deque:
+    """The last lines this process logs through the standard library (vLLM's own logger does not propagate)."""
+    lines: deque = deque(maxlen=LAST_WORDS)
+    for name in ("", "vllm"):
+        logging.getLogger(name).addHandler(_Lines(lines))
+    return lines
 
 
 def _enter(gate, key: str, timeout_s: float) -> bool:
@@ -141,22 +177,6 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class EngineFeeder:
-    """Ray Data's embed stage: hands each batch to its engine actor (the one its ENGINE_ENV names) and waits for
-    the vectors. Two calls at a time, so the engine finds its next batch queued when it finishes one. A batch with
-    nothing to embed (unchanged documents, rejects) passes without the engine where the table's vector dimension
-    is known, so a run that embeds nothing does not wait for an engine to start."""
-
-    def __init__(self, engines: list, dim: int | None = None):
-        self.engine = engines[int(os.environ.get(ENGINE_ENV, "0")) % len(engines)]
-        self.dim = dim
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.dim is not None and not has_chunks(batch):
-            return passed_through(batch, self.dim)
-        return ray.get(self.engine.embed.remote(batch))
-
-
 def engine_label(node_id: str, info: dict) -> str:
     """How batch rows name their engine: node and process, and the cores it is bound to when it shares a node."""
     label = f"{node_id[:8]}:{os.getpid()}"
@@ -167,11 +187,13 @@ def engine_label(node_id: str, info: dict) -> str:
 
 @dataclass(frozen=True)
 class Engines:
-    """The run's engine actors, and the remote args of the feeder for each: its engine's index and node."""
+    """The run's engine actors, their supervisor, and the remote args of the feeder for each: its engine's index
+    and node."""
 
     actors: list
     nodes: list[str]
     feeders: Iterator[int]
+    supervisor: object = None
 
     def feeder_args(self) -> dict:
         index = next(self.feeders) % len(self.actors)
@@ -191,6 +213,15 @@ class Engines:
                 return failure
         return None
 
+    def report(self) -> dict:
+        """Restarts and hangs of the run's engines, as the supervisor counted them (empty if it cannot say)."""
+        if self.supervisor is None:
+            return {}
+        try:
+            return ray.get(self.supervisor.report.remote(), timeout=NODE_VERDICT_S + 4 * CONTROL_TIMEOUT_S)
+        except RayError:
+            return {}
+
 
 @contextmanager
 def engine_actors(
@@ -205,19 +236,25 @@ def engine_actors(
     group), spread over nodes (one per node before two on one) and reserved before any task of the run can take
     the room, and one engine actor in each, with its slot among the engines on its node (which cores it is bound
     to on a CPU node). Engines sharing a GPU start one after another. The engines load while the rest of the run
-    starts; they, the gate and the bundles are released at the end."""
-    bundle = plan.placement.bundle
-    group = ray.util.placement_group([bundle] * plan.actors, strategy="SPREAD")
+    starts; they, the gate, the supervisor and the bundles are released at the end."""
+    bundle, node_of = plan.placement.bundle, list(plan.placement.nodes)
+    group = ray.util.placement_group(
+        [bundle] * plan.actors, strategy="SPREAD", bundle_label_selector=[{NODE_ID_LABEL: n} for n in node_of]
+    )
     try:
         _wait_placed(group, plan, cluster, run.placement_timeout_s)
     except BaseException:
         ray.util.remove_placement_group(group)
         raise
-    nodes = ray.util.placement_group_table(group)["bundles_to_node_id"]
-    node_of = [nodes[i] for i in range(plan.actors)]
     slots = node_slots(node_of)
     shares_gpus = plan.engine.device == "cuda" and plan.engine.engines_per_device > 1
-    gate = StartGate.remote() if shares_gpus else None
+    shared = EngineRun(
+        board=board,
+        supervisor=EngineSupervisor.remote(run.engine_hangs, run.engine_start_timeout_s),
+        gate=StartGate.remote() if shares_gpus else None,
+        priority=priority,
+        start_timeout_s=run.engine_start_timeout_s,
+    )
     actors = [
         EngineActor.options(
             num_cpus=bundle["CPU"],
@@ -226,16 +263,18 @@ def engine_actors(
             max_task_retries=ENGINE_RESTARTS,
             scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i),
             runtime_env={"env_vars": {SLOT_ENV: str(slots[i] % plan.engine.engines_per_device)}},
-        ).remote(logs, plan.engine, board, priority, gate, run.engine_start_timeout_s)
+        ).remote(i, logs, plan.engine, shared)
         for i in range(plan.actors)
     ]
+    shared.supervisor.attach.remote(actors, node_of)
     try:
-        yield Engines(actors, node_of, itertools.count())
+        yield Engines(actors, node_of, itertools.count(), shared.supervisor)
     finally:
         for actor in actors:
             ray.kill(actor)
-        if gate is not None:
-            ray.kill(gate)
+        for helper in (shared.gate, shared.supervisor):
+            if helper is not None:
+                ray.kill(helper)
         ray.util.remove_placement_group(group)
 
 

@@ -4,6 +4,7 @@ The engines' actors are in ray_engines, the cluster's start and inventory in ray
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -11,18 +12,20 @@ from dataclasses import asdict
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
-from ray.data import ActorPoolStrategy, Dataset
+from ray.data import ActorPoolStrategy, DataContext, Dataset, ExecutionResources
 from ray.exceptions import RayError
 
+from pipeline import errors
 from pipeline import schema as s
 from pipeline.errors import EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.job import JobPlan
 from pipeline.ray_cluster import cluster_cpus
-from pipeline.ray_engines import NO_DEMOTION, EngineFeeder, Engines
+from pipeline.ray_engines import NO_DEMOTION, Engines
+from pipeline.ray_supervision import EngineFeeder
 from pipeline.runtime.cpu_priority import HelperPriority
 from pipeline.runtime.progress import Progress, chunked_counts, planned_counts
-from pipeline.settings import InputSettings, LoggingSettings, Settings
+from pipeline.settings import InputSettings, LoggingSettings, RunSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker, ChunkPlan
 from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
@@ -34,6 +37,7 @@ from pipeline.store.stored_keys import LOOKUP_IDS, StoredKeys
 
 RECORD = "record"
 MAX_READ_BLOCKS = 4096
+NO_PROGRESS_MARGIN_S = 300.0
 
 
 @ray.remote(num_cpus=0)
@@ -160,6 +164,7 @@ def build_dataset(
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     cpus = cluster_cpus()
+    _tell_ray_data(plan, settings.run)
     docs = read_documents(settings.input, fs, shards, priority)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
@@ -193,7 +198,12 @@ def build_dataset(
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
     embedded = chunks.map_batches(
         EngineFeeder,
-        fn_constructor_kwargs={"engines": engines.actors, "dim": dim},
+        fn_constructor_kwargs={
+            "engines": engines.actors,
+            "dim": dim,
+            "supervisor": engines.supervisor,
+            "run": settings.run,
+        },
         batch_size=settings.run.batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(
@@ -212,6 +222,23 @@ def build_dataset(
     )
 
 
+def _tell_ray_data(plan: JobPlan, run: RunSettings) -> None:
+    """What Ray Data's scheduler must know of this run: the engines' bundles are not its to hand out (it would
+    otherwise budget the stages with CPUs the engines hold), and how long a run may go without progress before it
+    ends (a start may take run.engine_start_timeout_s, a hung engine's call its bound: past both, something is
+    stuck)."""
+    context = DataContext.get_current()
+    bundle = plan.placement.bundle
+    context.execution_options.exclude_resources = ExecutionResources(
+        cpu=bundle["CPU"] * plan.actors, gpu=bundle.get("GPU", 0) * plan.actors
+    )
+    context.execution_no_progress_timeout_s = no_progress_timeout_s(run)
+
+
+def no_progress_timeout_s(run: RunSettings) -> float:
+    return run.engine_start_timeout_s + 2 * run.engine_call_timeout_s + NO_PROGRESS_MARGIN_S
+
+
 def _spread() -> dict:
     return {"scheduling_strategy": "SPREAD"}
 
@@ -228,6 +255,9 @@ def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[d
 
 
 def _pipeline_error(exc: BaseException) -> PipelineError:
+    """The PipelineError a worker raised, through Ray's wrapping: as the exception's cause where Ray keeps it, else
+    read back from the remote traceback Ray prints (Ray Data 2.60 re-raises a UDF's error `from None` inside a
+    UserCodeException, keeping only its text). Any other failure becomes an EngineError quoting its last line."""
     seen: BaseException | None = exc
     for _ in range(8):
         if seen is None:
@@ -235,5 +265,20 @@ def _pipeline_error(exc: BaseException) -> PipelineError:
         if isinstance(seen, PipelineError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
+    raised = _raised_in_worker(str(exc))
+    if raised is not None:
+        return raised
     first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return EngineError(f"a pipeline worker failed after Ray's retries: {first_line}")
+
+
+_WORKER_ERROR = re.compile(r"^pipeline\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _raised_in_worker(traceback_text: str) -> PipelineError | None:
+    """The last of our own errors a remote traceback names, rebuilt from its class name and message."""
+    for name, message in reversed(_WORKER_ERROR.findall(traceback_text)):
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, PipelineError):
+            return cls(message.strip())
+    return None

@@ -77,3 +77,28 @@ class RecordingEngine(FakeEmbedder):
 
     def info(self) -> dict:
         return {"engine": "recording", "dim": self.dim}
+
+
+HANGS_ENV = "EMBEDPIPE_TEST_ENGINE_HANGS"
+"""How many of HangingEngine's incarnations stop answering (their first call never returns); 'always' for all."""
+
+
+class HangingEngine(RecordingEngine):
+    """A stand-in engine whose first EMBEDPIPE_TEST_ENGINE_HANGS incarnations stop answering at their first call,
+    as an engine does after a GPU fault or an NCCL hang: the process lives and answers its control thread, the
+    call never returns. It says so in its log first (its last words)."""
+
+    def embed(self, token_ids):
+        import logging
+        import os
+        import time
+        from pathlib import Path
+
+        hangs = os.environ.get(HANGS_ENV, "1")
+        seen = Path(os.environ[RECORDS_ENV]) / "hangs"
+        seen.mkdir(exist_ok=True)
+        if hangs == "always" or len(list(seen.iterdir())) < int(hangs):
+            (seen / str(os.getpid())).touch()
+            logging.getLogger("tests.fakes").warning("stand-in engine %s stops answering", os.getpid())
+            time.sleep(3600)
+        return super().embed(token_ids)

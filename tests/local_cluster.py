@@ -50,9 +50,35 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return [""]
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(proc.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
 def stop_cluster(temp_dir: Path) -> None:
-    """Stop only the processes of this cluster: those whose command line names its temp dir, then their workers."""
-    mine = processes_naming(str(temp_dir))
+    """Stop only the processes of this cluster: those whose command line names its temp dir, and every process
+    under them (the raylets' workers name no temp dir)."""
+    mine = sorted({pid for named in processes_naming(str(temp_dir)) for pid in descendants(named)})
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in mine:
             try:
@@ -101,6 +127,24 @@ class LocalCluster:
     def job_env(self, **extra: str) -> dict[str, str]:
         """The environment of a driver joining this cluster."""
         return {**self.env, "RAY_ADDRESS": self.address, **extra}
+
+    def kill_node(self, index: int) -> list[int]:
+        """SIGKILL node `index` (1 = the first node that joined the head): its raylet and every process under it
+        (its workers and agents), by their ids, as a lost machine would go. Returns the ids killed."""
+        socket = "sockets/raylet" + (f".{index}" if index else "")
+        raylets = [
+            pid
+            for pid in processes_naming(str(self.temp_dir))
+            if any(arg.endswith(socket) for arg in _cmdline(pid)) and _cmdline(pid)[0].endswith("/raylet")
+        ]
+        assert len(raylets) == 1, f"node {index}'s raylet: {raylets}"
+        doomed = descendants(raylets[0])
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return doomed
 
     def stop(self) -> None:
         stop_cluster(self.temp_dir)

@@ -61,13 +61,13 @@ def chunks(minilm_path, sample_texts, tmp_path_factory) -> tuple[pa.Table, objec
 
 
 def test_a_tensor_parallel_engine_in_an_actor_gives_one_ranks_vectors_and_leaves_no_process(ray_local, chunks):
-    from pipeline.ray_engines import EngineActor
+    from pipeline.ray_engines import EngineActor, EngineRun
 
     batch, plan = chunks
     vectors, workers = {}, {}
     for tp in (1, 2):
         spec = replace(plan.engine, tensor_parallel_size=tp, cpu_threads=2)
-        actor = EngineActor.options(num_cpus=1).remote(LoggingSettings(), spec)
+        actor = EngineActor.options(num_cpus=1).remote(0, LoggingSettings(), spec, EngineRun())
         out = ray_local.get(actor.embed.remote(batch), timeout=600)
         stats = json.loads(out.column(s.BATCH_STATS)[0].as_py())
         assert stats["engine"]["engine"] == "vllm"

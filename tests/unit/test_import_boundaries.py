@@ -11,6 +11,7 @@ EDGES = {
     "pipeline.ray_stages": "the Ray Data adapter: the run's stages as Ray tasks and actors",
     "pipeline.ray_engines": "the engines' actors, their placement group and start gate",
     "pipeline.ray_cluster": "joining or starting Ray, and the inventory of its nodes",
+    "pipeline.ray_supervision": "the embed stage's feeders and the supervisor of the engines",
     "benchmarks.ray_llm": "the Ray Data LLM baseline of the benchmark",
 }
 

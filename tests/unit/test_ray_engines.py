@@ -9,7 +9,8 @@ import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.errors import ChunkBudgetError, EngineError
-from pipeline.ray_engines import ENGINE_ENV, EngineFeeder, Engines, _message_only, engine_label
+from pipeline.ray_engines import Engines, _message_only, engine_label
+from pipeline.ray_supervision import ENGINE_ENV, EngineFeeder
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer

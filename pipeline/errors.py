@@ -35,3 +35,8 @@ class StoreBusyError(StoreError, Refusal):
 
 class PlacementError(PipelineError):
     """Ray could not place the engines within the run's bound; nothing was embedded."""
+
+
+class RunInterrupted(PipelineError):
+    """The driver was told to stop (SIGTERM: a spot instance's notice, Kubernetes deleting the pod) and did, keeping
+    what it had committed; the next run resumes."""

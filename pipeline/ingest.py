@@ -17,10 +17,12 @@ import pyarrow.fs as pafs
 import structlog
 
 from pipeline import __version__
+from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.plan.job import JobPlan, LengthPlan, check_chunk_room, check_memory, place_engines, plan_lengths
 from pipeline.plan.memory import MemoryPlan
 from pipeline.plan.placement import engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
+from pipeline.runtime.interrupt import on_sigterm
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
@@ -166,12 +168,12 @@ def run_ingest(settings: Settings) -> RunResult:
             log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
             committer = RunCommitter(store, run_id, metadata)
             writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
-            outcome, status, error, upkeep = None, "failed", None, None
+            outcome, status, error, upkeep, fleet = None, "failed", None, None, None
             try:
                 display = ProgressDisplay(
                     ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
                 )
-                with PriorityKeeper(priority), display:
+                with PriorityKeeper(priority), display, on_sigterm() as interrupt:
                     dataset = ray_stages.build_dataset(
                         settings,
                         plan,
@@ -186,21 +188,30 @@ def run_ingest(settings: Settings) -> RunResult:
                         dim=stored_dim,
                     )
                     for record in ray_stages.iter_records(dataset, engines):
-                        committer.add(record)
+                        with interrupt.committing():
+                            committer.add(record)
                 outcome = committer.finish(settings.run.delete_missing)
                 status = "succeeded"
+                fleet = _fleet(ray_cluster, engines, cluster)
                 run_scope.close()  # the engines' memory is free before maintenance
                 if settings.index.after_run:
                     upkeep = _maintain(store, settings, plan.model.similarity, exclusive)
+            except (RunInterrupted, KeyboardInterrupt) as exc:
+                status, fleet = "interrupted", fleet or _fleet(ray_cluster, engines, cluster)
+                error = f"interrupted by {exc or 'SIGINT'}"
+                raise RunInterrupted(f"{error}; {_kept(committer)}") from None
+            except PipelineError as exc:
+                fleet = fleet or _fleet(ray_cluster, engines, cluster)
+                error = f"{type(exc).__name__}: {exc}"[:4000]
+                raise _with_losses(exc, fleet, committer) from exc
             except BaseException as exc:
                 error = f"{type(exc).__name__}: {exc}"[:4000]
                 raise
             finally:
                 outcome = outcome or committer.outcome()
                 result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-                store.run_log.finish(
-                    run_id, _finish_values(result, committer.engine_info, error), failing=error is not None
-                )
+                values = {**_finish_values(result, committer.engine_info, error), **_fleet_values(fleet)}
+                store.run_log.finish(run_id, values, failing=error is not None)
                 log.info(
                     "run_finished",
                     status=status,
@@ -212,6 +223,42 @@ def run_ingest(settings: Settings) -> RunResult:
                 )
                 structlog.contextvars.unbind_contextvars("run_id")
     return result
+
+
+def _fleet(ray_cluster, engines, cluster) -> dict:
+    """The engines' restarts and hangs, and the nodes lost since the plan, for the runs row and the error."""
+    try:
+        return {**engines.report(), "lost_nodes": ray_cluster.lost_nodes(cluster)}
+    except Exception as exc:  # noqa: BLE001 - a cluster too broken to say is recorded as such
+        log.warning("fleet_unknown", error=f"{type(exc).__name__}: {exc}"[:500])
+        return {}
+
+
+def _fleet_values(fleet: dict | None) -> dict:
+    fleet = fleet or {}
+    lost = fleet.get("lost_nodes")
+    return {
+        "engines_lost": fleet.get("engines_lost"),
+        "engine_restarts": fleet.get("engine_restarts"),
+        "engines_hung": fleet.get("engines_hung"),
+        "lost_nodes": json.dumps(lost) if lost is not None else None,
+    }
+
+
+def _kept(committer: RunCommitter) -> str:
+    return (
+        f"{committer.groups} groups ({committer.counts['rows']:,} chunks) committed before it stay, and a rerun "
+        f"resumes from there (nothing committed is embedded again)"
+    )
+
+
+def _with_losses(exc: PipelineError, fleet: dict, committer: RunCommitter) -> PipelineError:
+    """A run's failure with what the cluster lost while it ran, and what it kept."""
+    lost, restarts = fleet.get("lost_nodes") or [], fleet.get("engine_restarts") or 0
+    if not lost and not restarts:
+        return exc
+    losses = f"nodes lost: {', '.join(lost)} (engines on them: {fleet.get('engines_lost', '?')}); " if lost else ""
+    return type(exc)(f"{exc}. {losses}engine restarts: {restarts}; {_kept(committer)}")
 
 
 def _maintain(store: LanceStore, settings: Settings, similarity: str | None, exclusive: bool) -> MaintenanceReport:

@@ -211,6 +211,10 @@ RUNS_SCHEMA = pa.schema(
         pa.field("write_nodes", pa.string()),
         pa.field("driver_peak_mb", pa.float64()),
         pa.field("commit_s", pa.float64()),
+        pa.field("engines_lost", pa.int64()),
+        pa.field("engine_restarts", pa.int64()),
+        pa.field("engines_hung", pa.int64()),
+        pa.field("lost_nodes", pa.string()),
     ]
 )
 RUN_KIND_INGEST = "ingest"

@@ -148,8 +148,15 @@ class RunSettings(Section):
     """Longest wait for Ray to place the engines (GPUs held by another job, nodes still joining, an autoscaler
     adding GPU nodes); past it the run ends, naming what could not be placed."""
     engine_start_timeout_s: float = Field(default=1200.0, gt=0)
-    """Longest an engine's start (loading weights, compiling, profiling memory) holds back the next engine on its
-    GPU; engines sharing a GPU start one after another."""
+    """Longest an engine's start (loading weights, compiling, profiling memory) may take: it holds back the next
+    engine on its GPU no longer (engines sharing a GPU start one after another), and a call waiting for an engine to
+    start is not counted as hung before it."""
+    engine_call_timeout_s: float = Field(default=120.0, gt=0)
+    """Least time an engine call may take before the engine counts as hung (a GPU fault, an NCCL hang, a deadlocked
+    kernel); a call may also take 10x its tokens at the engine's measured rate. A hung engine is restarted and its
+    batch goes to another engine; one that hangs again past run.engine_hangs fails the run."""
+    engine_hangs: int = Field(default=2, ge=0)
+    """Restarts for hanging a run allows one engine; the next hang fails the run with the engine's last log lines."""
     chunk_actors: int = Field(default=1, ge=1)
     """Actors that parse and tokenize shards."""
     batch_rows: int = Field(default=64, ge=1)

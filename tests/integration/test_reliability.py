@@ -240,3 +240,29 @@ def test_a_chunk_without_room_for_its_overlaps_is_refused_once_the_tokenizer_loa
     assert any(e.get("event") == "run_planned" for e in job.events)  # refused after the engines were placed
     tables = lancedb.connect(str(db)).table_names()
     assert "runs" not in tables or runs(db) == []
+
+
+def test_sigterm_finishes_the_commit_in_flight_marks_the_run_interrupted_and_the_next_starts_at_once(
+    tiny_model_path, corpus, clean, tmp_path
+):
+    """A spot instance's notice or Kubernetes deleting the pod: SIGTERM to the driver. It stops within the grace
+    period (30 s, Kubernetes' default), records why, releases the store's lock, and the next run completes it."""
+    db = tmp_path / "db"
+    job = IngestProcess(tiny_model_path, corpus, db)
+    assert job.wait_for("rows_committed", 1)
+    signalled = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    job.proc.wait(timeout=60)
+    stopped_s = time.monotonic() - signalled
+    job._reader.join(timeout=5)
+    assert job.proc.returncode == 1 and stopped_s < 30, (stopped_s, "".join(job.stderr[-20:]))
+    assert "interrupted by SIGTERM" in job.stderr[-1] and "a rerun resumes from there" in job.stderr[-1]
+    [run] = runs(db)
+    assert run["status"] == "interrupted" and run["error"].startswith("interrupted by SIGTERM")
+    assert run["groups"] >= 1 and run["chunks"] == chunks(db).num_rows  # the row counts what stayed committed
+    started = time.monotonic()
+    rerun = IngestProcess(tiny_model_path, corpus, db)
+    assert rerun.wait_for("run_planned", timeout_s=120) and time.monotonic() - started < 120  # no lock to wait out
+    rerun.finish()
+    assert_same_as_clean(db, clean)
+    assert [r["status"] for r in runs(db)] == ["interrupted", "succeeded"]

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 
 from jobs.common import parse, results_only_on_stdout, run
-from pipeline.engine.query import EMBEDDERS, QueryEmbedder, query_engine, read_built_with, stored_chunk
+from pipeline.engine.query import EMBEDDERS, QueryEmbedder, query_engine, stored_chunk
 from pipeline.schema import TEXT, VECTOR
+from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.search import SCORE_KINDS, Hit, SearchOptions, SearchTarget, search
 

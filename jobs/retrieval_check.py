@@ -13,11 +13,12 @@ import json
 import sys
 from collections.abc import Callable
 
-from jobs.common import parse, results_only_on_stdout, run
+from jobs.common import EXIT_FAILED, parse, results_only_on_stdout, run
 from pipeline.checks.retrieval import check_retrieval
-from pipeline.engine.query import QueryEmbedder, query_engine, read_built_with
+from pipeline.engine.query import QueryEmbedder, query_engine
 from pipeline.plan.index import PQ_TRAINING_ROWS
 from pipeline.schema import VECTOR
+from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.search import SearchOptions, SearchTarget
 
@@ -66,7 +67,7 @@ def _recall(parser: argparse.ArgumentParser, argv: list[str] | None, emit: Calla
         engine.close()
     emit(json.dumps(report.to_json_dict()) if args.json else "\n".join(report.lines()))
     exact = report.recall("exact")
-    return 0 if exact is not None and exact.at_1 >= args.min_recall_at_1 else 1
+    return 0 if exact is not None and exact.at_1 >= args.min_recall_at_1 else EXIT_FAILED
 
 
 if __name__ == "__main__":

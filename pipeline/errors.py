@@ -33,6 +33,10 @@ class StoreBusyError(StoreError, Refusal):
     """Another run holds the store's lock; nothing was started."""
 
 
+class NoIngestionRun(StoreError, Refusal):
+    """The store holds no ingestion run for a job that reads one (verify, query): nothing was checked."""
+
+
 class PlacementError(PipelineError):
     """Ray could not place the engines within the run's bound; nothing was embedded."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 
 import pyarrow as pa
 
@@ -19,14 +20,54 @@ PLAN_KEY = "plan_key"
 FATE = "fate"
 IN_STORE = "in_store"
 
-# What the plan decides for each input document (rejects carry REJECT_REASON instead), and the marker rows it
-# adds for stored documents gone from the inputs.
-FATE_NEW = "new"
-FATE_CHANGED = "changed"
-"""Some chunks stored, but not exactly this text's with this chunking: replaced."""
-FATE_UNCHANGED = "unchanged"
-FATE_REMOVED = "removed"
-FATES_TO_CHUNK = (FATE_NEW, FATE_CHANGED)
+
+class StrEnum(str, Enum):
+    """enum.StrEnum, which Python 3.10 lacks: members are their values as strings, in Arrow, JSON and f-strings."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Fate(StrEnum):
+    """What the run does with an input document, decided before anything is embedded (rejects carry a
+    RejectReason instead); REMOVED marks a stored document that no input holds. Each is counted in the `runs`
+    column RUN_COLUMN names."""
+
+    NEW = "new"
+    CHANGED = "changed"
+    """Some chunks stored, but not exactly this text's with this chunking: replaced."""
+    UNCHANGED = "unchanged"
+    REMOVED = "removed"
+
+    @property
+    def run_column(self) -> str:
+        return {"new": "added", "changed": "replaced", "unchanged": "skipped", "removed": "removed"}[self.value]
+
+
+FATES_TO_CHUNK = (Fate.NEW, Fate.CHANGED)
+
+
+class RejectReason(StrEnum):
+    """Why a document (or a whole shard, with no doc_id) is in the `rejects` table instead of the store."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_UTF8 = "not_utf8"
+    EMPTY_TEXT = "empty_text"
+    MISSING_ID = "missing_id"
+    BAD_ID = "bad_id"
+    MISSING_TEXT = "missing_text"
+    BAD_TEXT = "bad_text"
+    MISSING_COLUMN = "missing_column"
+    UNREADABLE_PARQUET = "unreadable_parquet"
+    UNREADABLE = "unreadable"
+    BINARY = "binary"
+    NO_TOKENS = "no_tokens"
+    DUPLICATE_ID = "duplicate_id"
+    ENGINE_REJECTED = "engine_rejected"
+
 
 # chunks
 CHUNK_ID = "chunk_id"
@@ -42,6 +83,9 @@ MODEL = "model"
 RUN_ID = "run_id"
 INGESTED_AT = "ingested_at"
 CHUNKING = "chunking"
+
+KEY_COLUMNS = [DOC_ID, DOC_HASH, DOC_CHUNKS, CHUNKING, CHUNK_INDEX]
+"""What the run reads of the stored chunks to decide fates: keys only, never text or vectors."""
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 

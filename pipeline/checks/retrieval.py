@@ -103,7 +103,7 @@ def sample_chunks(table, n: int, seed: int) -> list[dict]:
     return sorted(rows, key=lambda r: order[r[s.CHUNK_ID]])
 
 
-def check_retrieval(
+def check_retrieval(  # noqa: PLR0913 - the check's inputs, each named by its caller
     table,
     metric: str,
     embedder: QueryVectors,

@@ -10,10 +10,11 @@ import pyarrow.compute as pc
 
 from pipeline import schema as s
 from pipeline.engine.reference import ReferenceEmbedder, cosine
-from pipeline.errors import StoreError
+from pipeline.errors import NoIngestionRun
 from pipeline.plan.model_dir import ModelDir
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 from pipeline.store.sql import sql_list, sql_str
 
 
@@ -54,10 +55,10 @@ class VerifyReport:
 
 
 def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | None = None) -> VerifyReport:
-    run = store.run_log.latest(status=None)
+    run = RunLog(store).latest(status=None)
     if run is None:
         msg = f"no ingestion run in {store.uri} (table prefix {store.names.runs[: -len('runs')]!r})"
-        raise StoreError(msg)
+        raise NoIngestionRun(msg)
     settings = json.loads(run["settings"])
     model_dir = model_dir or settings["resolved"]["model_dir"]
     chunks_table = store.open_chunks()

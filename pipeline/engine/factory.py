@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.engine.vllm import EngineSpec, VllmEmbedder
+from pipeline.engine.vllm import VllmEmbedder
 from pipeline.errors import ConfigError
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.stages.embed import Embedder
 
 

@@ -4,7 +4,6 @@ vllm is imported only when the engine starts (through VllmEmbedder), torch only 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,64 +12,20 @@ import numpy as np
 
 from pipeline import schema as s
 from pipeline.engine.reference import ReferenceEmbedder, cosine
-from pipeline.engine.vllm import EngineSpec, VllmEmbedder
-from pipeline.errors import ConfigError, Refusal, StoreError
+from pipeline.engine.vllm import VllmEmbedder
+from pipeline.errors import ConfigError, Refusal
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.job import needs_long_len
 from pipeline.plan.memory import PlanRequest, query_memory_share
-from pipeline.plan.model_dir import ModelDir, similarity_at
+from pipeline.plan.model_dir import ModelDir
 from pipeline.runtime.devices import read_node_devices
 from pipeline.settings import ModelSettings
 from pipeline.stages.tokenizer import Tokenizer, load_tokenizer
-from pipeline.store.lance_store import LanceStore
+from pipeline.store.built_with import BuiltWith
 
 
 class QueryTooLong(Refusal):
     """A query has more tokens than the engine takes in one sequence; it is never truncated."""
-
-
-@dataclass(frozen=True)
-class BuiltWith:
-    """What the vectors in a chunks table were made with."""
-
-    model_id: str
-    fingerprint: str | None
-    dim: int
-    model: dict
-    """The model section of the settings of the last successful ingestion run."""
-    model_dir: str
-    max_model_len: int
-    device: str
-    run_id: str
-    similarity: str | None = None
-    """The similarity the model states, as the run recorded it (or its directory states, for older runs)."""
-
-
-def read_built_with(store: LanceStore) -> BuiltWith:
-    if not store.exists(store.names.chunks):
-        msg = f"no table {store.names.chunks!r} in {store.uri}; run python -m jobs.ingest first"
-        raise StoreError(msg)
-    table = store.open_chunks()
-    meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
-    run = store.run_log.latest()
-    if run is None or not run["settings"]:
-        msg = f"{store.uri} has no successful ingestion run to read the model and engine settings from"
-        raise StoreError(msg)
-    settings = json.loads(run["settings"])
-    resolved = settings["resolved"]
-    if meta.get("model") and meta["model"] != run["model"]:
-        msg = f"table {store.names.chunks!r} holds model {meta['model']!r} but its last run used {run['model']!r}"
-        raise StoreError(msg)
-    return BuiltWith(
-        model_id=run["model"],
-        fingerprint=meta.get("model_fingerprint") or resolved.get("model_fingerprint"),
-        dim=table.schema.field(s.VECTOR).type.list_size,
-        model=settings["model"],
-        model_dir=resolved["model_dir"],
-        max_model_len=resolved["max_model_len"],
-        device=resolved["device"],
-        run_id=run["run_id"],
-        similarity=resolved["similarity"] if "similarity" in resolved else similarity_at(resolved["model_dir"]),
-    )
 
 
 @dataclass(frozen=True)

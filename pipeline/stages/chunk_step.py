@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.stages.chunking import Chunker
-from pipeline.stages.doc_plan import merge_stats
+from pipeline.stages.fates import merge_stats
 from pipeline.stats import ShardStats
 
 

@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.errors import ChunkBudgetError
+from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.stages.tokenizer import FastTokenizer
 
 BREAK_NONE, BREAK_WORD, BREAK_SENTENCE, BREAK_PARAGRAPH = 0, 1, 2, 3
 _SENTENCE_END = frozenset(".!?;:\u3002\uff01\uff1f")
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    max_tokens: int
-    """Most tokens in a chunk, special tokens included; at most max_model_len - 1."""
-    overlap_tokens: int
-    boundary_window: float
-    model_id: str
-
-    @property
-    def fingerprint(self) -> str:
-        return f"{self.model_id}|{self.max_tokens}|{self.overlap_tokens}|{self.boundary_window}"
 
 
 def break_strength(text: str, offsets: list[tuple[int, int]], i: int) -> int:
@@ -110,7 +97,7 @@ class Chunker:
         text = doc[s.TEXT]
         ids, offsets = self.tokenizer.encode(text)
         if not ids:
-            return [_reject_row(doc, "no_tokens", "the tokenizer produced no tokens for this text")]
+            return [_reject_row(doc, s.RejectReason.NO_TOKENS, "the tokenizer produced no tokens for this text")]
 
         def strength(i: int) -> int:
             return break_strength(text, offsets, i)

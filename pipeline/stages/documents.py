@@ -76,15 +76,19 @@ def text_hash(text: str) -> str:
 def _document(shard: Shard, doc_id: object, text: object, line: int | None, cfg: InputSettings) -> dict:
     row = {s.DOC_ID: None if doc_id is None else str(doc_id), s.SOURCE: shard.source, s.LINE: line}
     if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-        return _reject(row, "missing_id", f"no {cfg.id_field!r} value (set input.id_field to the id key)")
+        return _reject(row, s.RejectReason.MISSING_ID, f"no {cfg.id_field!r} value (set input.id_field to the id key)")
     if isinstance(doc_id, (dict, list)):
-        return _reject(row, "bad_id", f"{cfg.id_field!r} is a {type(doc_id).__name__}, not a string or number")
+        return _reject(
+            row, s.RejectReason.BAD_ID, f"{cfg.id_field!r} is a {type(doc_id).__name__}, not a string or number"
+        )
     if text is None:
-        return _reject(row, "missing_text", f"no {cfg.text_field!r} value (set input.text_field to the text key)")
+        return _reject(
+            row, s.RejectReason.MISSING_TEXT, f"no {cfg.text_field!r} value (set input.text_field to the text key)"
+        )
     if not isinstance(text, str):
-        return _reject(row, "bad_text", f"{cfg.text_field!r} is a {type(text).__name__}, not a string")
+        return _reject(row, s.RejectReason.BAD_TEXT, f"{cfg.text_field!r} is a {type(text).__name__}, not a string")
     if not text.strip():
-        return _reject(row, "empty_text", "the text is empty or only whitespace")
+        return _reject(row, s.RejectReason.EMPTY_TEXT, "the text is empty or only whitespace")
     return {**row, s.TEXT: text, s.DOC_HASH: text_hash(text)}
 
 
@@ -120,13 +124,15 @@ def parse_jsonl_lines(shard: Shard, lines: Iterable[tuple[int, bytes]], cfg: Inp
         try:
             record = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            yield _reject(row, "not_utf8", f"line is not valid UTF-8: {exc}")
+            yield _reject(row, s.RejectReason.NOT_UTF8, f"line is not valid UTF-8: {exc}")
             continue
         except ValueError as exc:
-            yield _reject(row, "invalid_json", f"line is not valid JSON: {exc}")
+            yield _reject(row, s.RejectReason.INVALID_JSON, f"line is not valid JSON: {exc}")
             continue
         if not isinstance(record, dict):
-            yield _reject(row, "invalid_json", f"line holds a JSON {type(record).__name__}, not an object")
+            yield _reject(
+                row, s.RejectReason.INVALID_JSON, f"line holds a JSON {type(record).__name__}, not an object"
+            )
             continue
         yield _document(shard, record.get(cfg.id_field), record.get(cfg.text_field), number, cfg)
 
@@ -138,13 +144,13 @@ def parse_parquet(
     try:
         pf = pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as exc:
-        yield shard_reject(shard, "unreadable_parquet", f"cannot read the parquet file: {exc}")
+        yield shard_reject(shard, s.RejectReason.UNREADABLE_PARQUET, f"cannot read the parquet file: {exc}")
         return
     missing = [c for c in (cfg.id_field, cfg.text_field) if c not in pf.schema_arrow.names]
     if missing:
         if not row_groups or row_groups.start == 0:  # one reject per file, not one per piece
             detail = f"no column {missing} (has {pf.schema_arrow.names}); set input.id_field / input.text_field"
-            yield shard_reject(shard, "missing_column", detail)
+            yield shard_reject(shard, s.RejectReason.MISSING_COLUMN, detail)
         return
     number = first_row
     groups = list(row_groups) if row_groups is not None else None
@@ -154,17 +160,19 @@ def parse_parquet(
                 yield _document(shard, doc_id, text, number, cfg)
                 number += 1
     except (pa.ArrowException, OSError) as exc:
-        yield shard_reject(shard, "unreadable_parquet", f"parquet file is corrupt after row {number}: {exc}")
+        yield shard_reject(
+            shard, s.RejectReason.UNREADABLE_PARQUET, f"parquet file is corrupt after row {number}: {exc}"
+        )
 
 
 def parse_text(shard: Shard, data: bytes, cfg: InputSettings) -> Iterator[dict]:
     row = {s.DOC_ID: shard.text_doc_id, s.SOURCE: shard.source, s.LINE: None}
     if b"\x00" in data:
-        yield _reject(row, "binary", "the file holds NUL bytes: it is binary, not text")
+        yield _reject(row, s.RejectReason.BINARY, "the file holds NUL bytes: it is binary, not text")
         return
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        yield _reject(row, "not_utf8", f"the file is not valid UTF-8: {exc}")
+        yield _reject(row, s.RejectReason.NOT_UTF8, f"the file is not valid UTF-8: {exc}")
         return
     yield _document(shard, shard.text_doc_id, text, None, cfg)

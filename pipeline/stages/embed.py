@@ -3,7 +3,6 @@ protocol). No ray or vllm imports."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -12,10 +11,12 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from pipeline import schema as s
 from pipeline.errors import EngineError, InputRejected
+from pipeline.records import BatchPayload
 from pipeline.stats import BatchStats
 
 log = structlog.get_logger(__name__)
@@ -51,7 +52,7 @@ class EmbedStep:
     def __call__(self, batch: pa.Table) -> pa.Table:
         started_at = datetime.now(timezone.utc)
         wait_s = time.perf_counter() - self.idle_since
-        rows = [i for i, ok in enumerate(pa.compute.is_valid(batch.column(s.CHUNK_ID)).to_pylist()) if ok]
+        rows = [i for i, ok in enumerate(pc.is_valid(batch.column(s.CHUNK_ID)).to_pylist()) if ok]
         all_ids = batch.column(s.TOKEN_IDS).to_pylist()
         token_ids = [all_ids[i] for i in rows]
         t0, processed_before = time.perf_counter(), self.embedder.tokens_processed
@@ -64,7 +65,7 @@ class EmbedStep:
         for i, vec, err in zip(rows, vectors, errors, strict=True):
             row_vectors[i] = vec
             if err is not None:
-                reasons[i], details[i] = "engine_rejected", err
+                reasons[i], details[i] = s.RejectReason.ENGINE_REJECTED, err
         embedded = [ids for ids, err in zip(token_ids, errors, strict=True) if err is None]
         stats = BatchStats(
             actor=self.actor,
@@ -77,11 +78,9 @@ class EmbedStep:
             started_at=started_at,
             engine_tokens=self.embedder.tokens_processed - processed_before,
         )
-        payload = {"batch": stats.to_json_dict()}
-        if self.batch_index == 0:
-            payload["engine"] = {**self.embedder.info(), "ready_at": self.ready_at.isoformat()}
+        engine = {**self.embedder.info(), "ready_at": self.ready_at.isoformat()} if self.batch_index == 0 else None
         self.batch_index += 1
-        stats_col = [json.dumps(payload)] + [None] * (len(batch) - 1)
+        stats_col = [BatchPayload(stats, engine).to_json()] + [None] * (len(batch) - 1)
         out = _embedded_rows(batch, row_vectors, reasons, details, stats_col, dim)
         self.idle_since = time.perf_counter()
         log.debug("batch_embedded", **asdict(stats))

@@ -140,7 +140,7 @@ class PieceReader:
             else:
                 yield from parse_text(shard, b"".join(self._blocks(piece)), self.cfg)
         except OSError as exc:
-            yield shard_reject(shard, "unreadable", f"cannot read: {exc}")
+            yield shard_reject(shard, s.RejectReason.UNREADABLE, f"cannot read: {exc}")
 
     def _blocks(self, piece: Piece) -> Iterator[bytes]:
         """The piece's bytes as timed blocks; a compressed shard is decompressed as it streams."""

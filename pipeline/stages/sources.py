@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
 
 from pipeline.errors import ConfigError
+from pipeline.object_store import S3Options
 from pipeline.settings import InputSettings, revealed
 from pipeline.stages.documents import Shard, shard_format
-from pipeline.store.object_store import S3Options
 
 _GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A run's input files: their filesystem and the shards, sorted."""
+
+    fs: pafs.FileSystem
+    shards: list[Shard]
+
+    @classmethod
+    def listed(cls, cfg: InputSettings) -> Inputs:
+        return cls(*list_shards(cfg))
 
 
 def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:

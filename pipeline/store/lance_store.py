@@ -14,7 +14,6 @@ from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.settings import StoreSettings, revealed
 from pipeline.store.chunk_writer import ChunkWriter
-from pipeline.store.runs import RunLog
 from pipeline.store.stored_keys import StoredKeys
 
 log = structlog.get_logger(__name__)
@@ -39,7 +38,7 @@ class LanceStore:
         self._chunks_seen = False
         self.names = TableNames.with_prefix(prefix)
         try:
-            self.db = lancedb.connect(uri, storage_options=storage_options or None)
+            self._db = lancedb.connect(uri, storage_options=storage_options or None)
         except (OSError, ValueError) as exc:
             msg = f"cannot open LanceDB at store.uri={uri!r}: {exc}"
             raise StoreError(msg) from None
@@ -51,9 +50,9 @@ class LanceStore:
     def table(self, name: str, schema: pa.Schema):
         """Open or create a side table; columns added to its schema since the table was made are added empty."""
         try:  # also completes a table whose creation a killed run left half done
-            table = self.db.create_table(name, schema=schema, exist_ok=True)
+            table = self._db.create_table(name, schema=schema, exist_ok=True)
         except ValueError:  # exists with an older schema
-            table = self.db.open_table(name)
+            table = self._db.open_table(name)
         missing = [f for f in schema if f.name not in table.schema.names]
         if any(not f.nullable for f in missing):
             msg = f"table {name!r} in {self.uri} lacks columns {[f.name for f in missing]}; use another table prefix"
@@ -69,38 +68,37 @@ class LanceStore:
 
     def exists(self, name: str) -> bool:
         """A table that opens; a run killed while creating one leaves a directory that lists but does not open."""
-        if name not in self.db.list_tables().tables:
+        if name not in self._db.list_tables().tables:
             return False
         try:
-            self.db.open_table(name)
+            self._db.open_table(name)
         except ValueError:
             return False
         return True
 
     def read(self, name: str, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of one of the store's tables: those `where` selects (SQL), or all; the given columns, or all."""
-        query = self.db.open_table(name).search()
+        query = self._db.open_table(name).search()
         if where is not None:
             query = query.where(where)
         if columns is not None:
             query = query.select(columns)
         return query.limit(None).to_arrow()
 
+    def open(self, name: str):
+        """An existing table, for the store's own modules (maintenance, search, the runs log)."""
+        return self._db.open_table(name)
+
     def open_chunks(self):
         """The chunks table, for search."""
-        return self.db.open_table(self.names.chunks)
+        return self._db.open_table(self.names.chunks)
 
     def append(self, name: str, rows: pa.Table) -> None:
         """Rows added to a table, which the first rows create."""
         if self.exists(name):
-            self.db.open_table(name).add(rows)
+            self._db.open_table(name).add(rows)
         else:
-            self.db.create_table(name, rows)
-
-    @property
-    def run_log(self) -> RunLog:
-        """The runs table: one row per run, its settings, outcome and timings."""
-        return RunLog(self)
+            self._db.create_table(name, rows)
 
     @property
     def chunks_uri(self) -> str:
@@ -126,7 +124,7 @@ class LanceStore:
         if schema is None:
             if not self.exists(self.names.chunks):
                 return None
-            schema = self.db.open_table(self.names.chunks).schema
+            schema = self._db.open_table(self.names.chunks).schema
         field = schema.field(s.VECTOR)
         existing = json.loads((schema.metadata or {}).get(b"embedpipe", b"{}"))
         if existing.get("model") != model or (dim is not None and field.type != s.vector_type(dim)):
@@ -142,8 +140,8 @@ class LanceStore:
         """Open the chunks table, creating it empty if needed (tools and tests; runs create it on first commit)."""
         self.check_chunks_table(metadata["model"], dim)
         if self.exists(self.names.chunks):
-            return self.db.open_table(self.names.chunks)
-        return self.db.create_table(self.names.chunks, schema=s.chunks_table_schema(dim, metadata), exist_ok=True)
+            return self._db.open_table(self.names.chunks)
+        return self._db.create_table(self.names.chunks, schema=s.chunks_table_schema(dim, metadata), exist_ok=True)
 
     def stored_keys(self) -> StoredKeys | None:
         """The chunks table as the run found it, for the plan's lookups; None when there is no table yet."""

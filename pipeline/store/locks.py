@@ -15,8 +15,8 @@ from pathlib import Path
 import structlog
 
 from pipeline.errors import StoreBusyError, StoreError
+from pipeline.object_store import S3Options, split_s3_uri
 from pipeline.settings import StoreSettings, revealed
-from pipeline.store.object_store import S3Options, split_s3_uri
 
 log = structlog.get_logger(__name__)
 

@@ -16,6 +16,7 @@ from pipeline import schema as s
 from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
 from pipeline.settings import IndexSettings, MaintenanceSettings
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 
 log = structlog.get_logger(__name__)
 NORM_SAMPLE = 1000
@@ -100,7 +101,7 @@ def maintain_store(
     if not store.exists(store.names.chunks):
         report.skipped = "no chunks table yet"
         return report
-    chunks = store.db.open_table(store.names.chunks)
+    chunks = store.open(store.names.chunks)
     if not maintenance.enabled:
         report.skipped = "maintenance.enabled is false: new rows stay outside the indexes (searched exactly)"
     elif not exclusive:
@@ -108,17 +109,17 @@ def maintain_store(
     else:
         before = {name: _table_state(store, name) for name in _tables(store)}
         for name in before:
-            store.db.open_table(name).optimize(
+            store.open(name).optimize(
                 cleanup_older_than=timedelta(hours=maintenance.keep_versions_h),
                 delete_unverified=maintenance.delete_unverified,
             )
-        chunks = store.db.open_table(store.names.chunks)
+        chunks = store.open(store.names.chunks)
         report.tables = {name: _before_after(state, _table_state(store, name)) for name, state in before.items()}
     rows = chunks.count_rows()
     dim = chunks.schema.field(s.VECTOR).type.list_size
     report.metric, report.normalized = vector_facts(chunks, similarity)
     existing = indexes_by_column(chunks)
-    ann = _existing_ann(chunks, existing.get(s.VECTOR), store.run_log.last_ann_training())
+    ann = _existing_ann(chunks, existing.get(s.VECTOR), RunLog(store).last_ann_training())
     actions = [plan_ann(rows, dim, report.metric, index, ann, force_ann), *plan_other_indexes(rows, existing, index)]
     for action in actions:
         seconds = _apply(chunks, action) if action.action in ("create", "retrain") else None
@@ -159,7 +160,7 @@ def _tables(store: LanceStore) -> list[str]:
 
 
 def _table_state(store: LanceStore, name: str) -> dict:
-    table = store.db.open_table(name)
+    table = store.open(name)
     stats = table.stats()
     unindexed = 0
     for ix in table.list_indices():

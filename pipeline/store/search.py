@@ -61,7 +61,7 @@ class SearchTarget:
     @classmethod
     def open(cls, store: LanceStore, similarity: str | None) -> SearchTarget:
         """`similarity`: the one the model states (BuiltWith.similarity), for a table without a vector index."""
-        table = store.db.open_table(store.names.chunks)
+        table = store.open(store.names.chunks)
         return cls(table, indexes_by_column(table), search_metric(table, similarity))
 
 

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
-from pipeline.stages.doc_plan import KEY_COLUMNS
 from pipeline.store.sql import sql_list
 
 LOOKUP_IDS = 1000
@@ -38,14 +37,14 @@ class StoredKeys:
         """KEY_COLUMNS of every stored chunk of these documents."""
         parts = [
             self._dataset().to_table(
-                columns=KEY_COLUMNS, filter=f"{s.DOC_ID} IN ({sql_list(doc_ids[i : i + LOOKUP_IDS])})"
+                columns=s.KEY_COLUMNS, filter=f"{s.DOC_ID} IN ({sql_list(doc_ids[i : i + LOOKUP_IDS])})"
             )
             for i in range(0, len(doc_ids), LOOKUP_IDS)
         ]
         return pa.concat_tables(parts) if parts else self.empty()
 
     def empty(self) -> pa.Table:
-        return self._dataset().schema.empty_table().select(KEY_COLUMNS)
+        return self._dataset().schema.empty_table().select(s.KEY_COLUMNS)
 
     def fragment_ids(self) -> list[int]:
         return [f.fragment_id for f in self._dataset().get_fragments()]

@@ -15,10 +15,11 @@ import lancedb
 import numpy as np
 import pytest
 
-from pipeline.engine.query import MATCH_COSINE, QueryEmbedder, StoredChunk, query_engine, read_built_with
+from pipeline.engine.query import MATCH_COSINE, QueryEmbedder, StoredChunk, query_engine
 from pipeline.engine.reference import cosine
 from pipeline.errors import ConfigError
 from pipeline.settings import ModelSettings
+from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
@@ -116,7 +117,7 @@ def test_query_vectors_equal_the_pipelines_for_the_same_text(store, minilm_path)
     _, db, _ = store
     lance = LanceStore(str(db))
     engine = query_engine(read_built_with(lance), ModelSettings(path=str(minilm_path)))
-    rows = lance.db.open_table("chunks").search().select(["text", "vector"]).limit(4).to_list()
+    rows = lance.open("chunks").search().select(["text", "vector"]).limit(4).to_list()
     probe = StoredChunk(rows[0]["text"], np.asarray(rows[0]["vector"], np.float32))
     wrong = StoredChunk(rows[0]["text"], np.asarray(rows[1]["vector"], np.float32))
     with pytest.raises(ConfigError, match=r"cannot embed queries with transformers: .* has cosine"):
@@ -185,7 +186,7 @@ def test_verify_reads_the_store_the_settings_name_and_maps_its_errors(store, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("verify: ok")
     empty = job("jobs.verify", db=tmp_path / "empty")
-    assert empty.returncode == 1 and "Traceback" not in empty.stderr
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr
     assert (
         empty.stderr.strip().splitlines()[-1] == f"error: no ingestion run in {tmp_path / 'empty'} (table prefix '')"
     )

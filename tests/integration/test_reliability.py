@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.stages.doc_plan import KEY_COLUMNS, complete_documents
+from pipeline.schema import KEY_COLUMNS
+from pipeline.stages.fates import complete_documents
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]

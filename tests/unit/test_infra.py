@@ -105,10 +105,10 @@ def test_ray_python_and_project_versions_agree_with_pyproject():
 
 
 def test_gpu_requests_agree_with_tensor_parallel_size_and_the_plan_uses_every_gpu():
+    from pipeline.plan.chunk_plan import ChunkPlan
     from pipeline.plan.job import LengthPlan, place_engines
     from pipeline.plan.model_dir import ModelDir, ModelLimits, Pooling
     from pipeline.plan.placement import Cluster, Node
-    from pipeline.stages.chunking import ChunkPlan
 
     settings = load_settings(REPO / "conf/cluster.toml")
     m = settings.model

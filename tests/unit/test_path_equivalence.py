@@ -14,8 +14,9 @@ import pytest
 
 from pipeline import schema as s
 from pipeline.local_executor import ingest_in_process
+from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import InputSettings
-from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from tests.fakes import FakeEmbedder

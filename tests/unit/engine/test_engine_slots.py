@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.engine.slots import bind_spec, core_sets, node_slots
-from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
+from pipeline.engine.vllm import engine_environment, engine_kwargs
 from pipeline.errors import ConfigError
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.settings import ModelSettings
 
 

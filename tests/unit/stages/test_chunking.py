@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.stages.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, ChunkPlan, split_spans
+from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.stages.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, split_spans
 from pipeline.stages.documents import text_hash
 from pipeline.stages.tokenizer import load_tokenizer
 

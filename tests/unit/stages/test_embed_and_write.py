@@ -11,9 +11,11 @@ import pytest
 from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.local_executor import planned_documents
+from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.records import BatchPayload
 from pipeline.settings import InputSettings
 from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
@@ -55,12 +57,12 @@ def test_embed_step_keeps_rejects_and_puts_stats_on_the_first_row(chunk_batches)
     vectors = table.column(s.VECTOR).to_pylist()
     assert all((v is None) == r for v, r in zip(vectors, is_reject, strict=False))
     assert sum(is_reject) == 2
-    stats = [json.loads(b.column(s.BATCH_STATS)[0].as_py()) for b in out]
-    assert [st["batch"]["batch_index"] for st in stats] == list(range(len(out)))
-    assert "engine" in stats[0] and "engine" not in stats[1]
-    sent = sum(st["batch"]["n_tokens"] for st in stats)
+    stats = [BatchPayload.from_json(b.column(s.BATCH_STATS)[0].as_py()) for b in out]
+    assert [st.batch.batch_index for st in stats] == list(range(len(out)))
+    assert stats[0].engine is not None and stats[1].engine is None
+    sent = sum(st.batch.n_tokens for st in stats)
     assert sent == pa.compute.sum(pa.concat_tables(chunk_batches).column(s.N_TOKENS)).as_py()
-    assert [st["batch"]["engine_tokens"] for st in stats] == [st["batch"]["n_tokens"] for st in stats]
+    assert [st.batch.engine_tokens for st in stats] == [st.batch.n_tokens for st in stats]
     assert all(b.column(s.BATCH_STATS).null_count == len(b) - 1 for b in out)
 
 

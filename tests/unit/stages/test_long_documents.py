@@ -38,11 +38,12 @@ HUGE_DOC_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
 from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import ChunkPlan, Chunker
+from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.stages.tokenizer import load_tokenizer
-from tests.model_builders import minilm_dir
+from benchmarks.model_builders import minilm_dir
 
 inputs = Path(sys.argv[1])
 tokenizer = load_tokenizer(minilm_dir())

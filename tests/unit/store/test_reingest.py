@@ -12,8 +12,9 @@ import pytest
 from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.local_executor import ingest_in_process
+from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import InputSettings
-from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.pieces import Piece, PieceReader
 from pipeline.stages.sources import list_shards
 from pipeline.stages.tokenizer import load_tokenizer

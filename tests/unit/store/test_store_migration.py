@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 
 
 def test_old_batches_table_gains_new_columns(tmp_path):
@@ -27,6 +28,6 @@ def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
         (tmp_path / f"{name}.lance" / "_versions").mkdir(parents=True)  # what a kill mid-create leaves
     store = LanceStore(str(tmp_path))
     assert not store.exists("runs") and store.stored_keys() is None
-    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
+    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
     assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
     assert store.chunks_table(8, {"model": "m"}).count_rows() == 0

@@ -18,11 +18,13 @@ from pipeline.checks.retrieval import check_retrieval
 from pipeline.engine.query import query_token_ids
 from pipeline.errors import ConfigError
 from pipeline.local_executor import ingest_in_process
+from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import IndexSettings, InputSettings, MaintenanceSettings
-from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.maintenance import indexes_by_column, maintain_store, vector_facts
+from pipeline.store.runs import RunLog
 from pipeline.store.search import SearchOptions, filter_sql, glob_to_like, search, snippet
 from tests.fakes import FakeEmbedder
 
@@ -58,7 +60,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run_id}.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
     now = datetime.now(timezone.utc)
-    store.run_log.start(run_id, "ingest", now)
+    RunLog(store).start(run_id, "ingest", now)
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
     chunker = Chunker(tokenizer, PLAN)
@@ -69,7 +71,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
 
 def maintain(store: LanceStore, run_id: str, index=INDEX, maintenance=KEEP_ALL, exclusive=True, **kw):
     report = maintain_store(store, index, maintenance, None, exclusive, **kw)
-    store.run_log.finish(run_id, {"status": "succeeded", "maintenance": report.to_json()})
+    RunLog(store).finish(run_id, {"status": "succeeded", "maintenance": report.to_json()})
     return report
 
 
@@ -83,7 +85,7 @@ def store(tmp_path_factory, tokenizer, sample_texts):
 
 
 def chunks(store):
-    return store.db.open_table(store.names.chunks)
+    return store.open(store.names.chunks)
 
 
 def test_first_maintenance_creates_every_index(store):
@@ -135,7 +137,7 @@ def test_new_rows_are_folded_into_the_indexes_and_growth_retrains(store, tokeniz
     retrained = next(a for a in maintain(store, "run-3", index=growth).indexes if a["kind"] == "ann")
     assert retrained["action"] == "retrain"
     assert retrained["params"]["trained_rows"] == chunks(store).count_rows()
-    assert store.run_log.last_ann_training() == chunks(store).count_rows()
+    assert RunLog(store).last_ann_training() == chunks(store).count_rows()
 
 
 def test_without_exclusive_access_only_indexes_are_touched(store):

@@ -6,10 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import structlog
-
-log = structlog.get_logger(__name__)
-
 _ALIASES = {
     "endpoint": ("aws_endpoint", "endpoint", "aws_endpoint_url", "endpoint_url"),
     "region": ("aws_region", "region"),

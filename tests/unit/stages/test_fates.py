@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import schema as s
-from pipeline.stages.doc_plan import KEY_COLUMNS, complete_documents, decide, decide_all, stored_fates, stored_id_rows
+from pipeline.schema import KEY_COLUMNS
+from pipeline.stages.fates import complete_documents, decide, decide_all, stored_fates, stored_id_rows
 from pipeline.stats import ShardStats
 
 
@@ -31,7 +32,7 @@ def test_the_smallest_source_and_line_wins_in_any_arrival_order(order):
 
 def test_stored_id_without_an_input_copy_is_removed_and_with_one_is_not():
     [gone] = decide(stored_id_rows(["x"])).to_pylist()
-    assert (gone[s.DOC_ID], gone[s.FATE]) == ("x", s.FATE_REMOVED)
+    assert (gone[s.DOC_ID], gone[s.FATE]) == ("x", s.Fate.REMOVED)
     both = pa.concat_tables([stored_id_rows(["x"]), pa.Table.from_pylist([copy("a", 1)], schema=s.READ_SCHEMA)])
     [kept] = decide(both).to_pylist()
     assert kept[s.FATE] is None and kept[s.REJECT_REASON] is None and kept[s.SOURCE] == "a"
@@ -59,7 +60,7 @@ def test_fates_compare_the_kept_copy_with_what_is_stored():
     )
     stored = keys([("whole", "h1", 1, "c", 0), ("whole2", "old-text", 1, "c", 0)])
     out = stored_fates(docs, stored, "c").to_pylist()
-    assert [r[s.FATE] for r in out] == [s.FATE_UNCHANGED, s.FATE_CHANGED, s.FATE_NEW]
+    assert [r[s.FATE] for r in out] == [s.Fate.UNCHANGED, s.Fate.CHANGED, s.Fate.NEW]
     assert out[0][s.TEXT] is None and out[1][s.TEXT] == "new-text"  # unchanged documents leave their text behind
 
 
@@ -93,5 +94,5 @@ def test_decide_all_decides_each_key_as_decide_does(copies, stored):
     rows = rows.take(pa.array(random.Random(len(copies)).sample(range(len(rows)), len(rows)), pa.int64()))
     got = decide_all(rows).to_pylist()
     assert _canonical(got) == _canonical(_decided_per_key(rows))
-    removed = {r[s.DOC_ID] for r in got if r[s.FATE] == s.FATE_REMOVED}
+    removed = {r[s.DOC_ID] for r in got if r[s.FATE] == s.Fate.REMOVED}
     assert removed == stored - {d for d, _, _ in copies}

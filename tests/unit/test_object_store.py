@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 import pytest
 
 from pipeline.errors import StoreBusyError
+from pipeline.object_store import S3Options
 from pipeline.settings import InputSettings
 from pipeline.stages.sources import list_shards
 from pipeline.store.locks import S3Lease, store_lock
-from pipeline.store.object_store import S3Options
+from pipeline.store.runs import RunLog
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_store_on_s3_with_options_from_settings(s3_server, bucket):
     from pipeline.store.lance_store import LanceStore
 
     store = LanceStore(f"s3://{bucket}/lancedb", "t_", s3_server.options())
-    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
+    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
     store.ensure_side_tables()
     assert store.table(store.names.runs, s.RUNS_SCHEMA).count_rows() == 1
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
@@ -103,7 +104,8 @@ def test_chunks_written_as_fragments_and_committed_on_s3(s3_server, bucket, mini
     import lancedb
 
     from pipeline.local_executor import ingest_in_process
-    from pipeline.stages.chunking import Chunker, ChunkPlan
+    from pipeline.plan.chunk_plan import ChunkPlan
+    from pipeline.stages.chunking import Chunker
     from pipeline.stages.tokenizer import load_tokenizer
     from pipeline.store.lance_store import LanceStore
     from tests.fakes import FakeEmbedder

@@ -1,4 +1,4 @@
-"""The plan: what happens to each input document, decided before anything is embedded. Pure: no ray or vllm.
+"""Fates: what happens to each input document, decided before anything is embedded. Pure: no ray or vllm.
 
 Rows arrive grouped by plan key (the document id): every input copy of an id, and, when the run removes
 documents gone from the inputs, one row per stored document id. `decide_all` picks the copy that counts and
@@ -17,9 +17,7 @@ import pyarrow.compute as pc
 from pipeline import schema as s
 from pipeline.stats import ShardStats
 
-KEY_COLUMNS = [s.DOC_ID, s.DOC_HASH, s.DOC_CHUNKS, s.CHUNKING, s.CHUNK_INDEX]
-"""What the plan reads of the stored chunks: keys only, never text or vectors."""
-NO_KEYS = pa.schema([s.chunks_table_schema(1).field(c) for c in KEY_COLUMNS]).empty_table()
+NO_KEYS = pa.schema([s.chunks_table_schema(1).field(c) for c in s.KEY_COLUMNS]).empty_table()
 
 
 def _order(row: dict) -> tuple:
@@ -57,7 +55,7 @@ def decide_all(rows: pa.Table) -> pa.Table:
 def decide(group: pa.Table) -> pa.Table:
     """One plan key's rows (READ_SCHEMA) in, the same rows decided: the input copy with the smallest source and
     line is the one the run takes (whatever reached which worker first); every other copy becomes a
-    duplicate_id reject naming it. A stored id no input row holds becomes a FATE_REMOVED marker."""
+    duplicate_id reject naming it. A stored id no input row holds becomes a Fate.REMOVED marker."""
     rows = group.to_pylist()
     inputs = sorted((r for r in rows if not r[s.IN_STORE]), key=_order)
     stats = [r[s.SHARD_STATS] for r in rows if r[s.SHARD_STATS]]
@@ -70,7 +68,13 @@ def decide(group: pa.Table) -> pa.Table:
         line = f" line {first[s.LINE]}" if first[s.LINE] is not None else ""
         detail = f"document id also at {first[s.SOURCE]}{line}, which comes first"
         out = [first] + [
-            {**r, s.TEXT: None, s.DOC_HASH: None, s.REJECT_REASON: "duplicate_id", s.REJECT_DETAIL: detail}
+            {
+                **r,
+                s.TEXT: None,
+                s.DOC_HASH: None,
+                s.REJECT_REASON: s.RejectReason.DUPLICATE_ID,
+                s.REJECT_DETAIL: detail,
+            }
             for r in inputs[1:]
         ]
     for r in out:
@@ -92,8 +96,8 @@ def _id_rows(doc_ids: pa.Array, fate: str | None) -> pa.Table:
 
 
 def removal_rows(doc_ids: pa.Array) -> pa.Table:
-    """FATE_REMOVED markers: stored documents no input holds."""
-    return _id_rows(doc_ids, s.FATE_REMOVED)
+    """Fate.REMOVED markers: stored documents no input holds."""
+    return _id_rows(doc_ids, s.Fate.REMOVED)
 
 
 def merge_stats(payloads: list[str]) -> str | None:
@@ -107,7 +111,7 @@ def complete_documents(stored: pa.Table, chunking: str) -> dict[str, str]:
     with this chunking: every chunk index of it present, no chunk of another text or chunking beside it."""
     if not len(stored):
         return {}
-    groups = stored.group_by(KEY_COLUMNS[:4]).aggregate([(s.CHUNK_INDEX, "count_distinct")])
+    groups = stored.group_by(s.KEY_COLUMNS[:4]).aggregate([(s.CHUNK_INDEX, "count_distinct")])
     versions = groups.group_by([s.DOC_ID]).aggregate([(s.DOC_HASH, "count")])
     single = set(versions.filter(pc.equal(versions.column(f"{s.DOC_HASH}_count"), 1)).column(s.DOC_ID).to_pylist())
     whole = groups.filter(
@@ -135,9 +139,9 @@ def stored_fates(docs: pa.Table, stored: pa.Table, chunking: str) -> pa.Table:
             texts[i] = None
         elif fates[i] is None:
             if complete.get(doc_id) == doc_hash:
-                fates[i], texts[i] = s.FATE_UNCHANGED, None
+                fates[i], texts[i] = s.Fate.UNCHANGED, None
             else:
-                fates[i] = s.FATE_CHANGED if doc_id in present else s.FATE_NEW
+                fates[i] = s.Fate.CHANGED if doc_id in present else s.Fate.NEW
     docs = docs.set_column(docs.schema.get_field_index(s.FATE), s.FATE, pa.array(fates, pa.string()))
     return docs.set_column(docs.schema.get_field_index(s.TEXT), s.TEXT, pa.array(texts, pa.large_string()))
 

@@ -4,16 +4,15 @@ for tools (the benchmark's fixed chunks); the job itself runs on Ray."""
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
 
 from pipeline import schema as s
+from pipeline.records import GroupRecord
 from pipeline.settings import InputSettings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
-from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
 from pipeline.stages.embed import Embedder, EmbedStep
+from pipeline.stages.fates import decide_all, stored_id_rows, with_fates
 from pipeline.stages.pieces import PieceReader, split_shard
 from pipeline.stages.sources import list_shards
 from pipeline.store.lance_store import LanceStore
@@ -34,7 +33,7 @@ def planned_documents(
     return with_fates(planned, keys.lookup if keys is not None else None, chunking)
 
 
-def ingest_in_process(
+def ingest_in_process(  # noqa: PLR0913 - the run's parts, as the Ray path takes them
     store: LanceStore,
     run_id: str,
     cfg: InputSettings,
@@ -58,5 +57,5 @@ def ingest_in_process(
     if embedded:
         rows = pa.concat_tables(embedded)
         for i in range(0, len(rows), commit_rows):
-            committer.add(json.loads(json.dumps(writer.write(rows.slice(i, commit_rows), node="local"))))
+            committer.add(GroupRecord.from_json(writer.write(rows.slice(i, commit_rows), node="local").to_json()))
     return committer.finish(delete_missing), embed

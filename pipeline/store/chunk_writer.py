@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
+from pipeline.records import BatchPayload, GroupRecord
 from pipeline.stats import ShardStats
-
-ENGINE_REJECTED = "engine_rejected"
 
 
 @dataclass(frozen=True)
@@ -31,51 +30,53 @@ class ChunkWriter:
     storage_options: dict[str, str] | None = field(default=None, repr=False)
     max_rows_per_file: int = 1 << 20
 
-    def write(self, batch: pa.Table, node: str = "") -> dict:
+    def write(self, batch: pa.Table, node: str = "") -> GroupRecord:
         """One group of embedded rows (embedded_schema) in; fragments written; the group's record out.
 
         Chunks of a document the engine refused in this group are left out here; the driver removes any the
-        run committed for it in other groups. The record is all that reaches the driver (JSON-able, no data).
+        run committed for it in other groups. The record is all that reaches the driver (no data).
         """
         from lance.fragment import write_fragments  # pylance, imported where fragments are written
 
         reasons = batch.column(s.REJECT_REASON)
-        failed = pc.unique(batch.filter(pc.equal(reasons, ENGINE_REJECTED)).column(s.DOC_ID))
+        failed = pc.unique(batch.filter(pc.equal(reasons, s.RejectReason.ENGINE_REJECTED.value)).column(s.DOC_ID))
         keep = pc.and_(pc.is_valid(batch.column(s.CHUNK_ID)), pc.is_null(reasons))
         keep = pc.and_(keep, pc.invert(pc.is_in(batch.column(s.DOC_ID), failed)))
         chunks = batch.filter(keep)
         fates = batch.column(s.FATE)
-        record = {
-            "group": group_id(batch),
-            "node": node,
-            "fragments": [],
-            "rows": len(chunks),
-            "tokens": pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
-            "docs_new": _first_chunks(chunks, s.FATE_NEW),
-            "docs_changed": _first_chunks(chunks, s.FATE_CHANGED),
-            "changed": _distinct(chunks.filter(pc.equal(chunks.column(s.FATE), s.FATE_CHANGED))),
-            "unchanged": int(pc.sum(pc.fill_null(pc.equal(fates, s.FATE_UNCHANGED), False)).as_py() or 0),
-            "removed": _distinct(batch.filter(pc.fill_null(pc.equal(fates, s.FATE_REMOVED), False))),
-            "rejects": _rejects(batch, self.run_id),
-            "batches": [json.loads(p) for p in batch.column(s.BATCH_STATS).drop_null().to_pylist()],
-            "stages": (ShardStats.total(batch.column(s.SHARD_STATS).to_pylist()) or ShardStats()).stages(),
-            "dim": None,
-        }
-        if len(chunks):
-            dim = chunks.schema.field(s.VECTOR).type.list_size
-            rows = stored_chunk_rows(chunks, self.model_id, self.chunking, self.run_id, dim, self.metadata)
-            started = time.perf_counter()
-            fragments = write_fragments(
-                rows,
-                self.uri,
-                schema=rows.schema,
-                max_rows_per_file=self.max_rows_per_file,
-                storage_options=self.storage_options or None,
-            )
-            record["fragments"] = [json.dumps(f.to_json()) for f in fragments]
-            record["dim"] = dim
-            record["stages"]["write_s"] = record["stages"].get("write_s", 0.0) + time.perf_counter() - started
-        return record
+        stages = (ShardStats.total(batch.column(s.SHARD_STATS).to_pylist()) or ShardStats()).stages()
+        record = GroupRecord(
+            group=group_id(batch),
+            node=node,
+            rows=len(chunks),
+            tokens=pc.sum(chunks.column(s.N_TOKENS)).as_py() or 0,
+            docs={
+                s.Fate.NEW.value: _first_chunks(chunks, s.Fate.NEW),
+                s.Fate.CHANGED.value: _first_chunks(chunks, s.Fate.CHANGED),
+                s.Fate.UNCHANGED.value: int(
+                    pc.sum(pc.fill_null(pc.equal(fates, s.Fate.UNCHANGED), False)).as_py() or 0
+                ),
+            },
+            replaced_ids=_distinct(chunks.filter(pc.equal(chunks.column(s.FATE), s.Fate.CHANGED))),
+            removed_ids=_distinct(batch.filter(pc.fill_null(pc.equal(fates, s.Fate.REMOVED), False))),
+            rejects=_rejects(batch, self.run_id),
+            batches=[BatchPayload.from_json(p) for p in batch.column(s.BATCH_STATS).drop_null().to_pylist()],
+            stages=stages,
+        )
+        if not len(chunks):
+            return record
+        dim = chunks.schema.field(s.VECTOR).type.list_size
+        rows = stored_chunk_rows(chunks, self.model_id, self.chunking, self.run_id, dim, self.metadata)
+        started = time.perf_counter()
+        fragments = write_fragments(
+            rows,
+            self.uri,
+            schema=rows.schema,
+            max_rows_per_file=self.max_rows_per_file,
+            storage_options=self.storage_options or None,
+        )
+        stages = {**stages, "write_s": stages.get("write_s", 0.0) + time.perf_counter() - started}
+        return replace(record, fragments=[json.dumps(f.to_json()) for f in fragments], dim=dim, stages=stages)
 
 
 def group_id(batch: pa.Table) -> str:

@@ -9,18 +9,18 @@ documents the run changes and fragment metadata, never chunk rows. No ray or vll
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreError
-from pipeline.stats import STAGES, BatchStats, RunTotals
-from pipeline.store.chunk_writer import ENGINE_REJECTED
+from pipeline.records import GroupRecord
+from pipeline.stats import STAGES, RunTotals
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_list, sql_str
 
@@ -67,7 +67,7 @@ class RunCommitter:
         """Documents the engine refused: doc_id -> their fate (new or changed)."""
         self.removal: list[str] = []
         self.no_id_rejects = 0
-        self.counts = dict.fromkeys(("rows", "tokens", "docs_new", "docs_changed", "unchanged", "rejected"), 0)
+        self.counts = dict.fromkeys(("rows", "tokens", s.Fate.NEW, s.Fate.CHANGED, s.Fate.UNCHANGED, "rejected"), 0)
         self.embedded = RunTotals()
         self.engine_tokens = 0
         self.record_bytes = 0
@@ -79,48 +79,50 @@ class RunCommitter:
         self._discarded = RunTotals()
 
     # -- groups -------------------------------------------------------------------------------------------
-    def add(self, record: dict) -> None:
+    def add(self, record: GroupRecord) -> None:
         """One write task's record: commit its fragments, then its rejects and batch stats."""
-        self.record_bytes += len(json.dumps(record))
-        if record["group"] in self.applied:
-            log.warning("group_seen_again", group=record["group"], reason="Ray re-ran a write task; skipped")
+        self.record_bytes += len(record.to_json())
+        if record.group in self.applied:
+            log.warning("group_seen_again", group=record.group, reason="Ray re-ran a write task; skipped")
             return
         started = time.perf_counter()
         try:
-            if record["fragments"]:
+            if record.fragments:
                 self._commit_group(record)
-                self.nodes.add(record["node"])
+                self.nodes.add(record.node)
             self._side_rows(record)
         finally:
             elapsed = time.perf_counter() - started
             self.commit_s += elapsed
             self.stages["write_s"] += elapsed
-        self.applied.add(record["group"])
-        for key in ("rows", "tokens", "docs_new", "docs_changed", "unchanged"):
-            self.counts[key] += record[key]
-        self.removal.extend(record["removed"])
-        if record["fragments"] or record["rejects"]:
-            log.info("rows_committed", chunks=record["rows"], rejected=len(record["rejects"]), node=record["node"])
+        self.applied.add(record.group)
+        self.counts["rows"] += record.rows
+        self.counts["tokens"] += record.tokens
+        for fate in (s.Fate.NEW, s.Fate.CHANGED, s.Fate.UNCHANGED):
+            self.counts[fate] += record.count(fate)
+        self.removal.extend(record.removed_ids)
+        if record.fragments or record.rejects:
+            log.info("rows_committed", chunks=record.rows, rejected=len(record.rejects), node=record.node)
 
-    def _side_rows(self, record: dict) -> None:
-        for stage, seconds in record["stages"].items():
+    def _side_rows(self, record: GroupRecord) -> None:
+        for stage, seconds in record.stages.items():
             if stage in self.stages:
                 self.stages[stage] += seconds
         stats = []
-        for payload in record["batches"]:
-            batch = payload["batch"]
-            stats.append(BatchStats.from_json_dict(batch).to_row(self.run_id))
-            self.stages["wait_s"] += batch["wait_s"]
-            self.stages["embed_s"] += batch["embed_s"]
-            self.engine_tokens += batch.get("engine_tokens", 0)
-            self.embedded += RunTotals(chunks=batch["n_chunks"], tokens=batch["n_tokens"])
-            if "engine" in payload:
-                self.engine_ready.append(datetime.fromisoformat(payload["engine"]["ready_at"]))
-                self.engine_info = self.engine_info or payload["engine"]
+        for payload in record.batches:
+            batch = payload.batch
+            stats.append(batch.to_row(self.run_id))
+            self.stages["wait_s"] += batch.wait_s
+            self.stages["embed_s"] += batch.embed_s
+            self.engine_tokens += batch.engine_tokens
+            self.embedded += RunTotals(chunks=batch.n_chunks, tokens=batch.n_tokens)
+            if payload.engine is not None:
+                self.engine_ready.append(datetime.fromisoformat(payload.engine["ready_at"]))
+                self.engine_info = self.engine_info or payload.engine
         rejects = []
-        for r in record["rejects"]:
+        for r in record.rejects:
             fate = r.pop(s.FATE, None)
-            if r["reason"] == ENGINE_REJECTED:
+            if r["reason"] == s.RejectReason.ENGINE_REJECTED:
                 if r[s.DOC_ID] in self.failed:
                     continue  # another refused chunk of a document already rejected: one reject per document
                 self.failed[r[s.DOC_ID]] = fate
@@ -136,24 +138,24 @@ class RunCommitter:
                 pa.Table.from_pylist(stats, schema=s.BATCHES_SCHEMA)
             )
 
-    def _commit_group(self, record: dict) -> None:
+    def _commit_group(self, record: GroupRecord) -> None:
         from lance import LanceOperation
         from lance.fragment import FragmentMetadata
 
-        new = [FragmentMetadata.from_json(f) for f in record["fragments"]]
+        new = [FragmentMetadata.from_json(f) for f in record.fragments]
         dataset = self.store.chunks_dataset()
         if dataset is None:
-            schema = s.chunks_table_schema(record["dim"], self.metadata)
-            self._commit(None, LanceOperation.Overwrite(schema, new), record["group"])
+            schema = s.chunks_table_schema(record.dim, self.metadata)
+            self._commit(None, LanceOperation.Overwrite(schema, new), record.group)
             return
-        self.store.check_chunks_table(self.metadata["model"], record["dim"], dataset.schema)
-        stale = f"{s.RUN_ID} != {sql_str(self.run_id)} AND {s.DOC_ID} IN ({sql_list(record['changed'])})"
-        removed, updated = _deletions(dataset, stale) if record["changed"] else ([], [])
+        self.store.check_chunks_table(self.metadata["model"], record.dim, dataset.schema)
+        stale = f"{s.RUN_ID} != {sql_str(self.run_id)} AND {s.DOC_ID} IN ({sql_list(record.replaced_ids)})"
+        removed, updated = _deletions(dataset, stale) if record.replaced_ids else ([], [])
         if removed or updated:
             op = LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new)
         else:
             op = LanceOperation.Append(new)
-        self._commit(dataset, op, record["group"])
+        self._commit(dataset, op, record.group)
 
     def _commit(self, dataset, operation, group: str) -> None:
         """One transaction; if its outcome is unknown (the call failed), look for it before trying again."""
@@ -221,10 +223,10 @@ class RunCommitter:
         rows = dataset.to_table(columns=[s.DOC_ID, s.CHUNK_INDEX, s.N_TOKENS], filter=mine)
         if not len(rows):
             return
-        self._discarded = RunTotals(chunks=len(rows), tokens=pa.compute.sum(rows.column(s.N_TOKENS)).as_py() or 0)
-        firsts = rows.filter(pa.compute.equal(rows.column(s.CHUNK_INDEX), 0)).column(s.DOC_ID).to_pylist()
+        self._discarded = RunTotals(chunks=len(rows), tokens=pc.sum(rows.column(s.N_TOKENS)).as_py() or 0)
+        firsts = rows.filter(pc.equal(rows.column(s.CHUNK_INDEX), 0)).column(s.DOC_ID).to_pylist()
         for doc_id in firsts:
-            key = "docs_changed" if self.failed[doc_id] == s.FATE_CHANGED else "docs_new"
+            key = s.Fate.CHANGED if self.failed[doc_id] == s.Fate.CHANGED else s.Fate.NEW
             self.counts[key] -= 1
         self._delete(mine, "discard")
 
@@ -242,7 +244,7 @@ class RunCommitter:
     def outcome(self) -> RunOutcome:
         c = self.counts
         chunks, tokens = c["rows"] - self._discarded.chunks, c["tokens"] - self._discarded.tokens
-        docs = c["docs_new"] + c["docs_changed"]
+        docs = c[s.Fate.NEW] + c[s.Fate.CHANGED]
         return RunOutcome(
             totals=RunTotals(
                 docs_in=docs + c["unchanged"] + c["rejected"],
@@ -251,8 +253,8 @@ class RunCommitter:
                 tokens=tokens,
                 rejected=c["rejected"],
             ),
-            added=c["docs_new"],
-            replaced=c["docs_changed"],
+            added=c[s.Fate.NEW],
+            replaced=c[s.Fate.CHANGED],
             skipped=c["unchanged"],
             removed=self.removed,
             stages=dict(self.stages),

@@ -14,13 +14,16 @@ import pytest
 
 from pipeline import schema as s
 from pipeline.local_executor import ingest_in_process, planned_documents
+from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.records import GroupRecord
 from pipeline.settings import InputSettings
 from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import Chunker, ChunkPlan
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.embed import EmbedStep
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.run_commit import GROUP_PROPERTY, RunCommitter
+from pipeline.store.runs import RunLog
 from tests.fakes import FakeEmbedder
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
@@ -41,7 +44,7 @@ def inputs(tmp_path, sample_texts) -> Path:
     return folder
 
 
-def records(store: LanceStore, inputs: Path, chunker: Chunker, run_id: str, commit_rows: int) -> list[dict]:
+def records(store: LanceStore, inputs: Path, chunker: Chunker, run_id: str, commit_rows: int) -> list[GroupRecord]:
     """What the write tasks of a run over `inputs` would send the driver, in order."""
     planned = planned_documents(InputSettings(paths=[str(inputs)]), PLAN.fingerprint, store.stored_keys())
     embedded = EmbedStep(FakeEmbedder(dim=8), "a")(ChunkStep(chunker)(planned))
@@ -102,7 +105,7 @@ def test_writer_that_died_after_writing_leaves_orphan_files_not_rows(tmp_path, i
     store.ensure_side_tables()
     first = records(store, inputs, chunker, "r1", commit_rows=10_000)  # its task died before reporting
     again = records(store, inputs, chunker, "r1", commit_rows=10_000)  # Ray's retry of the same rows
-    assert first[0]["group"] == again[0]["group"] and first[0]["fragments"] != again[0]["fragments"]
+    assert first[0].group == again[0].group and first[0].fragments != again[0].fragments
     committer = RunCommitter(store, "r1", META)
     committer.add(again[0])
     committer.finish(delete_missing=False)
@@ -156,15 +159,15 @@ def test_a_failing_run_keeps_its_own_error_when_the_store_cannot_record_its_end(
     from pipeline.errors import StoreError
 
     store = LanceStore(str(tmp_path))
-    store.run_log.start("r1", "ingest", datetime.now(timezone.utc))
+    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
 
     def unreachable(*args, **kwargs):
         raise StoreError("the store is unreachable")
 
     monkeypatch.setattr(store, "table", unreachable)
-    store.run_log.finish("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
+    RunLog(store).finish("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
     with pytest.raises(StoreError, match="unreachable"):
-        store.run_log.finish("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
+        RunLog(store).finish("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
     monkeypatch.undo()
     [row] = store.table(store.names.runs, s.RUNS_SCHEMA).to_arrow().to_pylist()
     assert row["status"] == "running"  # until the next run marks it interrupted

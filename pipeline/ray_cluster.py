@@ -78,7 +78,7 @@ def quiet_console() -> None:
 
 def logs_dir() -> str | None:
     """Where this Ray's processes write their logs (the engines' among them), on the driver's node."""
-    node = getattr(ray._private.worker, "_global_node", None)
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - Ray has no public logs-dir API
     return node.get_logs_dir_path() if node is not None else None
 
 

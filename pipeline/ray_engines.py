@@ -24,10 +24,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 
 from pipeline.engine.factory import make_embedder
 from pipeline.engine.slots import SLOT_ENV, node_slots
-from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import EngineError, PipelineError, PlacementError
 from pipeline.log import configure_logging
-from pipeline.plan.job import JobPlan
+from pipeline.plan.engine_spec import EngineSpec
+from pipeline.plan.job import RunPlan
 from pipeline.plan.placement import Cluster, bundle_shape
 from pipeline.ray_supervision import CONTROL_TIMEOUT_S, ENGINE_ENV, NODE_VERDICT_S, EngineSupervisor
 from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
@@ -225,7 +225,7 @@ class Engines:
 
 @contextmanager
 def engine_actors(
-    plan: JobPlan,
+    plan: RunPlan,
     logs: LoggingSettings,
     run: RunSettings,
     cluster: Cluster,
@@ -278,7 +278,7 @@ def engine_actors(
         ray.util.remove_placement_group(group)
 
 
-def _wait_placed(group, plan: JobPlan, cluster: Cluster, timeout_s: float) -> None:
+def _wait_placed(group, plan: RunPlan, cluster: Cluster, timeout_s: float) -> None:
     """Wait for Ray to reserve every engine's bundle, at most `timeout_s`, saying so every half minute."""
     started = time.monotonic()
     ready = group.ready()
@@ -298,7 +298,7 @@ def _wait_placed(group, plan: JobPlan, cluster: Cluster, timeout_s: float) -> No
         )
 
 
-def _unplaced(plan: JobPlan, cluster: Cluster, timeout_s: float) -> str:
+def _unplaced(plan: RunPlan, cluster: Cluster, timeout_s: float) -> str:
     bundle = bundle_shape(plan.placement.bundle)
     return (
         f"Ray could not place the {plan.actors} engines ({plan.actors} bundles of {bundle}) within {timeout_s:g} s "

@@ -3,7 +3,6 @@ The engines' actors are in ray_engines, the cluster's start and inventory in ray
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,20 +18,24 @@ from pipeline import errors
 from pipeline import schema as s
 from pipeline.errors import EngineError, PipelineError
 from pipeline.log import configure_logging
-from pipeline.plan.job import JobPlan
+from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.plan.job import RunPlan
 from pipeline.ray_cluster import cluster_cpus
 from pipeline.ray_engines import NO_DEMOTION, Engines
 from pipeline.ray_supervision import EngineFeeder
+from pipeline.records import GroupRecord
 from pipeline.runtime.cpu_priority import HelperPriority
 from pipeline.runtime.progress import Progress, chunked_counts, planned_counts
 from pipeline.settings import InputSettings, LoggingSettings, RunSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import Chunker, ChunkPlan
-from pipeline.stages.doc_plan import decide_all, stored_id_rows, with_fates
+from pipeline.stages.chunking import Chunker
 from pipeline.stages.documents import Shard
+from pipeline.stages.fates import decide_all, stored_id_rows, with_fates
 from pipeline.stages.pieces import Piece, PieceReader, split_shard
+from pipeline.stages.sources import Inputs
 from pipeline.stages.tokenizer import FastTokenizer
 from pipeline.store.chunk_writer import ChunkWriter
+from pipeline.store.session import StoreSession
 from pipeline.store.stored_keys import LOOKUP_IDS, StoredKeys
 
 RECORD = "record"
@@ -130,7 +133,7 @@ def _fates(docs: pa.Table, keys: StoredKeys | None, chunking: str, priority: Hel
 def _write(batch: pa.Table, writer: ChunkWriter, priority: HelperPriority) -> pa.Table:
     priority.apply()
     record = writer.write(batch, node=ray.get_runtime_context().get_node_id())
-    return pa.table({RECORD: [json.dumps(record)]})
+    return pa.table({RECORD: [record.to_json()]})
 
 
 def read_documents(
@@ -150,22 +153,20 @@ def read_documents(
 
 def build_dataset(
     settings: Settings,
-    plan: JobPlan,
+    plan: RunPlan,
+    inputs: Inputs,
     tokenizer: FastTokenizer,
-    fs: pafs.FileSystem,
-    shards: list[Shard],
-    keys: StoredKeys | None,
-    writer: ChunkWriter,
+    store: StoreSession,
     engines: Engines,
     board=None,
     priority: HelperPriority = NO_DEMOTION,
-    dim: int | None = None,
 ) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
     cpus = cluster_cpus()
     _tell_ray_data(plan, settings.run)
-    docs = read_documents(settings.input, fs, shards, priority)
+    keys = store.keys
+    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority)
     fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
@@ -200,7 +201,7 @@ def build_dataset(
         EngineFeeder,
         fn_constructor_kwargs={
             "engines": engines.actors,
-            "dim": dim,
+            "dim": store.dim,
             "supervisor": engines.supervisor,
             "run": settings.run,
         },
@@ -214,7 +215,7 @@ def build_dataset(
     )
     return embedded.map_batches(
         _write,
-        fn_kwargs={"writer": writer, "priority": priority},
+        fn_kwargs={"writer": store.writer, "priority": priority},
         batch_size=settings.run.commit_rows,
         batch_format="pyarrow",
         num_cpus=0.25,
@@ -222,7 +223,7 @@ def build_dataset(
     )
 
 
-def _tell_ray_data(plan: JobPlan, run: RunSettings) -> None:
+def _tell_ray_data(plan: RunPlan, run: RunSettings) -> None:
     """What Ray Data's scheduler must know of this run: the engines' bundles are not its to hand out (it would
     otherwise budget the stages with CPUs the engines hold), and how long a run may go without progress before it
     ends (a start may take run.engine_start_timeout_s, a hung engine's call its bound: past both, something is
@@ -243,13 +244,13 @@ def _spread() -> dict:
     return {"scheduling_strategy": "SPREAD"}
 
 
-def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[dict]:
+def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[GroupRecord]:
     """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, an engine's
     failure to start as what the engine said."""
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for payload in batch.column(RECORD).to_pylist():
-                yield json.loads(payload)
+                yield GroupRecord.from_json(payload)
     except RayError as exc:
         raise (engines and engines.start_failure()) or _pipeline_error(exc) from exc
 

@@ -10,6 +10,7 @@ import time
 from collections import Counter, defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
 
@@ -158,7 +159,7 @@ class EngineFeeder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.dim is not None and not has_chunks(batch):
             return passed_through(batch, self.dim)
-        tokens = int(pa.compute.sum(batch.column(s.N_TOKENS)).as_py() or 0)
+        tokens = int(pc.sum(batch.column(s.N_TOKENS)).as_py() or 0)
         patience = self.roster.start_allowance_s + self.roster.floor_s
         while True:
             for index in self.roster.order(time.monotonic()):

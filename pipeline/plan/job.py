@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pipeline.engine.vllm import EngineSpec
 from pipeline.errors import ConfigError
+from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.plan.compute import forward_ms, peak_tflops
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.memory import GIB, MemoryPlan, PlanRequest, engines_that_fit, plan_memory, resolve_dtype
 from pipeline.plan.model_dir import ModelDir, ModelLimits, check_remote_code
 from pipeline.plan.placement import (
@@ -23,7 +24,6 @@ from pipeline.plan.placement import (
     lay_out,
 )
 from pipeline.settings import RunSettings, Settings
-from pipeline.stages.chunking import ChunkPlan
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ class LengthPlan:
 
 
 @dataclass(frozen=True)
-class JobPlan:
+class RunPlan:
+    """Everything a run decides before work starts: lengths, the engines and where they go, and the memory
+    planner's verdict (one composition, `plan_run`, for the run, its dry run and the benchmarks)."""
+
     model: ModelDir
     engine: EngineSpec
     chunk: ChunkPlan
@@ -48,18 +51,20 @@ class JobPlan:
     placement: Placement | None = None
     device_memory_bytes: int | None = None
     """Memory of one engine's device, as the plan was fitted to (None: unknown)."""
+    memory: MemoryPlan | None = None
+    """The memory planner's verdict for one engine (None until check_memory ran)."""
 
     @property
     def model_id(self) -> str:
         return self.model.model_id
 
 
-def plan_job(settings: Settings, num_special_tokens: int, gpus: float, cpus: int, **device) -> JobPlan:
-    """Check the settings against the model, its tokenizer's special tokens and a one-node cluster of `gpus` and
-    `cpus` (`device`: its GPU's name and memory); raise ConfigError with the fix."""
-    lengths = plan_lengths(settings)
-    check_chunk_room(settings, lengths.chunk, num_special_tokens)
-    return place_engines(settings, lengths, Cluster.one_node(gpus, cpus, **device))
+def plan_run(settings: Settings, cluster: Cluster) -> RunPlan:
+    """The run's plan on `cluster`: lengths from the settings and the model, engines placed on the nodes, memory
+    checked; ConfigError with the fix when any of them cannot work. The chunk's room for the tokenizer's special
+    tokens is checked where the tokenizer loads (`check_chunk_room`), beside Ray's start."""
+    plan = place_engines(settings, plan_lengths(settings), cluster)
+    return replace(plan, memory=check_memory(settings, plan))
 
 
 def plan_lengths(settings: Settings) -> LengthPlan:
@@ -93,7 +98,7 @@ def resolve_device(setting: str, gpus: float) -> str:
     return setting if setting != "auto" else ("cuda" if gpus >= 1 else "cpu")
 
 
-def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> JobPlan:
+def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> RunPlan:
     """Device, number of engines (and how many share each device), where they go and their threads, from the
     cluster's nodes and, on GPUs, the memory planner's fit and the model's compute per forward pass."""
     m, r = settings.model, settings.run
@@ -132,7 +137,7 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
         engines_per_device=per_device,
         language_model_only=lengths.model.multimodal,
     )
-    return JobPlan(lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory)
+    return RunPlan(lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory)
 
 
 def _leave_stage_room(cluster: Cluster, placement: Placement, device: str, run: RunSettings, notes: list) -> Placement:
@@ -285,7 +290,7 @@ def _memory_request(
     )
 
 
-def check_memory(settings: Settings, plan: JobPlan) -> MemoryPlan:
+def check_memory(settings: Settings, plan: RunPlan) -> MemoryPlan:
     """The memory planner's verdict for this job on the device memory it was placed by; ConfigError, with its
     advice, when the model cannot fit."""
     m = settings.model

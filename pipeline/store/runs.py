@@ -5,23 +5,44 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import structlog
 
 from pipeline import schema as s
+from pipeline.errors import RunInterrupted
+from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_str
-
-if TYPE_CHECKING:
-    from pipeline.store.lance_store import LanceStore
 
 log = structlog.get_logger(__name__)
 
 
 def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class RunRow:
+    """What a run's `runs` row will say when it ends: the block sets `status` and `values` as it goes, and may set
+    `error` itself (a message it words better than the exception's)."""
+
+    status: str = "failed"
+    error: str | None = None
+    values: dict = field(default_factory=dict)
+    finishing: list = field(default_factory=list)
+    """Callables run as the row is finished, each returning more values (they see the final status and error)."""
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
+            self.status = "interrupted"
+            self.error = self.error or f"interrupted by {exc or 'SIGINT'}"
+        else:
+            self.status = "failed"
+            self.error = self.error or f"{type(exc).__name__}: {exc}"[:4000]
 
 
 class RunLog:
@@ -37,6 +58,25 @@ class RunLog:
         # Only one run holds the store's lock, so any run still marked running died without finishing.
         runs.update(where="status = 'running'", values={"status": "interrupted"})
         runs.add(pa.Table.from_pylist([row], schema=s.RUNS_SCHEMA))
+
+    @contextmanager
+    def recorded(self, run_id: str, kind: str, started_at: datetime, **columns) -> Iterator[RunRow]:
+        """The run's row for the life of the block: started running, then finished with the block's status and
+        values, or as failed (or interrupted) with the error that ended the block, whatever ended it."""
+        row = RunRow()
+        self.start(run_id, kind, started_at, **columns)
+        try:
+            yield row
+        except BaseException as exc:
+            row.failed(exc)
+            raise
+        finally:
+            values = dict(row.values)
+            for more in row.finishing:
+                values.update(more(row))
+            values.update({"status": row.status, "error": row.error})
+            values.setdefault("finished_at", datetime.now(timezone.utc))
+            self.finish(run_id, values, failing=row.error is not None)
 
     def finish(self, run_id: str, values: dict, failing: bool = False) -> None:
         """Record the run's end. A run that is `failing` keeps its own error: when the store cannot take the
@@ -85,5 +125,5 @@ class RunLog:
     def _runs_with(self, *columns: str):
         if not self.store.exists(self.store.names.runs):
             return None
-        runs = self.store.db.open_table(self.store.names.runs)
+        runs = self.store.open(self.store.names.runs)
         return runs if all(c in runs.schema.names for c in columns) else None

@@ -22,7 +22,7 @@ import sys
 from torch._dynamo.utils import counters
 
 from pipeline.engine.vllm import VllmEmbedder
-from pipeline.plan.job import plan_job
+from tests.support.plans import plan_on_one_node
 from pipeline.settings import Settings
 
 settings = Settings(
@@ -30,7 +30,7 @@ settings = Settings(
            "gpu_memory_utilization": 0.1},
     logging={"engine_level": "INFO"},
 )
-engine = VllmEmbedder(plan_job(settings, 2, gpus=0, cpus=2).engine)
+engine = VllmEmbedder(plan_on_one_node(settings, 2, gpus=0, cpus=2).engine)
 print(json.dumps({"dim": engine.dim, "mode": engine.llm.llm_engine.vllm_config.compilation_config.mode.name,
                   "inductor": dict(counters["inductor"])}))
 engine.close()

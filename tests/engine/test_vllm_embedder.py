@@ -12,13 +12,13 @@ from pipeline import schema as s
 from pipeline.engine.reference import ReferenceEmbedder, cosine
 from pipeline.engine.vllm import VllmEmbedder
 from pipeline.errors import ChunkBudgetError
-from pipeline.plan.job import plan_job
 from pipeline.plan.model_dir import ModelDir
 from pipeline.settings import Settings
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.documents import text_hash
 from pipeline.stages.embed import EmbedStep
 from pipeline.stages.tokenizer import load_tokenizer
+from tests.support.plans import plan_on_one_node
 
 pytestmark = pytest.mark.engine
 
@@ -34,7 +34,7 @@ def engine_for(model_path, **model):
         }
     )
     tokenizer = load_tokenizer(model_path)
-    plan = plan_job(settings, tokenizer.num_special_tokens, gpus=0, cpus=2)
+    plan = plan_on_one_node(settings, tokenizer.num_special_tokens, gpus=0, cpus=2)
     return plan, tokenizer, VllmEmbedder(plan.engine)
 
 
@@ -103,7 +103,7 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
 
     with pytest.raises(ConfigError, match=r"max_num_batched_tokens=1024 is below model\.max_model_len=2001"):
         plan_lengths(Settings(model={"path": str(tiny_model_path), "max_num_batched_tokens": 1024}))
-    spec = plan_job(
+    spec = plan_on_one_node(
         Settings(
             model={
                 "path": str(tiny_model_path),
@@ -123,7 +123,7 @@ def test_vllm_itself_refuses_a_batch_budget_below_max_model_len_for_an_encoder(t
 def test_last_token_decoder_embeds_prompts_longer_than_its_batch_budget(tmp_path, long_texts):
     """A Qwen3-style decoder with last-token pooling: vLLM 0.32 runs chunked prefill, so a 512-token budget
     serves 2,000-token chunks; vectors still equal a transformers forward pass."""
-    from tests.model_builders import build_tiny_qwen3
+    from benchmarks.model_builders import build_tiny_qwen3
 
     model = build_tiny_qwen3(tmp_path / "qwen")
     # a decoder needs KV cache: on the CPU backend it comes out of gpu_memory_utilization x host memory, after

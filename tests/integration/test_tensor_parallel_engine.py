@@ -15,11 +15,11 @@ import pytest
 
 from pipeline import schema as s
 from pipeline.local_executor import planned_documents
-from pipeline.plan.job import plan_job
 from pipeline.settings import InputSettings, LoggingSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
+from tests.support.plans import plan_on_one_node
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
@@ -52,7 +52,7 @@ def chunks(minilm_path, sample_texts, tmp_path_factory) -> tuple[pa.Table, objec
             "gpu_memory_utilization": 0.1,
         }
     )
-    plan = plan_job(settings, 2, gpus=0, cpus=2)
+    plan = plan_on_one_node(settings, 2, gpus=0, cpus=2)
     shard = tmp_path_factory.mktemp("in") / "docs.jsonl"
     shard.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(sample_texts[:3])))
     docs = planned_documents(InputSettings(paths=[str(shard)]), plan.chunk.fingerprint)

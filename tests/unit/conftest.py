@@ -8,14 +8,14 @@ import pyarrow as pa
 import pytest
 
 from pipeline.local_executor import planned_documents
-from pipeline.plan.job import plan_job
 from pipeline.settings import InputSettings, Settings
+from tests.support.plans import plan_on_one_node
 
 
 @pytest.fixture(scope="module")
 def plan(minilm_path):
     """The embedded default's plan for one CPU engine on 2 cores."""
-    return plan_job(Settings(model={"path": str(minilm_path), "device": "cpu"}), 2, gpus=0, cpus=2)
+    return plan_on_one_node(Settings(model={"path": str(minilm_path), "device": "cpu"}), 2, gpus=0, cpus=2)
 
 
 @pytest.fixture(scope="module")

@@ -134,10 +134,10 @@ def test_the_device_measurement_computes_in_the_memory_planners_dtype(
     from dataclasses import replace
 
     from benchmarks.device import engine_dtype
-    from pipeline.plan.job import plan_job
     from pipeline.plan.memory import load_config, resolve_dtype
+    from tests.support.plans import plan_on_one_node
 
-    spec = plan_job(Settings(model={"path": str(minilm_path), "dtype": dtype}), 2, gpus=0, cpus=2).engine
+    spec = plan_on_one_node(Settings(model={"path": str(minilm_path), "dtype": dtype}), 2, gpus=0, cpus=2).engine
     spec = replace(spec, device=device)
     shape = replace(shape_from_config(load_config(str(minilm_path))[0]), torch_dtype=checkpoint)
     assert engine_dtype(spec, shape) == resolve_dtype(dtype, shape) == expected

@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 
+from benchmarks.model_builders import TOKENIZER_FILES, minilm_dir
+from benchmarks.model_configs import BERT_BASE, PHI3V, QWEN3
 from pipeline.engine.vllm import engine_kwargs
 from pipeline.errors import ConfigError
 from pipeline.plan.compute import SATURATING_FORWARD_MS, forward_ms
@@ -24,8 +26,6 @@ from pipeline.plan.placement import (
     lay_out,
 )
 from pipeline.settings import Settings
-from tests.model_builders import TOKENIZER_FILES, minilm_dir
-from tests.model_configs import BERT_BASE, PHI3V, QWEN3
 
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * GIB}
 

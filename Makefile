@@ -18,10 +18,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m jobs.sample_corpus --all --out data/bench
-	$(PY) -m jobs.bench --config conf/bench.toml
+	$(PY) -m benchmarks.bench --config conf/bench.toml
 
 bench-scale: setup
-	$(PY) -m jobs.bench_scale --config conf/local.toml --out bench_out/scale
+	$(PY) -m benchmarks.bench_scale --config conf/local.toml --out bench_out/scale
 
 lint: setup
 	$(VENV)/bin/ruff check .

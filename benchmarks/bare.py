@@ -14,7 +14,7 @@ from benchmarks import corpus
 from benchmarks.cpu_use import CpuSampler, Sample, cpu_by_role
 from benchmarks.metrics import SAMPLE_VECTORS, Point
 from pipeline import schema as s
-from pipeline.engine.vllm import EngineSpec
+from pipeline.plan.engine_spec import EngineSpec
 
 
 def run_bare(spec: EngineSpec, chunks_path: Path, label: str) -> tuple[Point, dict[str, list[float]]]:

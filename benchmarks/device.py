@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from pipeline.engine.vllm import EngineSpec
 from pipeline.plan.compute import flops_per_token
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.model_params import ModelShape
 

@@ -12,7 +12,7 @@ engine_kwargs, VllmEmbedder), on GPU 0:
 3. compile: one compiled engine (enforce_eager off) started twice on one cache directory (VLLM_CACHE_ROOT and
    TorchInductor's): cold and warm start;
 4. memory: the planner's figures for the same engine beside vLLM's own lines (weights loaded, KV cache).
-The model is a tiny random-weight decoder built on the spot (tests/model_builders.py, Qwen3 shape, last-token
+The model is a tiny random-weight decoder built on the spot (benchmarks/model_builders.py, Qwen3 shape, last-token
 pooling) unless --model names one. Writes results.json and results.md under --out; figures, not assertions.
 """
 
@@ -168,8 +168,8 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
-    from pipeline.engine.vllm import EngineSpec
-    from tests.model_builders import build_tiny_qwen3
+    from benchmarks.model_builders import build_tiny_qwen3
+    from pipeline.plan.engine_spec import EngineSpec
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)

@@ -46,8 +46,8 @@ if __name__ == "__main__":
 
 
 def main() -> None:
+    from benchmarks.model_builders import build_tiny_bert, minilm_dir
     from pipeline.plan.memory import PlanRequest, load_config, plan_memory
-    from tests.model_builders import build_tiny_bert, minilm_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", default="2048,8192,16384")

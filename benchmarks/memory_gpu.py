@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.model_configs import BERT_BASE, PHI3V, QWEN3
+from benchmarks.model_configs import BERT_BASE, PHI3V, QWEN3
 
 SHAPES = {"bert": {**BERT_BASE, "max_position_embeddings": 2048}, "qwen3": QWEN3, "phi3v": PHI3V}
 """config.json of each shape; BERT with positions for 2,000-token sequences."""

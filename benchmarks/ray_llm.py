@@ -11,15 +11,13 @@ import time
 
 import pyarrow as pa
 import ray
-import structlog
 
 from benchmarks.corpus import write_rows
 from benchmarks.metrics import SAMPLE_VECTORS, Point
 from pipeline import schema as s
-from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
+from pipeline.engine.vllm import engine_environment, engine_kwargs
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.store.lance_store import LanceStore
-
-log = structlog.get_logger(__name__)
 
 
 def run_ray_data_llm(

@@ -48,6 +48,39 @@ def write_outputs(result: BenchResult) -> Path:
 def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str], rows: list[dict]) -> str:
     st = result.settings
     lines = [
+        *_header_lines(result, diag),
+        "",
+        "## Targets",
+        "",
+        *target_lines(result),
+        "",
+        "## Results",
+        "",
+        *_result_lines(result, rows),
+        "",
+        "## Where the time goes (pipeline, busy seconds summed over workers)",
+        "",
+        *_breakdown_lines(result),
+        "",
+        *cpu_lines(result),
+        "",
+        "## Device and ceilings",
+        "",
+        *_device_lines(result),
+        "",
+        "## Baselines",
+        "",
+        *_baseline_lines(result),
+    ]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Settings", "", "```json", json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True)]
+    return "\n".join([*lines, "```", ""])
+
+
+def _header_lines(result: BenchResult, diag: dict[tuple, str]) -> list[str]:
+    st = result.settings
+    lines = [
         f"# Benchmark {result.bench_id}",
         "",
         f"Model `{st.model.name or st.model.path}`, {result.chunks:,} chunks, {result.tokens:,} tokens "
@@ -67,12 +100,15 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         lines.append(
             f"- max_model_len {key[0]}, actors {key[1]}, batch_rows {key[2]}, engines per device {key[3]}: {text}"
         )
-    lines += ["", "## Targets", "", *target_lines(result), "", "## Results", ""]
-    lines.append(
+    return lines
+
+
+def _result_lines(result: BenchResult, rows: list[dict]) -> list[str]:
+    lines = [
         "| runner | budget | wall s | start-up s | steady s | tokens/s | end to end | efficiency | vs serve | "
-        "vs Ray Data LLM | MFU | engine busy | tokens per call | tokens (chunker / engine) | run |"
-    )
-    lines.append("|" + "---|" * 15)
+        "vs Ray Data LLM | MFU | engine busy | tokens per call | tokens (chunker / engine) | run |",
+        "|" + "---|" * 15,
+    ]
     for p, r in zip(result.points, rows, strict=True):
         if not p.ok:
             lines.append(f"| {p.label} | {p.params.get('max_num_batched_tokens')} | failed: {p.error} |" + " |" * 12)
@@ -84,9 +120,14 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
             f"{_f(r['vs_serve'])} | {_f(r['vs_ray_data_llm'])} | {_pct(r['mfu'])} | {_pct(p.engine_busy)} | "
             f"{_n(p.tokens_per_call)} | {p.tokens:,} {check} {p.engine_tokens:,} | {p.run_id or ''} |"
         )
-    lines += ["", "## Where the time goes (pipeline, busy seconds summed over workers)", ""]
-    lines.append("| point | wall s | " + " | ".join(BREAKDOWN_LABELS[k] for k in BREAKDOWN) + " | engine limits |")
-    lines.append("|" + "---|" * (len(BREAKDOWN) + 3))
+    return lines
+
+
+def _breakdown_lines(result: BenchResult) -> list[str]:
+    lines = [
+        "| point | wall s | " + " | ".join(BREAKDOWN_LABELS[k] for k in BREAKDOWN) + " | engine limits |",
+        "|" + "---|" * (len(BREAKDOWN) + 3),
+    ]
     for p in result.of("pipeline"):
         if not p.ok:
             continue
@@ -96,15 +137,16 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
             f"{_n(p.params.get('engine_max_num_seqs'))}, chunked prefill {p.params.get('engine_chunked_prefill')}"
         )
         lines.append(f"| {p.label} | {p.wall_s:.1f} | " + " | ".join(f"{v:.2f}" for v in figures) + f" | {limits} |")
-    lines += [
+    return [
+        *lines,
         "",
         "Stages overlap in a pipeline (reading and chunking run while the engine works), so the busy seconds do "
         "not add up to the wall time; *engine idle* is engine time spent waiting between calls.",
-        "",
-        *cpu_lines(result),
-        "",
-        "## Device and ceilings",
-        "",
+    ]
+
+
+def _device_lines(result: BenchResult) -> list[str]:
+    lines = [
         f"- FLOPs per token (planner arithmetic at this corpus's chunk lengths): {result.flops_per_token / 1e9:.3f} "
         "GFLOP",
     ]
@@ -128,7 +170,11 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
         if bare:
             share = bare.tokens_per_s / d.forward_tokens_per_s
             lines.append(f"- the bare engine reaches {share:.0%} of that plain forward-pass rate")
-    lines += ["", "## Baselines", ""]
+    return lines
+
+
+def _baseline_lines(result: BenchResult) -> list[str]:
+    lines = []
     for kind in ("bare", "serve", "ray_data_llm"):
         pts = result.of(kind)
         if kind in result.missing:
@@ -146,18 +192,7 @@ def render_markdown(result: BenchResult, diag: dict[tuple, str], plots: list[str
             f"- repeated bare runs at the first budget: {', '.join(f'{r:,.0f}' for r in bare_runs)} tokens/s "
             f"(spread {max(bare_runs) / min(bare_runs) - 1:.1%}: the machine's noise)"
         )
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    lines += [
-        "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(st.model_dump(mode="json"), indent=1, sort_keys=True),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 EFFICIENCY_TARGET, STARTUP_TARGET = 0.95, 1.15

@@ -25,7 +25,7 @@ from pipeline import schema as s
 from pipeline.errors import PipelineError
 from pipeline.ingest import checked_tokenizer, run_ingest
 from pipeline.plan.compute import flops_per_token, peak_tflops
-from pipeline.plan.job import JobPlan, place_engines, plan_lengths
+from pipeline.plan.job import RunPlan, place_engines, plan_lengths
 from pipeline.plan.placement import Cluster
 from pipeline.runtime.devices import read_node_devices
 from pipeline.settings import Settings, core_settings
@@ -103,7 +103,7 @@ def sweep_settings(settings: BenchJobSettings, prefix: str) -> list[Settings]:
     return points
 
 
-def engine_plan(settings: Settings) -> JobPlan:
+def engine_plan(settings: Settings) -> RunPlan:
     """The plan one pipeline actor would get with these settings, alone on its device, for the baselines."""
     settings = settings.model_copy(update={"run": settings.run.model_copy(update={"engines_per_device": 1})})
     lengths = plan_lengths(settings)

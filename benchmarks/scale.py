@@ -258,7 +258,7 @@ def _embedded_rows(rng: np.random.Generator, dim: int, n: int, doc: str, chunkin
         s.CHAR_END: [FILL_TEXT] * n,
         s.N_TOKENS: [200] * n,
         s.DOC_HASH: [doc] * n,
-        s.FATE: [s.FATE_NEW] * n,
+        s.FATE: [s.Fate.NEW] * n,
         s.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
     }
     schema = s.embedded_schema(dim)

@@ -19,16 +19,15 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pyarrow as pa
-import structlog
 
 from benchmarks.corpus import write_rows
 from benchmarks.metrics import SAMPLE_VECTORS, Point
 from pipeline import schema as s
-from pipeline.engine.vllm import EngineSpec, engine_environment, engine_kwargs
+from pipeline.engine.vllm import engine_environment, engine_kwargs
 from pipeline.errors import EngineError
+from pipeline.plan.engine_spec import EngineSpec
 from pipeline.store.lance_store import LanceStore
 
-log = structlog.get_logger(__name__)
 SERVED_NAME = "bench-model"
 
 

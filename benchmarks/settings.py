@@ -44,7 +44,7 @@ class BenchSettings(Section):
 
 
 class BenchJobSettings(Settings):
-    """Settings of python -m jobs.bench: every section of a run, and the benchmark's own."""
+    """Settings of python -m benchmarks.bench: every section of a run, and the benchmark's own."""
 
     shortcuts: ClassVar[dict[str, list[str]]] = {**Settings.shortcuts, "bench.budgets": ["budgets"]}
 

@@ -8,7 +8,7 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.model_builders import build_bpe_tokenizer, build_tiny_bert, minilm_dir
+from benchmarks.model_builders import build_bpe_tokenizer, build_tiny_bert, minilm_dir
 
 
 @pytest.fixture(scope="session")

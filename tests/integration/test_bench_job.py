@@ -25,7 +25,7 @@ def bench(tmp_path_factory, sample_texts):
     (corpus / "docs.jsonl").write_text("\n".join(lines) + "\n")
     env = job_env(**SMALL_RAY)
     args = job_command(
-        "jobs.bench",
+        "benchmarks.bench",
         "--inputs",
         str(corpus),
         "--db",

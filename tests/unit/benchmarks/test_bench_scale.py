@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from benchmarks.bench_scale import checks
 from benchmarks.scale import Point
-from jobs.bench_scale import checks
 
 
 def store_point(size: int, repeat: int, write_s: float, wall_s: float) -> Point:

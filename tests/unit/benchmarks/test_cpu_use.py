@@ -20,7 +20,7 @@ def test_roles_from_ray_process_titles():
     assert role_of("ray::DashboardAgent", 7, 1) == "dashboard agent"  # Ray renames its agents' processes
     assert role_of("ray::RuntimeEnvAgent", 7, 1) == "runtime-env agent"
     assert role_of("ray::ActorLocationTracker", 7, 1) == "Ray Data coordinator actors"
-    assert role_of("python -m jobs.bench", 1, 1) == "driver"
+    assert role_of("python -m benchmarks.bench", 1, 1) == "driver"
     assert role_of("sleep 5", 7, 1) == "other processes"
 
 

@@ -1,5 +1,5 @@
-"""python -m jobs.bench_scale --config conf/local.toml [--out bench_out/scale]: per-run costs as the store and the
-corpus grow (store growth, corpus growth, re-ingest at size), printed as a table with the targets checked."""
+"""python -m benchmarks.bench_scale --config conf/local.toml [--out bench_out/scale]: per-run costs as the store and
+the corpus grow (store growth, corpus growth, re-ingest at size), printed as a table with the targets checked."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from jobs.common import run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench_scale", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scale", description=__doc__)
     parser.add_argument("--config", default="conf/local.toml")
     parser.add_argument("--out", default="bench_out/scale")
     parser.add_argument("--store-sizes", default="0,200000,1000000", help="chunks pre-filled, comma-separated")
@@ -66,14 +66,7 @@ def _scale(args: argparse.Namespace) -> int:
     for size, db in stores.items():
         if size != max(sizes) and db.exists():
             shutil.rmtree(db)
-    latency = {}
-    if "commit" in parts:
-        commit_stores = {size: out / f"commit-{size}" for size in sizes}
-        for size, db in commit_stores.items():
-            prefill(db, size, dim, {"model": model}, chunking, model)
-        latency = commit_latency(commit_stores, dim, model, chunking)
-        for db in commit_stores.values():
-            shutil.rmtree(db)
+    latency = _commit_latency(out, sizes, dim, model, chunking) if "commit" in parts else {}
     for factor in factors if "corpus" in parts else []:
         folder = write_jsonl(out / f"in-x{factor}", corpus_docs(corpora[0], factor))
         db = out / f"corpus-{factor}"
@@ -88,6 +81,16 @@ def _scale(args: argparse.Namespace) -> int:
     (out / "report.md").write_text(report)
     print(report)
     return 0
+
+
+def _commit_latency(out: Path, sizes: list[int], dim: int, model: str, chunking: str) -> dict:
+    commit_stores = {size: out / f"commit-{size}" for size in sizes}
+    for size, db in commit_stores.items():
+        prefill(db, size, dim, {"model": model}, chunking, model)
+    latency = commit_latency(commit_stores, dim, model, chunking)
+    for db in commit_stores.values():
+        shutil.rmtree(db)
+    return latency
 
 
 def _model(conf: str) -> tuple[str, str, int]:

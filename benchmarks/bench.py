@@ -1,4 +1,4 @@
-"""python -m jobs.bench --config conf/bench.toml [--budgets '[8192,16192]'] [--<section>.<field> VALUE ...]"""
+"""python -m benchmarks.bench --config conf/bench.toml [--budgets '[8192,16192]'] [--<section>.<field> VALUE ...]"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jobs.common import parse, run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jobs.bench",
+        prog="python -m benchmarks.bench",
         description="Run the pipeline at every point of a max_num_batched_tokens sweep and the baselines (bare "
         "LLM.embed, vLLM server + HTTP client, Ray Data LLM) on the same chunks; write a report and a `bench` "
         "table. Settings as for jobs.ingest, plus the [bench] section (e.g. --budgets '[8192,16192]').",

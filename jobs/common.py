@@ -46,7 +46,7 @@ def list_settings(parser: argparse.ArgumentParser, settings_cls: type[Settings] 
     from pydantic_settings import CliSettingsSource
 
     shortcuts = {
-        field: [name for name in names if f"--{name}" not in parser._option_string_actions]
+        field: [name for name in names if f"--{name}" not in parser._option_string_actions]  # noqa: SLF001 - argparse has no public list of its options
         for field, names in kebab_shortcuts(settings_cls).items()
     }
     parser.usage = f"{parser.prog} [options] [--section.field VALUE ...]"

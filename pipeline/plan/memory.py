@@ -11,7 +11,7 @@ attention kernels work in blocks, so no T x L score matrix is counted. Decoders 
 a KV cache: one forward pass needs T * layers * 2 * kv entries, and vLLM hands the cache whatever of the
 budget is left after the weights and the activation peak it profiles at start-up.
 
-The two constants are measured, not derived: bench/memory_cpu.py on the CPU backend (MiniLM at 512 positions
+The two constants are measured, not derived: benchmarks/memory_cpu.py on the CPU backend (MiniLM at 512 positions
 and a tiny BERT at 2,001, budgets 2,048-16,384 tokens) put process growth at weights + 1.4 x the live
 activations + about 128 MiB. The GPU overhead (CUDA context, workspaces) is an estimate until measured.
 """

@@ -3,22 +3,26 @@ these roles, and the CPU priority keeper lowers the priority of the helper roles
 
 from __future__ import annotations
 
-ROLES = (
+OWN_ROLES = (
     ("EngineActor", "engine actors"),
     ("EngineFeeder", "engine feeders"),
     ("ChunkActor", "chunk actors"),
     ("ProgressBoard", "progress board"),
     ("_write", "write tasks"),
-    ("_StatsActor", "Ray Data stats actor"),
-    ("SplitCoordinator", "Ray Data coordinator actors"),
-    ("AutoscalingRequester", "Ray Data coordinator actors"),
-    ("HashShuffle", "plan shuffle"),
-    ("Aggregator", "plan shuffle"),
     ("_read", "read and plan tasks"),
     ("_split", "read and plan tasks"),
     ("_fates", "read and plan tasks"),
     ("_decide", "read and plan tasks"),
     ("_stored_ids", "read and plan tasks"),
+)
+"""This pipeline's own actors and tasks, by the names of their classes and functions in the Ray adapters (a test
+checks that each still exists there)."""
+RAY_ROLES = (
+    ("_StatsActor", "Ray Data stats actor"),
+    ("SplitCoordinator", "Ray Data coordinator actors"),
+    ("AutoscalingRequester", "Ray Data coordinator actors"),
+    ("HashShuffle", "plan shuffle"),
+    ("Aggregator", "plan shuffle"),
     ("ActorLocationTracker", "Ray Data coordinator actors"),
     ("_AutoscalingCoordinatorActor", "Ray Data coordinator actors"),
     ("ray::IDLE", "idle Ray workers"),
@@ -33,6 +37,7 @@ ROLES = (
     ("autoscaler/_private/monitor.py", "autoscaler monitor"),
     ("ray::", "other Ray workers"),
 )
+ROLES = (*RAY_ROLES[:5], *OWN_ROLES, *RAY_ROLES[5:])
 """Substring of a process's title or command line -> its role, first match wins (Ray names a worker after the
 actor or task it runs, so a worker's role can change between samples)."""
 

@@ -1,4 +1,4 @@
-"""Print (or with --write, put into README.md) the settings reference table, generated from pipeline/settings.py
+"""Print (or with --write, put into docs/settings.md) the settings reference table, generated from pipeline/settings.py
 and the benchmark's own section (benchmarks/settings.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pydantic_core import PydanticUndefined
 
 from benchmarks.settings import BenchJobSettings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 HEADER = "| setting | default | meaning |"
 
 
@@ -29,7 +29,7 @@ def table() -> str:
 def readme_table(text: str) -> tuple[int, int]:
     start = text.index(HEADER)
     end = text.find("\n\n", start)
-    return start, len(text) if end == -1 else end
+    return start, len(text.rstrip("\n")) if end == -1 else end
 
 
 if __name__ == "__main__":

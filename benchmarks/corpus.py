@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
+from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
 from pipeline.ingest import preflight
-from pipeline.local_executor import planned_documents
 from pipeline.settings import Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.bench_table import BENCH_SCHEMA
 from benchmarks.metrics import BREAKDOWN, BREAKDOWN_LABELS, Point, best, diagnose, efficiency
 from benchmarks.runner import BenchResult, bench_rows, open_store
-from pipeline import schema as s
 
 KIND_NAMES = {
     "pipeline": "pipeline",
@@ -38,7 +38,7 @@ def diagnoses(result: BenchResult) -> dict[tuple, str]:
 def write_outputs(result: BenchResult) -> Path:
     diag = diagnoses(result)
     table = bench_rows(result, "; ".join(diag.values()))
-    open_store(result.settings).table(f"{result.settings.store.table_prefix}bench", s.BENCH_SCHEMA).add(table)
+    open_store(result.settings).table(f"{result.settings.store.table_prefix}bench", BENCH_SCHEMA).add(table)
     plots = _plots(result)
     path = result.out_dir / "report.md"
     path.write_text(render_markdown(result, diag, plots, table.to_pylist()))

@@ -17,6 +17,7 @@ import pyarrow as pa
 import structlog
 
 from benchmarks import corpus
+from benchmarks.bench_table import BENCH_SCHEMA
 from benchmarks.cpu_use import CpuSampler, cpu_by_role
 from benchmarks.device import DeviceFigures, measure_device
 from benchmarks.metrics import Point
@@ -28,7 +29,7 @@ from pipeline.plan.compute import flops_per_token, peak_tflops
 from pipeline.plan.job import RunPlan, place_engines, plan_lengths
 from pipeline.plan.placement import Cluster
 from pipeline.runtime.devices import read_node_devices
-from pipeline.settings import Settings, core_settings
+from pipeline.settings import Settings
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_str
@@ -392,4 +393,9 @@ def bench_rows(result: BenchResult, diagnosis: str) -> pa.Table:
                 "created_at": now,
             }
         )
-    return pa.Table.from_pylist(rows, schema=s.BENCH_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=BENCH_SCHEMA)
+
+
+def core_settings(settings: Settings) -> Settings:
+    """The sections every run reads, without a job's own (what a runs row records)."""
+    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})

@@ -329,11 +329,6 @@ def kebab_shortcuts(settings_cls: type[Settings]) -> dict[str, list[str]]:
     return {k.replace("_", "-"): v for k, v in settings_cls.shortcuts.items()}
 
 
-def core_settings(settings: Settings) -> Settings:
-    """The sections every run reads, without a job's own (what a runs row records)."""
-    return Settings.model_construct(**{name: getattr(settings, name) for name in Settings.model_fields})
-
-
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
     where = f" (config file {path})" if path else ""
     lines = [f"invalid settings{where}:"]

@@ -8,7 +8,6 @@ with a reason; nothing is dropped without a trace. Shards are read as streams: a
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -56,17 +55,6 @@ def shard_format(path: str, cfg: InputSettings) -> str | None:
     if lower.endswith(tuple(ext.lower() for ext in cfg.text_extensions)):
         return "text"
     return None
-
-
-def parse_shard(shard: Shard, data: bytes, cfg: InputSettings) -> pa.Table:
-    """A whole shard held in memory, parsed at once (tests and tools; the pipeline streams pieces)."""
-    if shard.format == "jsonl":
-        rows = parse_jsonl_lines(shard, split_lines([data], 1), cfg)
-    elif shard.format == "parquet":
-        rows = parse_parquet(shard, io.BytesIO(data), cfg)
-    else:
-        rows = parse_text(shard, data, cfg)
-    return pa.Table.from_pylist(list(rows), schema=s.DOC_SCHEMA)
 
 
 def text_hash(text: str) -> str:

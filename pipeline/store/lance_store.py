@@ -136,13 +136,6 @@ class LanceStore:
             raise StoreError(msg)
         return field.type.list_size
 
-    def chunks_table(self, dim: int, metadata: dict):
-        """Open the chunks table, creating it empty if needed (tools and tests; runs create it on first commit)."""
-        self.check_chunks_table(metadata["model"], dim)
-        if self.exists(self.names.chunks):
-            return self._db.open_table(self.names.chunks)
-        return self._db.create_table(self.names.chunks, schema=s.chunks_table_schema(dim, metadata), exist_ok=True)
-
     def stored_keys(self) -> StoredKeys | None:
         """The chunks table as the run found it, for the plan's lookups; None when there is no table yet."""
         dataset = self.chunks_dataset()

@@ -18,8 +18,8 @@ import lancedb
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
-from pipeline.local_executor import planned_documents
 from pipeline.plan.job import plan_lengths
 from pipeline.settings import InputSettings, load_settings
 from pipeline.stages.chunk_step import ChunkStep

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
-from pipeline.local_executor import planned_documents
 from pipeline.settings import InputSettings, LoggingSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker

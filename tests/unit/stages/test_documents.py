@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 
 from pipeline import schema as s
 from pipeline.settings import InputSettings
-from pipeline.stages.documents import Shard, parse_shard
+from pipeline.stages.documents import Shard
+from tests.support.shards import parse_shard
 
 CFG = InputSettings()
 

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
 from pipeline.errors import StoreError
-from pipeline.local_executor import planned_documents
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.records import BatchPayload
 from pipeline.settings import InputSettings

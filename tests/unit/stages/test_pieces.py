@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from pipeline import schema as s
 from pipeline.settings import InputSettings
-from pipeline.stages.documents import Shard, parse_shard
+from pipeline.stages.documents import Shard
 from pipeline.stages.pieces import Piece, PieceReader, split_shard
 from pipeline.stages.sources import list_shards
+from tests.support.shards import parse_shard
 
 CFG = InputSettings()
 FS = pafs.LocalFileSystem()

@@ -12,8 +12,8 @@ import lancedb
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import ingest_in_process, planned_documents
 from pipeline import schema as s
-from pipeline.local_executor import ingest_in_process, planned_documents
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.records import GroupRecord
 from pipeline.settings import InputSettings

@@ -9,9 +9,9 @@ import lancedb
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import ingest_in_process
 from pipeline import schema as s
 from pipeline.errors import StoreError
-from pipeline.local_executor import ingest_in_process
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import InputSettings
 from pipeline.stages.chunking import Chunker

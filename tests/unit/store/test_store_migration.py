@@ -8,6 +8,7 @@ import pyarrow as pa
 from pipeline import schema as s
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
+from tests.support.stores import empty_chunks_table
 
 
 def test_old_batches_table_gains_new_columns(tmp_path):
@@ -30,4 +31,4 @@ def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
     assert not store.exists("runs") and store.stored_keys() is None
     RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
     assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
-    assert store.chunks_table(8, {"model": "m"}).count_rows() == 0
+    assert empty_chunks_table(store, 8, {"model": "m"}).count_rows() == 0

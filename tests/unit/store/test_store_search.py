@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from benchmarks.local_executor import ingest_in_process
 from pipeline import schema as s
 from pipeline.checks.retrieval import check_retrieval
 from pipeline.engine.query import query_token_ids
 from pipeline.errors import ConfigError
-from pipeline.local_executor import ingest_in_process
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import IndexSettings, InputSettings, MaintenanceSettings
 from pipeline.stages.chunking import Chunker

@@ -33,7 +33,7 @@ def planned_documents(
     return with_fates(planned, keys.lookup if keys is not None else None, chunking)
 
 
-def ingest_in_process(  # noqa: PLR0913 - the run's parts, as the Ray path takes them
+def ingest_in_process(
     store: LanceStore,
     run_id: str,
     cfg: InputSettings,

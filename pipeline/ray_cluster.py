@@ -140,6 +140,15 @@ def _answer(ref) -> NodeDevices | None:
         return None
 
 
+def on_driver_node() -> dict:
+    """Remote options that keep an actor the run cannot do without (the engines' supervisor and start gates, the
+    progress board) on the driver's node: a node lost elsewhere must not take it, and losing the driver's node
+    ends the run anyway."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def lost_nodes(cluster: Cluster) -> list[str]:
     """The nodes of `cluster` (as the plan saw it) that are no longer alive."""
     alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}

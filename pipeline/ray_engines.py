@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import ray
@@ -29,6 +29,7 @@ from pipeline.log import configure_logging
 from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.job import RunPlan
 from pipeline.plan.placement import Cluster, bundle_shape
+from pipeline.ray_cluster import on_driver_node
 from pipeline.ray_supervision import CONTROL_TIMEOUT_S, ENGINE_ENV, NODE_VERDICT_S, EngineSupervisor
 from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.runtime.progress import embedded_counts
@@ -194,6 +195,8 @@ class Engines:
     nodes: list[str]
     feeders: Iterator[int]
     supervisor: object = None
+    bundle: dict = field(default_factory=dict)
+    """What each engine's bundle holds."""
 
     def feeder_args(self) -> dict:
         index = next(self.feeders) % len(self.actors)
@@ -250,8 +253,8 @@ def engine_actors(
     shares_gpus = plan.engine.device == "cuda" and plan.engine.engines_per_device > 1
     shared = EngineRun(
         board=board,
-        supervisor=EngineSupervisor.remote(run.engine_hangs, run.engine_start_timeout_s),
-        gate=StartGate.remote() if shares_gpus else None,
+        supervisor=EngineSupervisor.options(**on_driver_node()).remote(run.engine_hangs, run.engine_start_timeout_s),
+        gate=StartGate.options(**on_driver_node()).remote() if shares_gpus else None,
         priority=priority,
         start_timeout_s=run.engine_start_timeout_s,
     )
@@ -268,7 +271,7 @@ def engine_actors(
     ]
     shared.supervisor.attach.remote(actors, node_of)
     try:
-        yield Engines(actors, node_of, itertools.count(), shared.supervisor)
+        yield Engines(actors, node_of, itertools.count(), shared.supervisor, plan.placement.bundle)
     finally:
         for actor in actors:
             ray.kill(actor)

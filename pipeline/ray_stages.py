@@ -4,6 +4,7 @@ The engines' actors are in ray_engines, the cluster's start and inventory in ray
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from dataclasses import asdict
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
+import structlog
 from ray.data import ActorPoolStrategy, DataContext, Dataset, ExecutionResources
 from ray.exceptions import RayError
 
@@ -20,7 +22,8 @@ from pipeline.errors import EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.plan.job import RunPlan
-from pipeline.ray_cluster import cluster_cpus
+from pipeline.plan.placement import held_by_engines
+from pipeline.ray_cluster import cluster_cpus, on_driver_node
 from pipeline.ray_engines import NO_DEMOTION, Engines
 from pipeline.ray_supervision import EngineFeeder
 from pipeline.records import GroupRecord
@@ -38,9 +41,12 @@ from pipeline.store.chunk_writer import ChunkWriter
 from pipeline.store.session import StoreSession
 from pipeline.store.stored_keys import LOOKUP_IDS, StoredKeys
 
+log = structlog.get_logger(__name__)
 RECORD = "record"
 MAX_READ_BLOCKS = 4096
 NO_PROGRESS_MARGIN_S = 300.0
+RESERVE_CHECK_S = 5.0
+"""How often the engines' reserve in Ray Data's budget is checked against the nodes still alive."""
 
 
 @ray.remote(num_cpus=0)
@@ -62,7 +68,7 @@ def progress_board() -> Iterator:
     """The run's progress board, killed when the run ends: an actor outlives the run that made it, so every later run
     in the same Ray session (the benchmark's points are) kept one more idle actor process (0.3-0.9 CPU-seconds per
     steady window on 2 cores, with five left over)."""
-    board = ProgressBoard.remote()
+    board = ProgressBoard.options(**on_driver_node()).remote()
     try:
         yield board
     finally:
@@ -247,12 +253,39 @@ def _spread() -> dict:
 def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[GroupRecord]:
     """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, an engine's
     failure to start as what the engine said."""
+    reserve = EngineReserve(dataset.context.execution_options, engines) if engines is not None else None
     try:
+        if reserve is not None:
+            reserve.start()
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             for payload in batch.column(RECORD).to_pylist():
                 yield GroupRecord.from_json(payload)
     except RayError as exc:
         raise (engines and engines.start_failure()) or _pipeline_error(exc) from exc
+    finally:
+        if reserve is not None:
+            reserve.stop.set()
+
+
+class EngineReserve(threading.Thread):
+    """Keeps what Ray Data leaves to the engines in step with the bundles they still hold. Ray Data re-reads the
+    cluster's size every few seconds but not what it was told to leave out: after a node is lost, the head's CPUs
+    less every engine's bundle could leave it nothing to schedule on, and the run would wait for ever."""
+
+    def __init__(self, options, engines: Engines):
+        super().__init__(daemon=True, name="engine-reserve")
+        self.options, self.engines, self.stop = options, engines, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(RESERVE_CHECK_S):
+            try:
+                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            except RayError:
+                continue
+            held = held_by_engines(self.engines.bundle, self.engines.nodes, alive)
+            if held["CPU"] != self.options.exclude_resources.cpu:
+                log.warning("engine_reserve", cpus=held["CPU"], gpus=held["GPU"], reason="a node with engines is lost")
+            self.options.exclude_resources = ExecutionResources(cpu=held["CPU"], gpu=held["GPU"])
 
 
 def _pipeline_error(exc: BaseException) -> PipelineError:

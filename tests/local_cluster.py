@@ -75,10 +75,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_cluster(temp_dir: Path) -> None:
+def stop_cluster(temp_dir: Path, port: int | None = None) -> None:
     """Stop only the processes of this cluster: those whose command line names its temp dir, and every process
-    under them (the raylets' workers name no temp dir)."""
-    mine = sorted({pid for named in processes_naming(str(temp_dir)) for pid in descendants(named)})
+    under them (the raylets' workers name no temp dir), and the head's Ray client server, which names neither
+    and outlives `ray start` as a child of init: it names the cluster's GCS port."""
+    named = processes_naming(str(temp_dir))
+    if port is not None:
+        named += [
+            pid
+            for pid in processes_naming("ray.util.client.server")
+            if any(a.startswith("--address=") and a.endswith(f":{port}") for a in _cmdline(pid))
+        ]
+    mine = sorted({pid for found in named for pid in descendants(found)})
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in mine:
             try:
@@ -147,4 +155,4 @@ class LocalCluster:
         return doomed
 
     def stop(self) -> None:
-        stop_cluster(self.temp_dir)
+        stop_cluster(self.temp_dir, self.port)

@@ -308,3 +308,10 @@ def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_
         f"run.chunk_actors, or give the nodes more CPUs"
     )
     raise ConfigError(msg)
+
+
+def held_by_engines(bundle: dict[str, float], engine_nodes: list[str], alive: set[str]) -> dict[str, float]:
+    """CPUs and GPUs the engines' bundles still hold: those on a lost node hold nothing any more (their bundles are
+    pinned there and never re-placed), so the run's other stages may use what is left of the cluster."""
+    held = sum(1 for node in engine_nodes if node in alive)
+    return {"CPU": bundle.get("CPU", 0.0) * held, "GPU": bundle.get("GPU", 0.0) * held}

@@ -69,9 +69,15 @@ class Job:
         raise AssertionError(f"no {event} event:\n{''.join(self.stderr[-30:])}")
 
     def end(self, timeout_s: float = 600) -> int:
-        self.proc.wait(timeout=timeout_s)
-        self._reader.join(timeout=5)
-        self.stdout.close()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the job did not end in {timeout_s} s:\n{''.join(self.stderr[-40:])}") from None
+        finally:
+            self._reader.join(timeout=5)
+            self.stdout.close()
         return self.proc.returncode
 
 

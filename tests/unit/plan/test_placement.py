@@ -225,3 +225,12 @@ def test_unset_actors_are_capped_to_leave_room_and_set_ones_are_refused(tmp_path
     pinned = gpu_settings(bert, run={"engines_per_device": 1, "actors": 4}, max_model_len=512)
     with pytest.raises(ConfigError, match="the engines leave the other stages no room"):
         place_engines(pinned, plan_lengths(pinned), nodes(4, cpus=4, **H100))
+
+
+def test_a_lost_nodes_engines_hold_nothing_and_ray_data_may_use_the_rest():
+    from pipeline.plan.placement import held_by_engines
+
+    bundle = {"CPU": 1.0, "GPU": 0.5}
+    assert held_by_engines(bundle, ["a", "b", "b"], alive={"a", "b"}) == {"CPU": 3.0, "GPU": 1.5}
+    assert held_by_engines(bundle, ["a", "b", "b"], alive={"a"}) == {"CPU": 1.0, "GPU": 0.5}
+    assert held_by_engines({"CPU": 0.5}, ["a"], alive=set()) == {"CPU": 0.0, "GPU": 0.0}

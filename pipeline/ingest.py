@@ -18,7 +18,10 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunInterrupted
+from pipeline.plan.compute import peak_tflops
+from pipeline.plan.cost import RunCost, run_cost
 from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
+from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
@@ -48,6 +51,7 @@ class RunResult:
     outcome: RunOutcome
     started_at: datetime
     maintenance: MaintenanceReport | None = None
+    cost: RunCost | None = None
 
     @property
     def startup_s(self) -> float | None:
@@ -70,7 +74,7 @@ class RunResult:
             f"Ingestion took {self.wall_s:.2f} s{startup}: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
             f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
             f"{o.skipped:,} unchanged, {o.removed:,} removed; busy s: " + _stage_text(o.stages)
-        )
+        ) + (f"; {self.cost.summary()}" if self.cost is not None else "")
 
 
 def _stage_text(stages: dict[str, float]) -> str:
@@ -211,6 +215,7 @@ class _Execution:
         self.upkeep: MaintenanceReport | None = None
         self.outcome: RunOutcome | None = None
         self.fleet: dict | None = None
+        self.final: RunResult | None = None
         self.engines = None
         self.committer = RunCommitter(store, run_id, _table_metadata(start.plan))
         row.finishing.append(self._finish_values)
@@ -251,14 +256,18 @@ class _Execution:
 
     @property
     def result(self) -> RunResult:
+        """The run's result; once its row is finished, the one the row records (the summary line says the same)."""
+        if self.final is not None:
+            return self.final
         outcome = self.outcome or self.committer.outcome()
-        return RunResult(
-            self.run_id, self.row.status, self.clock.wall_s(), outcome, self.clock.started_at, self.upkeep
-        )
+        wall_s = self.clock.wall_s()
+        cost = _run_cost(self.settings, self.start, outcome, wall_s)
+        return RunResult(self.run_id, self.row.status, wall_s, outcome, self.clock.started_at, self.upkeep, cost)
 
     def _finish_values(self, row: RunRow) -> dict:
-        result = self.result
+        result = self.final = self.result
         values = {**_finish_values(result, self.committer.engine_info, row.error), **_fleet_values(self.fleet)}
+        values.update(result.cost.columns() if result.cost else {})
         log.info(
             "run_finished",
             status=row.status,
@@ -269,6 +278,26 @@ class _Execution:
             **asdict(result.outcome.totals),
         )
         return values
+
+
+def _run_cost(settings: Settings, start: RunStart, outcome: RunOutcome, wall_s: float) -> RunCost:
+    plan = start.plan
+    peak, held = None, len(set(plan.placement.nodes)) / plan.actors if plan.placement.nodes else 1.0 / plan.actors
+    if plan.engine.device == "cuda":
+        gpu = start.cluster.smallest_gpu()
+        peak, _ = peak_tflops(gpu.gpu_name if gpu else None, resolve_dtype(settings.model.dtype, plan.model.shape))
+        held = plan.placement.bundle.get("GPU", 1.0)
+    return run_cost(
+        engines=plan.actors,
+        wall_s=wall_s,
+        busy_s=outcome.stages.get("embed_s", 0.0),
+        tokens=outcome.totals.tokens + outcome.tokens_discarded,
+        chunks=outcome.totals.chunks + outcome.chunks_discarded,
+        devices_per_engine=held,
+        shape=plan.model.shape,
+        peak_tflops=peak,
+        price=settings.run.device_hour_price,
+    )
 
 
 def _fleet(ray_cluster, engines, cluster) -> dict:

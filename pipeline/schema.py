@@ -259,6 +259,13 @@ RUNS_SCHEMA = pa.schema(
         pa.field("engine_restarts", pa.int64()),
         pa.field("engines_hung", pa.int64()),
         pa.field("lost_nodes", pa.string()),
+        pa.field("engine_s", pa.float64()),
+        pa.field("engine_busy", pa.float64()),
+        pa.field("tokens_per_engine_s", pa.float64()),
+        pa.field("device_hours", pa.float64()),
+        pa.field("mfu", pa.float64()),
+        pa.field("cost", pa.float64()),
+        pa.field("cost_per_million_tokens", pa.float64()),
     ]
 )
 RUN_KIND_INGEST = "ingest"

@@ -134,6 +134,9 @@ class ChunkSettings(Section):
 
 
 class RunSettings(Section):
+    device_hour_price: float | None = Field(default=None, ge=0)
+    """Price of one device-hour (a GPU-hour, or a node-hour on CPU nodes) in your currency: each run's cost and cost
+    per million tokens are its device-hours times this. Unset: no cost is reported (there is no built-in price)."""
     actors: int | None = Field(default=None, ge=1)
     """Embedding actors (engines). Unset: engines_per_device on each tensor-parallel group of GPUs, or
     engines_per_device on a machine without GPUs."""

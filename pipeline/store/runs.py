@@ -119,6 +119,17 @@ class RunLog:
             query = query.where(" AND ".join(conditions))
         return max(query.limit(None).to_list(), key=lambda r: r["started_at"], default=None)
 
+    def recent(self, limit: int, columns: list[str] | None = None) -> list[dict]:
+        """The newest `limit` runs rows, newest first (any kind and status). Read-only."""
+        runs = self._runs_with()
+        if runs is None:
+            return []
+        query = runs.search()
+        if columns is not None:
+            query = query.select([c for c in columns if c in runs.schema.names])
+        rows = query.limit(None).to_list()
+        return sorted(rows, key=lambda r: r["started_at"], reverse=True)[:limit]
+
     def _table(self):
         return self.store.table(self.store.names.runs, s.RUNS_SCHEMA)
 

@@ -68,13 +68,18 @@ class Job:
             time.sleep(0.05)
         raise AssertionError(f"no {event} event:\n{''.join(self.stderr[-30:])}")
 
+    def said(self) -> str:
+        """The job's error line, if it printed one, then the last lines it printed."""
+        errors = [line for line in self.stderr if line.startswith("error:")]
+        return "".join([*errors[-1:], "...\n", *self.stderr[-30:]])
+
     def end(self, timeout_s: float = 600) -> int:
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"the job did not end in {timeout_s} s:\n{''.join(self.stderr[-40:])}") from None
+            raise AssertionError(f"the job did not end in {timeout_s} s:\n{self.said()}") from None
         finally:
             self._reader.join(timeout=5)
             self.stdout.close()
@@ -120,7 +125,7 @@ def cluster():
 
 def test_an_engine_on_each_node_with_no_fault_finishes(cluster, corpus, clean_ids, tmp_path):
     job = Job(cluster.job_env(), corpus, tmp_path / "db", "--run.actors", "2", *SMALL_GROUPS)
-    assert job.end() == 0, "".join(job.stderr[-30:])
+    assert job.end() == 0, job.said()
     ids = chunk_ids(tmp_path / "db")
     assert len(ids) == len(set(ids)) and set(ids) == clean_ids
     [run] = runs(tmp_path / "db")
@@ -154,7 +159,7 @@ def test_losing_the_second_node_after_the_first_commit_leaves_the_head_to_finish
         assert ended_s < 600 and lost[0] in job.stderr[-1] and "a rerun resumes" in job.stderr[-1]
     committed = len(chunk_ids(db))
     rerun = Job(job_env(**SMALL_RAY), corpus, db, *SMALL_GROUPS)  # on this machine, as a scheduled rerun might
-    assert rerun.end() == 0, "".join(rerun.stderr[-30:])
+    assert rerun.end() == 0, rerun.said()
     ids = chunk_ids(db)
     assert len(ids) == len(set(ids)) and set(ids) == clean_ids  # nothing lost, nothing twice
     print(f"chunks committed before the rerun: {committed} of {len(clean_ids)}; it embedded {runs(db)[-1]['chunks']}")
@@ -170,7 +175,7 @@ def test_an_engine_that_stops_answering_is_restarted_and_the_run_finishes(corpus
     records = tmp_path / "records"
     records.mkdir()
     job = local_job({HANGS_ENV: "1"}, corpus, tmp_path / "db", records)
-    assert job.end() == 0, "".join(job.stderr[-30:])
+    assert job.end() == 0, job.said()
     [run] = runs(tmp_path / "db")
     assert (run["status"], run["engine_restarts"], run["engines_hung"]) == ("succeeded", 1, 1)
     assert set(chunk_ids(tmp_path / "db")) == clean_ids

@@ -41,6 +41,7 @@ retrieval-check:
 	$(PY) -m jobs.retrieval_check --config conf/local.toml
 
 test: setup
+	bash scripts/system_deps.sh
 	$(PY) -m pytest
 
 clean:

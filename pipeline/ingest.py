@@ -26,7 +26,8 @@ from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
 from pipeline.runtime.progress_display import ProgressDisplay
-from pipeline.schema import RUN_KIND_INGEST
+from pipeline.runtime.pushed_metrics import RunFigures, push_run
+from pipeline.schema import RUN_KIND_INGEST, Fate
 from pipeline.settings import Settings
 from pipeline.stages.documents import Shard
 from pipeline.stages.sources import Inputs, list_shards
@@ -219,6 +220,8 @@ class _Execution:
         self.engines = None
         self.committer = RunCommitter(store, run_id, _table_metadata(start.plan))
         row.finishing.append(self._finish_values)
+        if settings.metrics.pushgateway:
+            row.finishing.append(self._push_metrics)
 
     def embed(self, inputs: Inputs, tokenizer: FastTokenizer, engines, board, priority) -> None:
         from pipeline import ray_stages
@@ -264,6 +267,12 @@ class _Execution:
         cost = _run_cost(self.settings, self.start, outcome, wall_s)
         return RunResult(self.run_id, self.row.status, wall_s, outcome, self.clock.started_at, self.upkeep, cost)
 
+    def _push_metrics(self, row: RunRow) -> dict:
+        m, store = self.settings.metrics, self.settings.store
+        label = f"{store.uri}#{store.table_prefix}" if store.table_prefix else store.uri
+        push_run(m.pushgateway, m.job, label, _figures(self.result, row.status == "succeeded"), m.timeout_s)
+        return {}
+
     def _finish_values(self, row: RunRow) -> dict:
         result = self.final = self.result
         values = {**_finish_values(result, self.committer.engine_info, row.error), **_fleet_values(self.fleet)}
@@ -278,6 +287,30 @@ class _Execution:
             **asdict(result.outcome.totals),
         )
         return values
+
+
+def _figures(result: RunResult, succeeded: bool) -> RunFigures:
+    t, o, cost = result.totals, result.outcome, result.cost
+    return RunFigures(
+        succeeded=succeeded,
+        ended_at=time.time(),
+        values={
+            "run_duration_seconds": result.wall_s,
+            "run_startup_seconds": result.startup_s,
+            "run_documents_in": t.docs_in,
+            "run_chunks": t.chunks,
+            "run_tokens": t.tokens,
+            "run_tokens_per_second": result.tokens_per_s,
+            "run_engine_busy_ratio": cost.engine_busy if cost else None,
+            "run_device_hours": cost.device_hours if cost else None,
+            "run_cost": cost.cost if cost else None,
+            "run_commit_seconds": o.commit_s,
+        },
+        documents={
+            **{fate.run_column: getattr(o, fate.run_column) for fate in Fate},
+            "rejected": t.rejected,
+        },
+    )
 
 
 def _run_cost(settings: Settings, start: RunStart, outcome: RunOutcome, wall_s: float) -> RunCost:

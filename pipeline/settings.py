@@ -255,6 +255,17 @@ class LoggingSettings(Section):
     """Level for vLLM's own logger (VLLM_LOGGING_LEVEL)."""
 
 
+class MetricsSettings(Section):
+    pushgateway: str | None = None
+    """Prometheus Pushgateway URL (http://host:9091): at its end each run pushes its figures and, when it succeeded,
+    embedpipe_last_success_timestamp_seconds, grouped by job and store (a batch job ends before a scrape would see
+    it). Unset: nothing is pushed."""
+    job: str = "embedpipe_ingest"
+    """The `job` label of the pushed metrics (one per schedule, if several share a gateway)."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    """Longest wait for the gateway; a push that fails is logged and never fails the run."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -275,6 +286,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

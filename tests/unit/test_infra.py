@@ -4,6 +4,7 @@ tensor-parallel size, and the head's services stay inside the cluster."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -174,3 +175,19 @@ def test_the_gpu_image_pins_the_torch_that_vllm_runs_on():
     assert '"torch==2.13.0"' in dockerfile and "torch.version.cuda" in dockerfile
     assert re.search(r"driver >= \d{3}", dockerfile)
     assert '"vllm==0.32.0"' in PYPROJECT
+
+
+def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_run_pushes():
+    from pipeline.runtime.pushed_metrics import GAUGES, PREFIX
+
+    monitoring = REPO / "infra" / "monitoring"
+    plain = yaml.safe_load((monitoring / "embedpipe-alerts.yml").read_text())
+    operator = yaml.safe_load((monitoring / "prometheusrule.yaml").read_text())
+    assert operator["kind"] == "PrometheusRule" and operator["spec"]["groups"] == plain["groups"]
+    alerts = {r["alert"] for g in plain["groups"] for r in g["rules"]}
+    assert alerts == {"EmbedpipeIngestionFailed", "EmbedpipeStoreStale", "EmbedpipeRejectsHigh", "EmbedpipeSlowRun"}
+    dashboard = json.loads((monitoring / "grafana-dashboard.json").read_text())
+    exprs = [r["expr"] for g in plain["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(rf"\b{PREFIX}\w+", e)}
+    assert used and used <= {PREFIX + name for name in GAUGES}

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 import ray
 import structlog
 from ray.data import ActorPoolStrategy, DataContext, Dataset, ExecutionResources
+from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
 from ray.exceptions import RayError
 
 from pipeline import errors
@@ -21,8 +22,9 @@ from pipeline import schema as s
 from pipeline.errors import EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.chunk_plan import ChunkPlan
+from pipeline.plan.estimate import Sample, Tally
 from pipeline.plan.job import RunPlan
-from pipeline.plan.placement import held_by_engines
+from pipeline.plan.placement import STAGE_CPUS, held_by_engines
 from pipeline.ray_cluster import cluster_cpus, on_driver_node
 from pipeline.ray_engines import NO_DEMOTION, Engines
 from pipeline.ray_supervision import EngineFeeder
@@ -111,10 +113,13 @@ def split_pieces(
     return [piece for part in ray.get(refs) for piece in part]
 
 
-def _read(pieces: pa.Table, reader: PieceReader, priority: HelperPriority) -> Iterator[pa.Table]:
+def _read(
+    pieces: pa.Table, reader: PieceReader, priority: HelperPriority, sample: Sample | None = None
+) -> Iterator[pa.Table]:
     priority.apply()
     for row in pieces.to_pylist():
-        yield from reader(Piece.from_row(row))
+        for docs in reader(Piece.from_row(row)):
+            yield sample.of(docs) if sample is not None else docs
 
 
 def _stored_ids(fragments: pa.Table, keys: StoredKeys, priority: HelperPriority) -> pa.Table:
@@ -143,37 +148,41 @@ def _write(batch: pa.Table, writer: ChunkWriter, priority: HelperPriority) -> pa
 
 
 def read_documents(
-    source: InputSettings, fs: pafs.FileSystem, shards: list[Shard], priority: HelperPriority = NO_DEMOTION
+    source: InputSettings,
+    fs: pafs.FileSystem,
+    shards: list[Shard],
+    priority: HelperPriority = NO_DEMOTION,
+    sample: Sample | None = None,
 ) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
     pieces = split_pieces(shards, fs, source.piece_bytes, priority)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
-        fn_kwargs={"reader": PieceReader(fs, source), "priority": priority},
+        fn_kwargs={"reader": PieceReader(fs, source), "priority": priority, "sample": sample},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=0.5,
     )
 
 
-def build_dataset(
+def chunk_documents(
     settings: Settings,
     plan: RunPlan,
     inputs: Inputs,
     tokenizer: FastTokenizer,
-    store: StoreSession,
-    engines: Engines,
+    keys: StoredKeys | None,
     board=None,
     priority: HelperPriority = NO_DEMOTION,
+    sample: Sample | None = None,
 ) -> Dataset:
-    """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
-    embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
+    """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors): the
+    chunk stage's rows (CHUNK_SCHEMA), of a seeded sample of the documents when `sample` says so."""
     cpus = cluster_cpus()
-    _tell_ray_data(plan, settings.run)
-    keys = store.keys
-    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority)
-    fragment_ids = keys.fragment_ids() if keys is not None and settings.run.delete_missing else []
+    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority, sample)
+    # a sample cannot tell a document gone from the inputs from one left out of the sample
+    removals = keys is not None and settings.run.delete_missing and sample is None
+    fragment_ids = keys.fragment_ids() if removals else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
         docs = docs.union(
@@ -200,6 +209,23 @@ def build_dataset(
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
         num_cpus=0.5,
     )
+    return chunks
+
+
+def build_dataset(
+    settings: Settings,
+    plan: RunPlan,
+    inputs: Inputs,
+    tokenizer: FastTokenizer,
+    store: StoreSession,
+    engines: Engines,
+    board=None,
+    priority: HelperPriority = NO_DEMOTION,
+) -> Dataset:
+    """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
+    embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
+    _tell_ray_data(plan, settings.run)
+    chunks = chunk_documents(settings, plan, inputs, tokenizer, store.keys, board, priority)
     # An actor takes a whole block per call: cut the chunk stage's blocks to one engine batch each, so every
     # engine gets work however few documents a run has.
     chunks = chunks.repartition(target_num_rows_per_block=settings.run.batch_rows)
@@ -240,6 +266,11 @@ def _tell_ray_data(plan: RunPlan, run: RunSettings) -> None:
         cpu=bundle["CPU"] * plan.actors, gpu=bundle.get("GPU", 0) * plan.actors
     )
     context.execution_no_progress_timeout_s = no_progress_timeout_s(run)
+    # Ray Data 2.60 fixes its hash shuffle's tasks at a whole CPU (a class constant, no setting). Seen on a
+    # two-node cluster with an engine on each: the shuffle stuck at its first map task, no demand pending, while
+    # read tasks held the fractions of CPU it needed waiting for it to take their blocks. A shuffle task hashes a
+    # block: it needs no whole CPU.
+    HashShufflingOperatorBase._DEFAULT_SHUFFLE_BLOCK_NUM_CPUS = STAGE_CPUS.shuffle  # noqa: SLF001
 
 
 def no_progress_timeout_s(run: RunSettings) -> float:
@@ -316,3 +347,28 @@ def _raised_in_worker(traceback_text: str) -> PipelineError | None:
         if isinstance(cls, type) and issubclass(cls, PipelineError):
             return cls(message.strip())
     return None
+
+
+def tally_chunks(
+    settings: Settings,
+    plan: RunPlan,
+    inputs: Inputs,
+    tokenizer: FastTokenizer,
+    keys: StoredKeys | None,
+    sample: Sample | None = None,
+) -> Tally:
+    """The chunk stage's rows, tallied in the workers block by block: the driver sums small records."""
+    chunks = chunk_documents(settings, plan, inputs, tokenizer, keys, sample=sample)
+    tallies = chunks.map_batches(_tally, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    total = Tally()
+    try:
+        for batch in tallies.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for payload in batch.column(RECORD).to_pylist():
+                total = total + Tally.from_json(payload)
+    except RayError as exc:
+        raise _pipeline_error(exc) from exc
+    return total
+
+
+def _tally(rows: pa.Table) -> pa.Table:
+    return pa.table({RECORD: [Tally.of(rows).to_json()]})

@@ -16,8 +16,8 @@ from pipeline.errors import ConfigError
 from pipeline.plan.compute import SATURATING_FORWARD_MS
 
 LOCAL_CPU_HEADROOM = 1
-"""Logical CPUs a local Ray gets beyond the machine's: each task of Ray Data's hash shuffle asks for a whole CPU,
-and with the engine and chunk actors holding theirs a 2-core machine would have none left for the plan."""
+"""Logical CPUs a local Ray gets beyond the machine's: with the engine and chunk actors holding theirs, a 2-core
+machine would leave the read, plan and write tasks next to nothing."""
 
 
 @dataclass(frozen=True)
@@ -239,12 +239,13 @@ def _per_node(per_node: dict[str, int]) -> str:
 
 @dataclass(frozen=True)
 class StageCpus:
-    """Logical CPUs each stage of the run asks Ray for. Ray Data 2.60's hash shuffle (the plan's repartition by
-    document id) runs map and reduce tasks of a whole CPU each, which must find that CPU free on one node while the
-    engines and the chunk actors hold theirs for the whole run."""
+    """Logical CPUs each stage of the run asks Ray for. Ray Data 2.60 gives each task of its hash shuffle (the plan's
+    repartition by document id) a whole CPU, with no setting to change it; the run lowers it to `shuffle`
+    (pipeline/ray_stages.py), since a whole CPU free on one node may never come while the engines and chunk actors
+    hold theirs and read tasks wait, holding theirs, for the shuffle to take their blocks."""
 
     read: float = 0.5
-    shuffle: float = 1.0
+    shuffle: float = 0.25
     plan: float = 0.25
     chunk_actor: float = 0.5
     write: float = 0.25
@@ -286,9 +287,9 @@ def _holds(node: Node, placement: Placement, device: str) -> int:
 def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_actors: int) -> None:
     """The engines must leave the other stages room, or the run waits forever for a CPU Ray cannot give. Engines
     and chunk actors hold their CPUs for the whole run; every other stage is a task, the largest a task of the
-    plan's shuffle, which needs a whole CPU free on one node. So some node must keep a whole CPU beside its engines
-    even after the chunk actors take theirs wherever Ray puts them: the chunk actors must be too few to take every
-    node's spare whole CPU. ConfigError with every node's numbers if not."""
+    plan's shuffle, which needs its CPUs (STAGE_CPUS.shuffle) free on one node. So some node must keep them beside
+    its engines even after the chunk actors take theirs wherever Ray puts them: the chunk actors must be too few to
+    take every node's spare CPU. ConfigError with every node's numbers if not."""
     placed = engines_per_node(cluster, placement, device)
     free = {n.node_id: n.cpus - placed[n.node_id] * placement.bundle["CPU"] for n in cluster.nodes}
     s = STAGE_CPUS

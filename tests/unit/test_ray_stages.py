@@ -53,3 +53,20 @@ def test_a_workers_pipeline_error_is_read_back_from_the_remote_traceback_ray_dat
     error = _pipeline_error(RuntimeError(printed))
     assert type(error) is EngineError
     assert str(error) == "engine 0 hung 2 times; its last log lines: WARNING vllm: stuck"
+
+
+def test_ray_data_is_told_the_engines_reserve_the_stall_bound_and_the_shuffles_cpus(plan):
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
+
+    from pipeline.plan.placement import STAGE_CPUS
+    from pipeline.ray_stages import _tell_ray_data, no_progress_timeout_s
+    from pipeline.settings import RunSettings
+
+    plan_settings = RunSettings()
+    _tell_ray_data(plan, plan_settings)
+    context = DataContext.get_current()
+    assert context.execution_options.exclude_resources.cpu == plan.placement.bundle["CPU"] * plan.actors
+    assert context.execution_no_progress_timeout_s == no_progress_timeout_s(plan_settings)
+    # a private constant of Ray Data 2.60: if Ray renames it, this fails instead of the stall coming back silently
+    assert HashShufflingOperatorBase._DEFAULT_SHUFFLE_BLOCK_NUM_CPUS == STAGE_CPUS.shuffle < 1

@@ -196,20 +196,22 @@ def test_the_engines_arguments_per_device_and_tensor_parallel_size(tmp_path):
 
 
 def test_engines_leave_the_other_stages_room_or_the_plan_says_so():
-    """An engine on each of two 2-CPU nodes leaves a CPU on each: the chunk actor takes half of one, and the
-    shuffle's whole-CPU tasks run on the other."""
+    """An engine on each of two 2-CPU nodes leaves a CPU on each: the chunk actors take half a CPU each, and the
+    shuffle's tasks (a quarter CPU each, as the run sets them) run beside them."""
     two = nodes(0, 0, cpus=2)
     placement = lay_out(two, "cpu", 1, 1, 2)
     assert engines_per_node(two, placement, "cpu") == {"n0": 1, "n1": 1}
-    check_stage_room(two, placement, "cpu", chunk_actors=1)
-    with pytest.raises(ConfigError, match=r"after its 2 chunk actors take 0\.5 CPU each"):
-        check_stage_room(two, placement, "cpu", chunk_actors=2)  # one on each node: no whole CPU left anywhere
+    check_stage_room(two, placement, "cpu", chunk_actors=3)
+    with pytest.raises(ConfigError, match=r"after its 4 chunk actors take 0\.5 CPU each"):
+        check_stage_room(two, placement, "cpu", chunk_actors=4)  # two on each node: no CPU left anywhere
     with pytest.raises(ConfigError) as refused:
         check_stage_room(two, lay_out(two, "cpu", 1, 1, 4), "cpu", chunk_actors=1)
     assert "10.0.0.0: 2 CPUs, 2 engines (2 CPUs), 0 free" in str(refused.value)
-    one = nodes(0, cpus=2)  # one engine and the chunk actor on a 2-CPU node leave half a CPU
-    with pytest.raises(ConfigError, match="a node with 1 free CPU"):
-        check_stage_room(one, lay_out(one, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
+    assert "a node with 0.25 free CPU for the plan's shuffle" in str(refused.value)
+    one = nodes(0, cpus=2)  # one engine and the chunk actor on a 2-CPU node leave half a CPU: room for the shuffle
+    check_stage_room(one, lay_out(one, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
+    with pytest.raises(ConfigError, match="no room"):
+        check_stage_room(one, lay_out(one, "cpu", 1, 1, 1), "cpu", chunk_actors=2)
     local = Cluster.one_node(0, 2)  # the same machine as the local Ray a job starts: one logical CPU more
     check_stage_room(local, lay_out(local, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
     gpu_pods = nodes(8, 8, cpus=8)  # 8 GPUs and 8 CPUs a node: eight one-CPU engines would take every CPU
@@ -221,7 +223,7 @@ def test_unset_actors_are_capped_to_leave_room_and_set_ones_are_refused(tmp_path
     bert = model_dir(tmp_path, BERT_BASE, "bert")
     settings = gpu_settings(bert, run={"engines_per_device": 1}, max_model_len=512)
     plan = place_engines(settings, plan_lengths(settings), nodes(4, cpus=4, **H100))
-    assert plan.actors == 2 and any("2 engines, not 4: the rest of the run needs CPUs" in n for n in plan.notes)
+    assert plan.actors == 3 and any("3 engines, not 4: the rest of the run needs CPUs" in n for n in plan.notes)
     pinned = gpu_settings(bert, run={"engines_per_device": 1, "actors": 4}, max_model_len=512)
     with pytest.raises(ConfigError, match="the engines leave the other stages no room"):
         place_engines(pinned, plan_lengths(pinned), nodes(4, cpus=4, **H100))

@@ -20,6 +20,16 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. --model.max-model-len 2024, --chunk-tokens 2000, --inputs 'data/*.jsonl', --db /tmp/lancedb).",
     )
     parser.add_argument("--dry-run", action="store_true", help="resolve settings and list shards, then exit")
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="run the read, plan and chunk stages without engines and print what the run would embed (exact tokens "
+        "per fate), the chunk lengths, and the projected time and cost; writes nothing",
+    )
+    parser.add_argument(
+        "--sample", type=float, metavar="FRACTION", help="with --estimate: chunk a seeded sample of the documents"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --sample: the sample's seed")
     return run(lambda: _ingest(parser, argv))
 
 
@@ -30,12 +40,27 @@ def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     record("settings_resolved", settings=settings.model_dump(mode="json"))
     if args.dry_run:
         return _dry_run(settings)
+    if args.estimate:
+        return _estimate(settings, args.sample, args.seed)
     from pipeline.ingest import run_ingest
 
     result = run_ingest(settings)
     for line in result.maintenance.lines() if result.maintenance else []:
         print(line)
     print(result.summary_line())
+    return 0
+
+
+def _estimate(settings, fraction: float | None, seed: int) -> int:
+    from pipeline.errors import ConfigError
+    from pipeline.estimate_run import run_estimate
+    from pipeline.plan.estimate import Sample
+
+    if fraction is not None and not 0 < fraction <= 1:
+        msg = f"--sample {fraction} is not a fraction of the documents: give one in (0, 1], e.g. --sample 0.1"
+        raise ConfigError(msg)
+    estimate = run_estimate(settings, Sample(fraction, seed) if fraction is not None and fraction < 1 else None)
+    print("\n".join(estimate.lines()))
     return 0
 
 

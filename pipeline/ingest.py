@@ -18,8 +18,10 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunInterrupted
+from pipeline.estimate_run import RECENT_RUNS, RUN_COLUMNS, finished_run_estimate
 from pipeline.plan.compute import peak_tflops
 from pipeline.plan.cost import RunCost, run_cost
+from pipeline.plan.estimate import Projection
 from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
 from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.placement import Cluster, engine_bundle
@@ -53,6 +55,8 @@ class RunResult:
     started_at: datetime
     maintenance: MaintenanceReport | None = None
     cost: RunCost | None = None
+    estimate: Projection | None = None
+    """What the estimate would have projected for this run's tokens, from the runs before it."""
 
     @property
     def startup_s(self) -> float | None:
@@ -71,11 +75,19 @@ class RunResult:
     def summary_line(self) -> str:
         t, o = self.totals, self.outcome
         startup = f" (first engine ready at {self.startup_s:.2f} s)" if self.startup_s is not None else ""
-        return (
+        line = (
             f"Ingestion took {self.wall_s:.2f} s{startup}: {t.docs:,} docs, {t.chunks:,} chunks, {t.tokens:,} tokens, "
             f"{self.tokens_per_s:,.0f} tokens/s, {t.rejected:,} rejected; {o.added:,} added, {o.replaced:,} replaced, "
             f"{o.skipped:,} unchanged, {o.removed:,} removed; busy s: " + _stage_text(o.stages)
-        ) + (f"; {self.cost.summary()}" if self.cost is not None else "")
+        )
+        return line + (f"; {self.cost.summary()}" if self.cost is not None else "") + self._estimate_text()
+
+    def _estimate_text(self) -> str:
+        if self.estimate is None or self.wall_s <= 0:
+            return ""
+        off = self.wall_s / self.estimate.wall_s - 1 if self.estimate.wall_s > 0 else 0.0
+        projected = f"{self.estimate.wall_s:,.1f} s from earlier runs' rate"
+        return f"; estimated {projected}, took {self.wall_s:,.1f} s ({off:+.0%})"
 
 
 def _stage_text(stages: dict[str, float]) -> str:
@@ -146,6 +158,8 @@ class RunStart:
     tokenizer: Future
     dim: int | None
     """Width of the stored vectors (None: no chunks table yet), checked against the model before anything starts."""
+    earlier_runs: list[dict]
+    """The store's recent runs as the run found them: what its own estimate is projected from."""
 
 
 def _plan(settings: Settings, inputs: Inputs, store: LanceStore) -> RunStart:
@@ -186,7 +200,8 @@ def _plan(settings: Settings, inputs: Inputs, store: LanceStore) -> RunStart:
         chunk_tokens=plan.chunk.max_tokens,
         logs=ray_cluster.logs_dir(),
     )
-    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id))
+    earlier = RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS)
+    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id), earlier)
 
 
 def _start_engines(scope: ExitStack, settings: Settings, start: RunStart, run_id: str):
@@ -265,7 +280,16 @@ class _Execution:
         outcome = self.outcome or self.committer.outcome()
         wall_s = self.clock.wall_s()
         cost = _run_cost(self.settings, self.start, outcome, wall_s)
-        return RunResult(self.run_id, self.row.status, wall_s, outcome, self.clock.started_at, self.upkeep, cost)
+        estimate = finished_run_estimate(
+            self.settings,
+            self.start.plan,
+            self.start.cluster,
+            self.start.earlier_runs,
+            outcome.totals.tokens + outcome.tokens_discarded,
+            outcome.totals.chunks + outcome.chunks_discarded,
+        )
+        started_at = self.clock.started_at
+        return RunResult(self.run_id, self.row.status, wall_s, outcome, started_at, self.upkeep, cost, estimate)
 
     def _push_metrics(self, row: RunRow) -> dict:
         m, store = self.settings.metrics, self.settings.store
@@ -277,6 +301,8 @@ class _Execution:
         result = self.final = self.result
         values = {**_finish_values(result, self.committer.engine_info, row.error), **_fleet_values(self.fleet)}
         values.update(result.cost.columns() if result.cost else {})
+        if result.estimate is not None:
+            values.update(estimate_s=result.estimate.wall_s, estimate_source=result.estimate.rate.source)
         log.info(
             "run_finished",
             status=row.status,

@@ -266,6 +266,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("mfu", pa.float64()),
         pa.field("cost", pa.float64()),
         pa.field("cost_per_million_tokens", pa.float64()),
+        pa.field("estimate_s", pa.float64()),
+        pa.field("estimate_source", pa.string()),
     ]
 )
 RUN_KIND_INGEST = "ingest"

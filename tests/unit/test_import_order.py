@@ -14,6 +14,7 @@ LAYERS = {
     "pipeline.store": 2,
     "pipeline.engine": 3,
     "pipeline.ingest": 4,
+    "pipeline.estimate_run": 4,
     "pipeline.ray_cluster": 4,
     "pipeline.ray_engines": 4,
     "pipeline.ray_supervision": 4,

@@ -1,0 +1,141 @@
+"""`jobs.ingest --estimate`: the run's read, plan and chunk stages on the cluster, with no engine and no write,
+tallied into what the run would embed (exact tokens per fate, with the run's own tokenizer and chunker) and
+projected into time and cost; and the same projection for a finished run, recorded next to what it took."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from pipeline.plan.compute import peak_tflops
+from pipeline.plan.estimate import (
+    Projection,
+    Rate,
+    Sample,
+    Tally,
+    project,
+    rate_from_flops,
+    rate_from_runs,
+    scaled_tokens,
+)
+from pipeline.plan.job import RunPlan, check_chunk_room, plan_lengths, plan_run
+from pipeline.plan.memory import resolve_dtype
+from pipeline.plan.placement import Cluster
+from pipeline.settings import Settings
+from pipeline.stages.sources import Inputs
+from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
+
+RUN_COLUMNS = ["run_id", "status", "model", "max_model_len", "max_num_batched_tokens", "tokens", "embed_s"]
+RUN_COLUMNS += ["startup_s", "settings", "started_at"]
+RECENT_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tally: Tally
+    sample: Sample | None
+    tokens: float
+    """Tokens to embed in the whole input (scaled up from a sample)."""
+    interval: float
+    """Half-width of the 95% interval on `tokens` (0 when every document was chunked)."""
+    engines: int
+    projection: Projection | None
+    seconds: float
+    """What the estimate itself took."""
+
+    def lines(self) -> list[str]:
+        t = self.tally
+        how = (
+            f"a seeded sample of {self.sample.fraction:.0%} of the documents (seed {self.sample.seed}), scaled up"
+            if self.sample
+            else "every document chunked with the run's tokenizer and chunker"
+        )
+        scale = 1 / self.sample.fraction if self.sample else 1.0
+        docs = ", ".join(f"{t.docs[k] * scale:,.0f} {label}" for k, label in _FATE_LABELS)
+        tokens = f"{self.tokens:,.0f}" + (f" +- {self.interval:,.0f} (95%)" if self.sample else "")
+        p = t.percentiles()
+        lines = [
+            f"Estimate from {how}:",
+            f"  documents: {docs}" + (" (removals are not estimated from a sample)" if self.sample else ""),
+            f"  to embed: {t.chunks_to_embed * scale:,.0f} chunks, {tokens} tokens",
+        ]
+        if p:
+            lines.append(
+                "  chunk tokens: "
+                + ", ".join(f"p{round(q * 100)} {v:,}" for q, v in p.items())
+                + f", max {max(t.lengths):,}"
+            )
+        if self.projection is not None:
+            lines.append(
+                f"  projected with {self.engines} engine{'s' if self.engines > 1 else ''}: {self.projection.text()}"
+            )
+        else:
+            lines.append(
+                "  projected: no rate known (no earlier run of this store with this model, limits and device, and no "
+                "known peak for the device): run once, or see python -m benchmarks.bench"
+            )
+        lines.append(f"  the estimate took {self.seconds:,.1f} s (read, plan and chunk; no engine started)")
+        return lines
+
+
+_FATE_LABELS = (("new", "new"), ("changed", "changed"), ("unchanged", "unchanged"), ("removed", "removed"))
+_FATE_LABELS += (("rejected", "rejected"),)
+
+
+def run_estimate(settings: Settings, sample: Sample | None = None) -> Estimate:
+    from pipeline import ray_cluster, ray_stages
+
+    started = time.perf_counter()
+    inputs = Inputs.listed(settings.input)
+    store = LanceStore.from_settings(settings.store)
+    lengths = plan_lengths(settings)
+    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
+    check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
+    ray_cluster.start_ray(settings.run)
+    cluster = ray_cluster.cluster_inventory()
+    plan = plan_run(settings, cluster)
+    store.check_chunks_table(plan.model_id)
+    tally = ray_stages.tally_chunks(settings, plan, inputs, tokenizer, store.stored_keys(), sample)
+    tokens, interval = scaled_tokens(tally, sample.fraction if sample else 1.0)
+    rate = run_rate(settings, plan, cluster, RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS), tally)
+    projection = _project(settings, plan, tokens, rate)
+    return Estimate(tally, sample, tokens, interval, plan.actors, projection, time.perf_counter() - started)
+
+
+def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, runs: list[dict], tally: Tally) -> Rate | None:
+    """The rate a projection uses: the store's own recent runs alike, else the FLOPs at the device's peak."""
+    m = settings.model
+    rate = rate_from_runs(runs, plan.model_id, plan.engine.max_model_len, m.max_num_batched_tokens, plan.engine.device)
+    if rate is not None or plan.engine.device != "cuda" or not tally.lengths:
+        return rate
+    gpu = cluster.smallest_gpu()
+    peak, _ = peak_tflops(gpu.gpu_name if gpu else None, resolve_dtype(m.dtype, plan.model.shape))
+    return rate_from_flops(plan.model.shape, tally.lengths, peak) if peak else None
+
+
+def _project(settings: Settings, plan: RunPlan, tokens: float, rate: Rate | None) -> Projection | None:
+    if rate is None:
+        return None
+    return project(tokens, plan.actors, rate, devices_per_engine(plan), settings.run.device_hour_price)
+
+
+def devices_per_engine(plan: RunPlan) -> float:
+    """What one engine holds: its GPUs (or its share of one), or its share of a CPU node."""
+    if plan.engine.device == "cuda":
+        return plan.placement.bundle.get("GPU", 1.0)
+    nodes = len(set(plan.placement.nodes)) if plan.placement.nodes else 1
+    return nodes / plan.actors
+
+
+def finished_run_estimate(
+    settings: Settings, plan: RunPlan, cluster: Cluster, earlier_runs: list[dict], tokens: int, chunks: int
+) -> Projection | None:
+    """What the estimate would have projected for a finished run, knowing the tokens it embedded: the same rate
+    (the runs before it), for its record beside what it took."""
+    if not tokens or not chunks:
+        return None
+    lengths = Counter({max(1, round(tokens / chunks)): chunks})
+    return _project(settings, plan, tokens, run_rate(settings, plan, cluster, earlier_runs, Tally(lengths=lengths)))

@@ -1,0 +1,225 @@
+"""What a run will embed and what it will cost, before it runs: the chunk stage's output tallied block by block
+(documents, chunks and exact tokens per fate, the chunk-length distribution), scaled up from a seeded sample of
+documents when one is taken, and projected into time and money from the rate the store's own runs measured, the
+benchmark's, or the model's FLOPs at an assumed share of the device's peak. Pure: no ray or vllm imports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schema as s
+from pipeline.plan.compute import flops_per_token
+from pipeline.plan.model_params import ModelShape
+
+ASSUMED_MFU = 0.4
+"""Share of the device's 16-bit peak assumed when nothing measured the rate (vLLM pooling runs of large models
+reach 40-60%); the estimate says when it rests on it."""
+Z_95 = 1.96
+RUN_MATCH = ("model", "max_model_len", "max_num_batched_tokens")
+"""What a past run must share with this one for its rate to count (and the device, from its settings)."""
+
+
+@dataclass
+class Tally:
+    """Additive counts of the chunk stage's rows."""
+
+    docs: Counter = field(default_factory=Counter)
+    """Fate (or 'rejected') -> documents."""
+    chunks: Counter = field(default_factory=Counter)
+    tokens: Counter = field(default_factory=Counter)
+    lengths: Counter = field(default_factory=Counter)
+    """Chunk tokens -> chunks of that length (of the chunks to embed)."""
+    doc_tokens_sq: float = 0.0
+    """Sum over documents to embed of their tokens squared (for a sample's interval)."""
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.docs + other.docs,
+            self.chunks + other.chunks,
+            self.tokens + other.tokens,
+            self.lengths + other.lengths,
+            self.doc_tokens_sq + other.doc_tokens_sq,
+        )
+
+    @classmethod
+    def of(cls, rows: pa.Table) -> Tally:
+        """One block of chunk-stage rows (CHUNK_SCHEMA): a document's chunks all arrive in one block."""
+        tally = cls()
+        rejected = pc.is_valid(rows.column(s.REJECT_REASON))
+        tally.docs["rejected"] = int(pc.sum(rejected).as_py() or 0)
+        chunk_rows = rows.filter(pc.and_(pc.is_valid(rows.column(s.CHUNK_ID)), pc.invert(rejected)))
+        markers = rows.filter(pc.and_(pc.is_null(rows.column(s.CHUNK_ID)), pc.invert(rejected)))
+        for fate in markers.column(s.FATE).to_pylist():
+            tally.docs[fate] += 1
+        per_doc: Counter = Counter()
+        for doc, fate, index, n in zip(
+            *(chunk_rows.column(c).to_pylist() for c in (s.DOC_ID, s.FATE, s.CHUNK_INDEX, s.N_TOKENS)), strict=True
+        ):
+            tally.docs[fate] += index == 0
+            tally.chunks[fate] += 1
+            tally.tokens[fate] += n
+            tally.lengths[n] += 1
+            per_doc[doc] += n
+        tally.doc_tokens_sq = float(sum(n * n for n in per_doc.values()))
+        return tally
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "docs": self.docs,
+                "chunks": self.chunks,
+                "tokens": self.tokens,
+                "lengths": {str(k): v for k, v in self.lengths.items()},
+                "doc_tokens_sq": self.doc_tokens_sq,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Tally:
+        d = json.loads(text)
+        lengths = Counter({int(k): v for k, v in d["lengths"].items()})
+        return cls(Counter(d["docs"]), Counter(d["chunks"]), Counter(d["tokens"]), lengths, d["doc_tokens_sq"])
+
+    @property
+    def tokens_to_embed(self) -> int:
+        return sum(self.tokens[f] for f in s.FATES_TO_CHUNK)
+
+    @property
+    def chunks_to_embed(self) -> int:
+        return sum(self.chunks[f] for f in s.FATES_TO_CHUNK)
+
+    def percentiles(self, qs: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99)) -> dict[float, int]:
+        """Chunk-length percentiles of the chunks to embed."""
+        total = sum(self.lengths.values())
+        out, seen = {}, 0
+        ordered = sorted(self.lengths.items())
+        for q in qs:
+            target, seen = q * total, 0
+            for length, count in ordered:
+                seen += count
+                if seen >= target:
+                    out[q] = length
+                    break
+        return out
+
+
+def in_sample(doc_id: str | None, fraction: float, seed: int) -> bool:
+    """Whether a document is in the seeded sample: the same documents for the same seed, wherever they are read."""
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded sample of the input documents, each kept with probability `fraction`."""
+
+    fraction: float
+    seed: int = 0
+
+    def of(self, docs: pa.Table) -> pa.Table:
+        """The rows of `docs` (READ_SCHEMA) in the sample; a row without an id is known by its source and line."""
+        ids, sources, lines = (docs.column(c).to_pylist() for c in (s.DOC_ID, s.SOURCE, s.LINE))
+        keep = [
+            in_sample(doc if doc is not None else f"{src}:{line}", self.fraction, self.seed)
+            for doc, src, line in zip(ids, sources, lines, strict=True)
+        ]
+        return docs.filter(pa.array(keep, pa.bool_()))
+
+
+def scaled_tokens(tally: Tally, fraction: float) -> tuple[float, float]:
+    """Tokens to embed in the whole input, from a sample that kept each document with probability `fraction`,
+    and the half-width of its 95% interval (Poisson sampling: variance (1 - f) / f^2 x the sum of squares)."""
+    if fraction >= 1.0:
+        return float(tally.tokens_to_embed), 0.0
+    total = tally.tokens_to_embed / fraction
+    return total, Z_95 * math.sqrt((1 - fraction) * tally.doc_tokens_sq) / fraction
+
+
+@dataclass(frozen=True)
+class Rate:
+    tokens_per_engine_s: float
+    """Tokens per second of one engine while it computes."""
+    startup_s: float | None
+    source: str
+
+
+def rate_from_runs(runs: list[dict], model: str, max_model_len: int, budget: int, device: str) -> Rate | None:
+    """The median per-engine rate of the store's recent successful runs with this model, limits and device (busy
+    engine seconds, so the number of engines then does not matter), and their median start-up."""
+    alike = [
+        r
+        for r in runs
+        if r.get("status") == "succeeded"
+        and (r.get("model"), r.get("max_model_len"), r.get("max_num_batched_tokens")) == (model, max_model_len, budget)
+        and _device(r) == device
+        and (r.get("embed_s") or 0) > 0
+        and (r.get("tokens") or 0) > 0
+    ]
+    if not alike:
+        return None
+    rates = sorted(r["tokens"] / r["embed_s"] for r in alike)
+    startups = sorted(r["startup_s"] for r in alike if r.get("startup_s") is not None)
+    return Rate(
+        _median(rates),
+        _median(startups) if startups else None,
+        f"median of {len(alike)} earlier run{'s' if len(alike) > 1 else ''} of this store with this model, limits "
+        f"and device ({min(rates):,.0f}-{max(rates):,.0f} tokens/s per engine)",
+    )
+
+
+def _device(run: dict) -> str | None:
+    try:
+        return json.loads(run.get("settings") or "{}").get("resolved", {}).get("device")
+    except ValueError:
+        return None
+
+
+def _median(values: list[float]) -> float:
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def rate_from_flops(shape: ModelShape, lengths: Counter, peak_tflops: float) -> Rate:
+    mean = max(1, round(sum(k * v for k, v in lengths.items()) / max(sum(lengths.values()), 1)))
+    per_token = flops_per_token(shape, [mean])
+    return Rate(
+        peak_tflops * 1e12 * ASSUMED_MFU / per_token,
+        None,
+        f"the model's FLOPs per token at a {ASSUMED_MFU:.0%} share of the device's {peak_tflops:,.0f} TFLOP/s peak "
+        "(assumed: nothing has measured this store's rate yet)",
+    )
+
+
+@dataclass(frozen=True)
+class Projection:
+    embed_s: float
+    """Seconds the engines need to embed the tokens, all engines working."""
+    wall_s: float
+    """Start-up (when known) plus embed_s."""
+    device_hours: float
+    cost: float | None
+    rate: Rate
+
+    def text(self) -> str:
+        startup = f" + {self.rate.startup_s:,.0f} s start-up" if self.rate.startup_s is not None else ""
+        cost = f", cost {self.cost:,.4g}" if self.cost is not None else ""
+        return (
+            f"about {self.embed_s:,.0f} s of embedding{startup} = {self.wall_s:,.0f} s, "
+            f"{self.device_hours:.4g} device-hours{cost}; rate: {self.rate.source}"
+        )
+
+
+def project(tokens: float, engines: int, rate: Rate, devices_per_engine: float, price: float | None) -> Projection:
+    embed_s = tokens / (rate.tokens_per_engine_s * max(engines, 1))
+    wall_s = embed_s + (rate.startup_s or 0.0)
+    device_hours = wall_s * engines * devices_per_engine / 3600
+    return Projection(embed_s, wall_s, device_hours, device_hours * price if price is not None else None, rate)

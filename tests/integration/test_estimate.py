@@ -1,0 +1,104 @@
+"""`jobs.ingest --estimate` runs the read, plan and chunk stages on Ray with no engine and writes nothing; its
+tokens per fate are exactly what the next run embeds; the rate comes from the store's own earlier run; `--sample`
+chunks exactly the seeded sample's documents and scales them up; and the run records what the estimate would
+have projected next to what it took."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import lancedb
+import pytest
+
+from pipeline.plan.estimate import in_sample
+from tests.fakes import RECORDS_ENV
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+
+pytestmark = pytest.mark.ray
+
+
+def job(model: Path, corpus: Path, db: Path, records: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = job_command(
+        "jobs.ingest",
+        *("--model-path", str(model), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
+        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
+        *extra,
+    )
+    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def table(db: Path, name: str) -> list[dict]:
+    return lancedb.connect(str(db)).open_table(name).to_arrow().to_pylist()
+
+
+def estimated(stdout: str) -> dict:
+    docs = re.search(
+        r"documents: ([\d,]+) new, ([\d,]+) changed, ([\d,]+) unchanged, [\d,]+ removed, ([\d,]+) rej", stdout
+    )
+    embed = re.search(r"to embed: ([\d,]+) chunks, ([\d,]+)( \+- ([\d,]+) \(95%\))? tokens", stdout)
+    n = [int(g.replace(",", "")) for g in docs.groups()]
+    return {
+        "new": n[0],
+        "changed": n[1],
+        "unchanged": n[2],
+        "rejected": n[3],
+        "chunks": int(embed.group(1).replace(",", "")),
+        "tokens": int(embed.group(2).replace(",", "")),
+    }
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model_path, sample_texts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("estimate")
+    first, second, records, db = root / "first", root / "second", root / "records", root / "db"
+    for d in (first, second, records):
+        d.mkdir()
+    docs = {f"d{i}": sample_texts[i] for i in range(16)}
+    (first / "a.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in list(docs.items())[:10])
+    )
+    job(tiny_model_path, first, db, records)
+    docs["d3"] = "Edited. " + docs["d3"]
+    lines = [json.dumps({"id": k, "text": v}) for k, v in docs.items()] + ["{not json"]
+    (second / "a.jsonl").write_text("\n".join(lines) + "\n")
+    return tiny_model_path, second, db, records
+
+
+def test_the_estimate_is_what_the_run_then_embeds_and_writes_nothing(store):
+    model, corpus, db, records = store
+    runs_before, chunks_before = table(db, "runs"), table(db, "chunks")
+    out = job(model, corpus, db, records, "--estimate", "--run.device-hour-price", "1.5").stdout
+    assert table(db, "runs") == runs_before and len(table(db, "chunks")) == len(chunks_before)
+    guess = estimated(out)
+    assert (guess["new"], guess["changed"], guess["unchanged"], guess["rejected"]) == (6, 1, 9, 1)
+    assert "rate: median of 1 earlier run of this store" in out and ", cost " in out
+    assert re.search(r"chunk tokens: p10 [\d,]+, p50 [\d,]+, p90 [\d,]+, p99 [\d,]+, max [\d,]+", out)
+
+    ran = job(model, corpus, db, records, "--run.device-hour-price", "1.5")
+    run = max(table(db, "runs"), key=lambda r: r["started_at"])
+    assert (run["added"], run["replaced"], run["skipped"], run["rejected"]) == (6, 1, 9, 1)
+    assert (run["tokens"], run["chunks"]) == (guess["tokens"], guess["chunks"])
+    assert run["estimate_s"] > 0 and run["estimate_source"].startswith("median of 1 earlier run")
+    assert re.search(r"; estimated [\d.,]+ s from earlier runs' rate, took [\d.,]+ s \([+-]\d+%\)", ran.stdout)
+
+
+def test_a_sample_chunks_exactly_its_documents_and_scales_them_up(store, tmp_path):
+    model, corpus, _, records = store
+    db = tmp_path / "empty"  # every document new
+    out = job(model, corpus, db, records, "--estimate", "--sample", "0.5", "--seed", "3").stdout
+    assert "a seeded sample of 50% of the documents (seed 3)" in out
+    assert not db.exists() or not any(db.iterdir())  # no table made
+    whole = job(model, corpus, db, records)  # the documents' own tokens, from the chunks a run stores
+    assert whole.returncode == 0
+    per_doc: dict[str, int] = {}
+    for chunk in table(db, "chunks"):
+        per_doc[chunk["doc_id"]] = per_doc.get(chunk["doc_id"], 0) + chunk["n_tokens"]
+    sampled = sum(n for doc, n in per_doc.items() if in_sample(doc, 0.5, 3))
+    guess = estimated(out)
+    assert guess["tokens"] == round(sampled / 0.5)
+    half = int(re.search(r"\+- ([\d,]+) \(95%\)", out).group(1).replace(",", ""))
+    assert half > 0

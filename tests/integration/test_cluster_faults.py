@@ -111,8 +111,11 @@ def clean_ids(corpus) -> set[str]:
     return set(rows.filter(pa.compute.is_valid(rows.column(s.CHUNK_ID))).column(s.CHUNK_ID).to_pylist())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster():
+    """A fresh two-node cluster for each test. On one cluster kept for both, the second run stalled before its first
+    commit in 2 of 2 CI runs (and 1 of 4 here), engines started and nothing read; not understood yet (see the
+    note on issue 26), so each test gets the cluster a scheduled job would meet."""
     nodes = LocalCluster("faults", {})
     try:
         nodes.add_node(cpus=2)

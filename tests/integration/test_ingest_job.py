@@ -76,7 +76,7 @@ def test_summary_line_and_four_tables(run):
         r"Ingestion took [\d.]+ s \(first engine ready at [\d.]+ s\): 36 docs, [\d,]+ chunks, [\d,]+ tokens, "
         r"[\d,]+ tokens/s, 7 rejected; "
         r"36 added, 0 replaced, 0 unchanged, 0 removed; busy s: read [\d.]+, parse [\d.]+, chunk [\d.]+, "
-        r"engine [\d.]+, engine idle [\d.]+, write [\d.]+",
+        r"engine [\d.]+, engine idle [\d.]+, write [\d.]+; engines 1 x [\d.,]+ s, busy \d+%, [\d.e+-]+ device-hours",
         last,
     ), last
     assert set(lancedb.connect(str(db)).list_tables().tables) == {"chunks", "batches", "runs", "rejects"}

@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.settings import ModelSettings
 from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
@@ -169,7 +170,7 @@ def test_a_later_run_folds_its_rows_into_the_indexes(store):
     assert "index ann on vector: update" in proc.stdout
     index_run = latest_run(db, kind="index")
     assert index_run["status"] == "succeeded" and json.loads(index_run["maintenance"])["tables"]["chunks"]
-    assert LanceStore(str(db)).run_log.latest()["run_id"] == latest_run(db)["run_id"]  # index runs are not ingestion
+    assert RunLog(LanceStore(str(db))).latest()["run_id"] == latest_run(db)["run_id"]  # index runs are not ingestion
 
 
 def test_a_query_longer_than_the_engine_takes_is_refused(store):

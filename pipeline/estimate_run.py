@@ -111,9 +111,17 @@ def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, runs: list[dic
     rate = rate_from_runs(runs, plan.model_id, plan.engine.max_model_len, m.max_num_batched_tokens, plan.engine.device)
     if rate is not None or plan.engine.device != "cuda" or not tally.lengths:
         return rate
-    gpu = cluster.smallest_gpu()
-    peak, _ = peak_tflops(gpu.gpu_name if gpu else None, resolve_dtype(m.dtype, plan.model.shape))
+    peak = gpu_peak(settings, plan, cluster)
     return rate_from_flops(plan.model.shape, tally.lengths, peak) if peak else None
+
+
+def gpu_peak(settings: Settings, plan: RunPlan, cluster: Cluster) -> float | None:
+    """The 16-bit peak TFLOP/s of the cluster's smallest GPU at the engine's dtype (None on CPUs or unknown GPUs)."""
+    if plan.engine.device != "cuda":
+        return None
+    gpu = cluster.smallest_gpu()
+    peak, _ = peak_tflops(gpu.gpu_name if gpu else None, resolve_dtype(settings.model.dtype, plan.model.shape))
+    return peak
 
 
 def _project(settings: Settings, plan: RunPlan, tokens: float, rate: Rate | None) -> Projection | None:

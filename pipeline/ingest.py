@@ -18,12 +18,10 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunInterrupted
-from pipeline.estimate_run import RECENT_RUNS, RUN_COLUMNS, finished_run_estimate
-from pipeline.plan.compute import peak_tflops
+from pipeline.estimate_run import RECENT_RUNS, RUN_COLUMNS, devices_per_engine, finished_run_estimate, gpu_peak
 from pipeline.plan.cost import RunCost, run_cost
 from pipeline.plan.estimate import Projection
 from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
-from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
@@ -341,20 +339,15 @@ def _figures(result: RunResult, succeeded: bool) -> RunFigures:
 
 def _run_cost(settings: Settings, start: RunStart, outcome: RunOutcome, wall_s: float) -> RunCost:
     plan = start.plan
-    peak, held = None, len(set(plan.placement.nodes)) / plan.actors if plan.placement.nodes else 1.0 / plan.actors
-    if plan.engine.device == "cuda":
-        gpu = start.cluster.smallest_gpu()
-        peak, _ = peak_tflops(gpu.gpu_name if gpu else None, resolve_dtype(settings.model.dtype, plan.model.shape))
-        held = plan.placement.bundle.get("GPU", 1.0)
     return run_cost(
         engines=plan.actors,
         wall_s=wall_s,
         busy_s=outcome.stages.get("embed_s", 0.0),
         tokens=outcome.totals.tokens + outcome.tokens_discarded,
         chunks=outcome.totals.chunks + outcome.chunks_discarded,
-        devices_per_engine=held,
+        devices_per_engine=devices_per_engine(plan),
         shape=plan.model.shape,
-        peak_tflops=peak,
+        peak_tflops=gpu_peak(settings, plan, start.cluster),
         price=settings.run.device_hour_price,
     )
 

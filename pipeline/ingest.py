@@ -235,6 +235,10 @@ class _Execution:
         row.finishing.append(self._finish_values)
         if settings.metrics.pushgateway:
             row.finishing.append(self._push_metrics)
+        from pipeline.ray_metrics import LiveMetrics
+
+        self.live = LiveMetrics(settings.store.label)
+        row.finishing.append(self._live_status)
 
     def embed(self, inputs: Inputs, tokenizer: FastTokenizer, engines, board, priority) -> None:
         from pipeline import ray_stages
@@ -250,9 +254,12 @@ class _Execution:
                 dataset = ray_stages.build_dataset(
                     self.settings, plan, inputs, tokenizer, session, engines, board, priority
                 )
+                self.live.status("running")
                 for record in ray_stages.iter_records(dataset, engines):
                     with interrupt.committing():
+                        before = self.committer.commit_s
                         self.committer.add(record)
+                    self.live.committed(record, self.committer.commit_s - before)
             self.outcome = self.committer.finish(self.settings.run.delete_missing)
             self.row.status = "succeeded"
             self.fleet = self._read_fleet()
@@ -290,9 +297,18 @@ class _Execution:
         return RunResult(self.run_id, self.row.status, wall_s, outcome, started_at, self.upkeep, cost, estimate)
 
     def _push_metrics(self, row: RunRow) -> dict:
-        m, store = self.settings.metrics, self.settings.store
-        label = f"{store.uri}#{store.table_prefix}" if store.table_prefix else store.uri
-        push_run(m.pushgateway, m.job, label, _figures(self.result, row.status == "succeeded"), m.timeout_s)
+        m = self.settings.metrics
+        push_run(
+            m.pushgateway,
+            m.job,
+            self.settings.store.label,
+            _figures(self.result, row.status == "succeeded"),
+            m.timeout_s,
+        )
+        return {}
+
+    def _live_status(self, row: RunRow) -> dict:
+        self.live.status(row.status)
         return {}
 
     def _finish_values(self, row: RunRow) -> dict:

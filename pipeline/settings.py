@@ -200,6 +200,11 @@ class StoreSettings(Section):
     """Object-store options for LanceDB (endpoint, region, keys); kept secret in logs and the runs table.
     Usually left empty: the standard AWS_* / GOOGLE_* / AZURE_* environment variables are read as well."""
 
+    @property
+    def label(self) -> str:
+        """The store as metrics name it: its URI, and its table prefix after a `#` when it has one."""
+        return f"{self.uri}#{self.table_prefix}" if self.table_prefix else self.uri
+
 
 class IndexSettings(Section):
     after_run: bool = True

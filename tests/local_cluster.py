@@ -107,6 +107,8 @@ class LocalCluster:
         self.port = free_port()
         self.dashboard_port = free_port(8300, 8999) if dashboard else None
         self.nodes = 0
+        self.metrics_ports: list[int] = []
+        """Each node's Ray metrics export port, as KubeRay gives every pod one for Prometheus to scrape."""
 
     @property
     def address(self) -> str:
@@ -120,6 +122,8 @@ class LocalCluster:
     def add_node(self, cpus: int, gpus: int = 0, resources: str | None = None) -> None:
         common = ["--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(256 * 2**20)]
         common += ["--temp-dir", str(self.temp_dir), *(["--resources", resources] if resources else [])]
+        self.metrics_ports.append(free_port(7000, 7999))
+        common += ["--metrics-export-port", str(self.metrics_ports[-1])]
         if self.nodes == 0:
             head = ["--head", "--port", str(self.port), "--disable-usage-stats"]
             if self.dashboard_port:

@@ -1,6 +1,7 @@
 """The job where users run it: `ray job submit` to a running two-node Ray cluster (a head and a second node
 started on this machine with resources of their own), shards and the LanceDB store in an S3-compatible bucket
-(moto's server), then a second scheduled submission after new files arrive that embeds only those."""
+(moto's server), with a real Prometheus scraping each node's Ray metrics port as a KubeRay cluster's would; then a
+second scheduled submission after new files arrive that embeds only those."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ import pytest
 import yaml
 
 from tests.job_process import REPO
-from tests.local_cluster import BIN, LocalCluster, ray_cli
+from tests.local_cluster import BIN, LocalCluster, free_port, ray_cli
+from tests.local_server import prometheus, query
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 BUCKET = "embedpipe-demo"
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_server):
+def cluster(s3_server, tmp_path_factory):
     nodes = LocalCluster("it", s3_server.env(), dashboard=True)
     try:
         nodes.add_node(cpus=2, resources='{"head_node": 1}')
         nodes.add_node(cpus=2, resources='{"second_node": 1}')
-        yield {"address": nodes.dashboard, "env": nodes.env}
+        targets = [f"127.0.0.1:{port}" for port in nodes.metrics_ports]
+        with prometheus(free_port(9100, 9900), targets, tmp_path_factory.mktemp("prometheus")) as scraper:
+            yield {"address": nodes.dashboard, "env": nodes.env, "prometheus": scraper}
     finally:
         nodes.stop()
         shutil.rmtree(nodes.temp_dir, ignore_errors=True)
@@ -98,6 +102,29 @@ def test_job_spans_both_nodes_and_writes_to_the_bucket(first_run, s3_server):
     assert len(json.loads(run["write_nodes"])) == 2, f"chunk fragments written on {run['write_nodes']} only"
     assert run["groups"] > 1 and run["record_bytes"] / run["chunks"] < 1000  # records only: a vector is 1,536 B
     assert s3_server.secret_key not in first_run  # credentials never reach the logs
+
+
+def test_the_run_reports_live_metrics_that_prometheus_scrapes_from_rays_metrics_port(first_run, cluster, s3_server):
+    [run] = store(s3_server).open_table("runs").to_arrow().to_pylist()
+    label = f'store="s3://{BUCKET}/lancedb"'
+
+    def seen(expr: str) -> dict[str, float]:
+        """The largest value each series of `expr` took during the run, by its last label's value."""
+        found = query(cluster["prometheus"], f"max_over_time(({expr})[15m:1s])")
+        return {"/".join(r["metric"].values()): float(r["value"][1]) for r in found}
+
+    assert seen(f"sum(ray_embedpipe_tokens_embedded_total{{{label}}})") == {"": run["tokens"]}
+    assert seen(f"sum(ray_embedpipe_chunks_total{{{label}}})") == {"": run["chunks"]}
+    assert seen(f"sum by (fate) (ray_embedpipe_documents_total{{{label}}})") == {"new": 24}
+    busy = seen(f"sum by (engine) (ray_embedpipe_engine_busy_seconds_total{{{label}}})")
+    assert len(busy) == 2 and all(v > 0 for v in busy.values()), busy  # an engine on each node
+    assert sum(busy.values()) == pytest.approx(run["embed_s"], rel=1e-6)
+    assert seen(f"sum(ray_embedpipe_commit_seconds_count{{{label}}})")[""] >= run["groups"]
+    assert seen(f"max(ray_embedpipe_tokens_per_second{{{label}}})")[""] > 0
+    status = seen(f"max by (status) (ray_embedpipe_run_status{{{label}}})")
+    assert status["running"] == 1 and status["succeeded"] == 1 and status["failed"] == 0, status
+    last = query(cluster["prometheus"], f'last_over_time(ray_embedpipe_run_status{{{label}, status="running"}}[15m])')
+    assert [float(r["value"][1]) for r in last] == [0.0]  # over: no longer running
 
 
 def test_a_second_scheduled_submission_embeds_only_new_files(first_run, cluster, s3_server, sample_texts, tmp_path):

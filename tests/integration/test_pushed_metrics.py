@@ -4,9 +4,7 @@ gateway that is down never fails a run. The alert rules load and fire as their u
 promtool)."""
 
 import json
-import shutil
 import subprocess
-import time
 import urllib.request
 
 import lancedb
@@ -17,14 +15,9 @@ from pipeline.runtime.pushed_metrics import RunFigures, push_run
 from tests.fakes import RECORDS_ENV
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 from tests.local_cluster import free_port
+from tests.local_server import binary, served
 
 MONITORING = REPO / "infra" / "monitoring"
-
-
-def binary(name: str) -> str:
-    found = shutil.which(name)
-    assert found, f"{name} is needed (.ci/run installs Debian's prometheus and prometheus-pushgateway)"
-    return found
 
 
 @pytest.fixture
@@ -32,29 +25,10 @@ def gateway(tmp_path):
     port = free_port(9100, 9900)
     # a file of its own: Debian's build persists to /var/lib/prometheus by default, and reloads it at start
     persisted = tmp_path / "pushgateway.data"
-    proc = subprocess.Popen(
-        [
-            binary("prometheus-pushgateway"),
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={persisted}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the pushgateway did not start"
-                time.sleep(0.2)
+    with served([*args, f"--persistence.file={persisted}"], f"{url}/-/ready"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def scraped(url: str) -> dict[tuple[str, tuple], float]:

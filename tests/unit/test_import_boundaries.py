@@ -12,6 +12,7 @@ EDGES = {
     "pipeline.ray_engines": "the engines' actors, their placement group and start gate",
     "pipeline.ray_cluster": "joining or starting Ray, and the inventory of its nodes",
     "pipeline.ray_supervision": "the embed stage's feeders and the supervisor of the engines",
+    "pipeline.ray_metrics": "the run's live metrics through Ray's metrics API",
     "benchmarks.ray_llm": "the Ray Data LLM baseline of the benchmark",
 }
 

@@ -18,6 +18,7 @@ LAYERS = {
     "pipeline.ray_cluster": 4,
     "pipeline.ray_engines": 4,
     "pipeline.ray_supervision": 4,
+    "pipeline.ray_metrics": 4,
     "pipeline.ray_stages": 4,
     "pipeline.checks": 5,
 }

@@ -177,8 +177,8 @@ def test_the_gpu_image_pins_the_torch_that_vllm_runs_on():
     assert '"vllm==0.32.0"' in PYPROJECT
 
 
-def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_run_pushes():
-    from pipeline.runtime.pushed_metrics import GAUGES, PREFIX
+def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_run_exports():
+    from pipeline.runtime import live_metrics, pushed_metrics
 
     monitoring = REPO / "infra" / "monitoring"
     plain = yaml.safe_load((monitoring / "embedpipe-alerts.yml").read_text())
@@ -188,6 +188,9 @@ def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_run_pushes():
     assert alerts == {"EmbedpipeIngestionFailed", "EmbedpipeStoreStale", "EmbedpipeRejectsHigh", "EmbedpipeSlowRun"}
     dashboard = json.loads((monitoring / "grafana-dashboard.json").read_text())
     exprs = [r["expr"] for g in plain["groups"] for r in g["rules"]]
-    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {m for e in exprs for m in re.findall(rf"\b{PREFIX}\w+", e)}
-    assert used and used <= {PREFIX + name for name in GAUGES}
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b(?:ray_)?embedpipe_\w+", e)}
+    pushed = {pushed_metrics.PREFIX + name for name in pushed_metrics.GAUGES}
+    suffix = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    live = {f"ray_{live_metrics.PREFIX}{n}{end}" for n, m in live_metrics.LIVE.items() for end in suffix[m.kind]}
+    assert used & pushed and used & live and used <= pushed | live, used - pushed - live

@@ -35,5 +35,7 @@ BENCH_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("note", pa.string()),
         pa.field("created_at", TIMESTAMP),
+        pa.field("model", pa.string()),
+        pa.field("device", pa.string()),
     ]
 )

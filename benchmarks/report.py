@@ -38,7 +38,8 @@ def diagnoses(result: BenchResult) -> dict[tuple, str]:
 def write_outputs(result: BenchResult) -> Path:
     diag = diagnoses(result)
     table = bench_rows(result, "; ".join(diag.values()))
-    open_store(result.settings).table(f"{result.settings.store.table_prefix}bench", BENCH_SCHEMA).add(table)
+    store = open_store(result.settings)
+    store.table(store.names.bench, BENCH_SCHEMA).add(table)
     plots = _plots(result)
     path = result.out_dir / "report.md"
     path.write_text(render_markdown(result, diag, plots, table.to_pylist()))

@@ -51,6 +51,10 @@ class BenchResult:
     device: DeviceFigures | None
     engine_devices: int
     """Engines that each have a device of their own (1 on CPU, where engines share the cores)."""
+    model: str
+    """The model's id, as the runs table records it."""
+    engine_device: str
+    """cpu or cuda."""
     points: list[Point] = field(default_factory=list)
     cosines: dict[str, float] = field(default_factory=dict)
     """Lowest cosine between a runner's vectors and the bare engine's, over the first chunks."""
@@ -160,6 +164,8 @@ def run_bench(settings: BenchJobSettings) -> BenchResult:
         source,
         device,
         engine_devices=1 if spec.device == "cpu" else max(1, (first.run.actors or 1)),
+        model=plan.model_id,
+        engine_device=spec.device,
     )
     store = open_store(settings, prefix)
     vectors: dict[str, dict[str, list[float]]] = {}
@@ -391,6 +397,8 @@ def bench_rows(result: BenchResult, diagnosis: str) -> pa.Table:
                 "error": p.error,
                 "note": p.note,
                 "created_at": now,
+                "model": result.model,
+                "device": result.engine_device,
             }
         )
     return pa.Table.from_pylist(rows, schema=BENCH_SCHEMA)

@@ -15,6 +15,7 @@ from pipeline.plan.estimate import (
     Sample,
     Tally,
     project,
+    rate_from_bench,
     rate_from_flops,
     rate_from_runs,
     scaled_tokens,
@@ -28,9 +29,29 @@ from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 
-RUN_COLUMNS = ["run_id", "status", "model", "max_model_len", "max_num_batched_tokens", "tokens", "embed_s"]
-RUN_COLUMNS += ["startup_s", "settings", "started_at"]
+RUN_COLUMNS = ["run_id", "status", "model", "max_model_len", "max_num_batched_tokens", "tokens", "wall_s"]
+RUN_COLUMNS += ["startup_s", "maintenance_s", "engine_s", "settings", "started_at"]
 RECENT_RUNS = 20
+BENCH_COLUMNS = ["kind", "model", "device", "max_model_len", "max_num_batched_tokens", "tokens_per_s", "startup_s"]
+BENCH_COLUMNS += ["params", "error"]
+
+
+@dataclass(frozen=True)
+class RateHistory:
+    """What a projection's rate is measured from: the store's recent runs, and its benchmark table's pipeline runs
+    (`python -m benchmarks.bench` against this store). Neither grows with the store's chunks."""
+
+    runs: list[dict]
+    bench: list[dict]
+
+    @classmethod
+    def read(cls, store: LanceStore) -> RateHistory:
+        bench = []
+        if store.exists(store.names.bench):
+            present = set(store.open(store.names.bench).schema.names)
+            columns = [c for c in BENCH_COLUMNS if c in present]
+            bench = store.read(store.names.bench, "kind = 'pipeline'", columns).to_pylist()
+        return cls(RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS), bench)
 
 
 @dataclass(frozen=True)
@@ -100,15 +121,16 @@ def run_estimate(settings: Settings, sample: Sample | None = None) -> Estimate:
     store.check_chunks_table(plan.model_id)
     tally = ray_stages.tally_chunks(settings, plan, inputs, tokenizer, store.stored_keys(), sample)
     tokens, interval = scaled_tokens(tally, sample.fraction if sample else 1.0)
-    rate = run_rate(settings, plan, cluster, RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS), tally)
+    rate = run_rate(settings, plan, cluster, RateHistory.read(store), tally)
     projection = _project(settings, plan, tokens, rate)
     return Estimate(tally, sample, tokens, interval, plan.actors, projection, time.perf_counter() - started)
 
 
-def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, runs: list[dict], tally: Tally) -> Rate | None:
-    """The rate a projection uses: the store's own recent runs alike, else the FLOPs at the device's peak."""
-    m = settings.model
-    rate = rate_from_runs(runs, plan.model_id, plan.engine.max_model_len, m.max_num_batched_tokens, plan.engine.device)
+def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, history: RateHistory, tally: Tally) -> Rate | None:
+    """The rate a projection uses: the store's own recent runs alike, else its benchmark runs alike, else the FLOPs
+    at the device's peak."""
+    alike = (plan.model_id, plan.engine.max_model_len, settings.model.max_num_batched_tokens, plan.engine.device)
+    rate = rate_from_runs(history.runs, *alike) or rate_from_bench(history.bench, *alike)
     if rate is not None or plan.engine.device != "cuda" or not tally.lengths:
         return rate
     peak = gpu_peak(settings, plan, cluster)
@@ -139,11 +161,11 @@ def devices_per_engine(plan: RunPlan) -> float:
 
 
 def finished_run_estimate(
-    settings: Settings, plan: RunPlan, cluster: Cluster, earlier_runs: list[dict], tokens: int, chunks: int
+    settings: Settings, plan: RunPlan, cluster: Cluster, history: RateHistory, tokens: int, chunks: int
 ) -> Projection | None:
     """What the estimate would have projected for a finished run, knowing the tokens it embedded: the same rate
-    (the runs before it), for its record beside what it took."""
+    (from the runs before it), for its record beside what it took."""
     if not tokens or not chunks:
         return None
     lengths = Counter({max(1, round(tokens / chunks)): chunks})
-    return _project(settings, plan, tokens, run_rate(settings, plan, cluster, earlier_runs, Tally(lengths=lengths)))
+    return _project(settings, plan, tokens, run_rate(settings, plan, cluster, history, Tally(lengths=lengths)))

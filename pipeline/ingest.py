@@ -18,7 +18,7 @@ import structlog
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RunInterrupted
-from pipeline.estimate_run import RECENT_RUNS, RUN_COLUMNS, devices_per_engine, finished_run_estimate, gpu_peak
+from pipeline.estimate_run import RateHistory, devices_per_engine, finished_run_estimate, gpu_peak
 from pipeline.plan.cost import RunCost, run_cost
 from pipeline.plan.estimate import Projection
 from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
@@ -156,8 +156,8 @@ class RunStart:
     tokenizer: Future
     dim: int | None
     """Width of the stored vectors (None: no chunks table yet), checked against the model before anything starts."""
-    earlier_runs: list[dict]
-    """The store's recent runs as the run found them: what its own estimate is projected from."""
+    history: RateHistory
+    """The store's recent runs and benchmark runs as the run found them: what its own estimate is projected from."""
 
 
 def _plan(settings: Settings, inputs: Inputs, store: LanceStore) -> RunStart:
@@ -198,8 +198,8 @@ def _plan(settings: Settings, inputs: Inputs, store: LanceStore) -> RunStart:
         chunk_tokens=plan.chunk.max_tokens,
         logs=ray_cluster.logs_dir(),
     )
-    earlier = RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS)
-    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id), earlier)
+    history = RateHistory.read(store)
+    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id), history)
 
 
 def _start_engines(scope: ExitStack, settings: Settings, start: RunStart, run_id: str):
@@ -289,7 +289,7 @@ class _Execution:
             self.settings,
             self.start.plan,
             self.start.cluster,
-            self.start.earlier_runs,
+            self.start.history,
             outcome.totals.tokens + outcome.tokens_discarded,
             outcome.totals.chunks + outcome.chunks_discarded,
         )

@@ -1,7 +1,7 @@
 """What a run will embed and what it will cost, before it runs: the chunk stage's output tallied block by block
 (documents, chunks and exact tokens per fate, the chunk-length distribution), scaled up from a seeded sample of
-documents when one is taken, and projected into time and money from the rate the store's own runs measured, the
-benchmark's, or the model's FLOPs at an assumed share of the device's peak. Pure: no ray or vllm imports."""
+documents when one is taken, and projected into time and money from the rate the store's own runs measured, its
+benchmark table's, or the model's FLOPs at an assumed share of the device's peak. Pure: no ray or vllm imports."""
 
 from __future__ import annotations
 
@@ -147,33 +147,71 @@ def scaled_tokens(tally: Tally, fraction: float) -> tuple[float, float]:
 @dataclass(frozen=True)
 class Rate:
     tokens_per_engine_s: float
-    """Tokens per second of one engine while it computes."""
+    """Tokens per second of one engine over a run's working time: its wall time less start-up and maintenance, so
+    the stages around the engines (reading, chunking, writing, commits) are in it, not only the engines' compute."""
     startup_s: float | None
     source: str
+    after_s: float = 0.0
+    """Seconds a run spends after its last commit (index and maintenance)."""
 
 
 def rate_from_runs(runs: list[dict], model: str, max_model_len: int, budget: int, device: str) -> Rate | None:
-    """The median per-engine rate of the store's recent successful runs with this model, limits and device (busy
-    engine seconds, so the number of engines then does not matter), and their median start-up."""
+    """The median per-engine rate of the store's recent successful runs with this model, limits and device, and
+    their median start-up and maintenance."""
     alike = [
         r
         for r in runs
         if r.get("status") == "succeeded"
         and (r.get("model"), r.get("max_model_len"), r.get("max_num_batched_tokens")) == (model, max_model_len, budget)
         and _device(r) == device
-        and (r.get("embed_s") or 0) > 0
         and (r.get("tokens") or 0) > 0
+        and _working_s(r) > 0
     ]
     if not alike:
         return None
-    rates = sorted(r["tokens"] / r["embed_s"] for r in alike)
-    startups = sorted(r["startup_s"] for r in alike if r.get("startup_s") is not None)
+    rates = sorted(r["tokens"] / (_working_s(r) * _engines(r)) for r in alike)
     return Rate(
         _median(rates),
-        _median(startups) if startups else None,
+        _median([r["startup_s"] for r in alike]),
         f"median of {len(alike)} earlier run{'s' if len(alike) > 1 else ''} of this store with this model, limits "
         f"and device ({min(rates):,.0f}-{max(rates):,.0f} tokens/s per engine)",
+        _median([r.get("maintenance_s") or 0.0 for r in alike]),
     )
+
+
+def rate_from_bench(rows: list[dict], model: str, max_model_len: int, budget: int, device: str) -> Rate | None:
+    """The median per-engine rate of the store's benchmark table's pipeline runs with this model, limits and device
+    (`python -m benchmarks.bench` run against this store), and their median start-up."""
+    alike = [
+        r
+        for r in rows
+        if r.get("kind") == "pipeline"
+        and not r.get("error")
+        and (r.get("model"), r.get("device")) == (model, device)
+        and (r.get("max_model_len"), r.get("max_num_batched_tokens")) == (max_model_len, budget)
+        and (r.get("tokens_per_s") or 0) > 0
+        and r.get("startup_s") is not None
+    ]
+    if not alike:
+        return None
+    rates = sorted(r["tokens_per_s"] / max(json.loads(r.get("params") or "{}").get("actors") or 1, 1) for r in alike)
+    return Rate(
+        _median(rates),
+        _median([r["startup_s"] for r in alike]),
+        f"median of {len(alike)} benchmark run{'s' if len(alike) > 1 else ''} in this store with this model, limits "
+        f"and device ({min(rates):,.0f}-{max(rates):,.0f} tokens/s per engine; no earlier run of this store yet)",
+    )
+
+
+def _working_s(run: dict) -> float:
+    if run.get("wall_s") is None or run.get("startup_s") is None or not run.get("engine_s"):
+        return 0.0
+    return run["wall_s"] - run["startup_s"] - (run.get("maintenance_s") or 0.0)
+
+
+def _engines(run: dict) -> int:
+    """Engines the run held: its engine-seconds over its wall time."""
+    return max(1, round(run["engine_s"] / run["wall_s"]))
 
 
 def _device(run: dict) -> str | None:
@@ -184,6 +222,7 @@ def _device(run: dict) -> str | None:
 
 
 def _median(values: list[float]) -> float:
+    values = sorted(values)
     n = len(values)
     return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
 
@@ -202,24 +241,25 @@ def rate_from_flops(shape: ModelShape, lengths: Counter, peak_tflops: float) -> 
 @dataclass(frozen=True)
 class Projection:
     embed_s: float
-    """Seconds the engines need to embed the tokens, all engines working."""
+    """Seconds of working time the engines need to embed the tokens, all engines working."""
     wall_s: float
-    """Start-up (when known) plus embed_s."""
+    """Start-up (when known), embed_s and the time after the last commit."""
     device_hours: float
     cost: float | None
     rate: Rate
 
     def text(self) -> str:
         startup = f" + {self.rate.startup_s:,.0f} s start-up" if self.rate.startup_s is not None else ""
+        after = f" + {self.rate.after_s:,.0f} s maintenance" if self.rate.after_s else ""
         cost = f", cost {self.cost:,.4g}" if self.cost is not None else ""
         return (
-            f"about {self.embed_s:,.0f} s of embedding{startup} = {self.wall_s:,.0f} s, "
+            f"about {self.embed_s:,.0f} s of embedding{startup}{after} = {self.wall_s:,.0f} s, "
             f"{self.device_hours:.4g} device-hours{cost}; rate: {self.rate.source}"
         )
 
 
 def project(tokens: float, engines: int, rate: Rate, devices_per_engine: float, price: float | None) -> Projection:
     embed_s = tokens / (rate.tokens_per_engine_s * max(engines, 1))
-    wall_s = embed_s + (rate.startup_s or 0.0)
+    wall_s = embed_s + (rate.startup_s or 0.0) + rate.after_s
     device_hours = wall_s * engines * devices_per_engine / 3600
     return Projection(embed_s, wall_s, device_hours, device_hours * price if price is not None else None, rate)

@@ -25,10 +25,12 @@ class TableNames:
     batches: str
     runs: str
     rejects: str
+    bench: str
+    """The benchmark's table, when `python -m benchmarks.bench` ran against this store."""
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TableNames:
-        return cls(f"{prefix}chunks", f"{prefix}batches", f"{prefix}runs", f"{prefix}rejects")
+        return cls(*(f"{prefix}{name}" for name in ("chunks", "batches", "runs", "rejects", "bench")))
 
 
 class LanceStore:

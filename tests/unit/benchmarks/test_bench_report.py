@@ -52,6 +52,8 @@ def _result(tmp_path, minilm_path, **kw) -> BenchResult:
         peak_source="no known peak",
         device=None,
         engine_devices=1,
+        model="all-MiniLM-L6-v2",
+        engine_device="cpu",
         **kw,
     )
 

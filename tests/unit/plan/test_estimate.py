@@ -18,6 +18,7 @@ from pipeline.plan.estimate import (
     Tally,
     in_sample,
     project,
+    rate_from_bench,
     rate_from_flops,
     rate_from_runs,
     scaled_tokens,
@@ -83,34 +84,69 @@ def test_the_scaled_total_and_its_interval_cover_the_truth_about_95_percent_of_t
     assert scaled_tokens(Tally(tokens=Counter({"new": 5})), 1.0) == (5.0, 0.0)
 
 
-def run(tokens, embed_s, startup_s=20.0, status="succeeded", device="cpu", budget=8192, model="m"):
+def run(tokens, work_s, startup_s=20.0, status="succeeded", device="cpu", budget=8192, model="m", engines=1):
     settings = json.dumps({"resolved": {"device": device}})
+    wall_s = startup_s + work_s + 5.0
     return {
         "status": status,
         "model": model,
         "max_model_len": 256,
         "max_num_batched_tokens": budget,
         "tokens": tokens,
-        "embed_s": embed_s,
+        "wall_s": wall_s,
         "startup_s": startup_s,
+        "maintenance_s": 5.0,
+        "engine_s": wall_s * engines,
         "settings": settings,
     }
 
 
-def test_the_rate_is_the_median_of_the_stores_runs_alike():
+def test_the_rate_is_the_median_of_the_stores_runs_alike_over_their_working_time():
     runs = [
         run(1000, 1.0),
-        run(3000, 1.0, 30.0),
+        run(6000, 1.0, 30.0, engines=2),
         run(2000, 1.0, 25.0),
         run(9000, 1.0, status="failed"),
         run(9000, 1.0, device="cuda"),
         run(9000, 1.0, budget=16384),
         run(9000, 1.0, model="other"),
-        run(0, 0.0),
+        run(0, 1.0),
+        {**run(9000, 1.0), "engine_s": None},  # a row from before engine-seconds were recorded
     ]
     rate = rate_from_runs(runs, "m", 256, 8192, "cpu")
     assert rate.tokens_per_engine_s == 2000 and rate.startup_s == 25.0 and "3 earlier runs" in rate.source
+    assert rate.after_s == 5.0
     assert rate_from_runs(runs, "m", 512, 8192, "cpu") is None
+
+
+def bench(tokens_per_s, actors=1, **changes):
+    row = {
+        "kind": "pipeline",
+        "model": "m",
+        "device": "cpu",
+        "max_model_len": 256,
+        "max_num_batched_tokens": 8192,
+        "tokens_per_s": tokens_per_s,
+        "startup_s": 12.0,
+        "params": json.dumps({"actors": actors}),
+        "error": None,
+    }
+    return {**row, **changes}
+
+
+def test_without_runs_the_benchmark_tables_runs_alike_give_the_rate():
+    rows = [
+        bench(3000.0),
+        bench(8000.0, actors=2),
+        bench(9e9, kind="bare"),
+        bench(9e9, error="engine died"),
+        bench(9e9, model="other"),
+        bench(9e9, device="cuda"),
+        bench(9e9, max_num_batched_tokens=16384),
+    ]
+    rate = rate_from_bench(rows, "m", 256, 8192, "cpu")
+    assert rate.tokens_per_engine_s == 3500 and rate.startup_s == 12.0 and "2 benchmark runs" in rate.source
+    assert rate_from_bench([bench(1.0, model=None)], "m", 256, 8192, "cpu") is None  # a table from before models
 
 
 def test_a_projection_from_flops_says_what_it_assumed():
@@ -121,9 +157,9 @@ def test_a_projection_from_flops_says_what_it_assumed():
 
 
 def test_the_projection_spreads_tokens_over_the_engines_and_prices_the_device_hours():
-    p = project(3_600_000, engines=2, rate=Rate(1000.0, 60.0, "runs"), devices_per_engine=0.5, price=4.0)
-    assert p.embed_s == 1800 and p.wall_s == 1860
-    assert p.device_hours == pytest.approx(1860 * 2 * 0.5 / 3600) and p.cost == pytest.approx(p.device_hours * 4)
-    assert "1,800 s of embedding + 60 s start-up" in p.text()
+    p = project(3_600_000, engines=2, rate=Rate(1000.0, 60.0, "runs", 10.0), devices_per_engine=0.5, price=4.0)
+    assert p.embed_s == 1800 and p.wall_s == 1870
+    assert p.device_hours == pytest.approx(1870 * 2 * 0.5 / 3600) and p.cost == pytest.approx(p.device_hours * 4)
+    assert "1,800 s of embedding + 60 s start-up + 10 s maintenance = 1,870 s" in p.text()
     assert project(10, 1, Rate(10.0, None, "x"), 1.0, None).cost is None
     assert math.isclose(project(10, 1, Rate(10.0, None, "x"), 1.0, None).wall_s, 1.0)

@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import lancedb
+from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 
 TOKENS = re.compile(r"to embed: [\d,]+ chunks, ([\d,]+) tokens")
 PROJECTED = re.compile(r"= ([\d,]+) s, ")
@@ -29,14 +30,15 @@ def job(*args: str) -> str:
 
 
 def one(corpus: Path, config: str, work: Path) -> dict:
-    files = sorted(p for p in corpus.iterdir() if p.is_file())
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())
     half, whole, db = work / "half", work / "whole", work / "db"
     half.mkdir()
     whole.mkdir()
     for i, path in enumerate(files):
-        (whole / path.name).symlink_to(path.resolve())
+        name = "__".join(path.relative_to(corpus).parts)  # one folder: the same document ids in both
+        (whole / name).symlink_to(path.resolve())
         if i % 2 == 0:
-            (half / path.name).symlink_to(path.resolve())
+            (half / name).symlink_to(path.resolve())
     common = ("--config", config, "--db", str(db), "--no-index.after-run")
     job(*common, "--inputs", str(half))
     said = job(*common, "--inputs", str(whole), "--estimate")
@@ -44,8 +46,7 @@ def one(corpus: Path, config: str, work: Path) -> dict:
     if tokens is None or projected is None:
         raise SystemExit(f"the estimate printed no tokens or projection:\n{said[-3000:]}")
     job(*common, "--inputs", str(whole))
-    runs = sorted(lancedb.connect(str(db)).open_table("runs").to_arrow().to_pylist(), key=lambda r: r["started_at"])
-    second = runs[-1]
+    [second] = RunLog(LanceStore(str(db))).recent(1)
     return {
         "estimate_tokens": int(tokens.group(1).replace(",", "")),
         "run_tokens": second["tokens"],

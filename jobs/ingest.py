@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         "per fate), the chunk lengths, and the projected time and cost; writes nothing",
     )
     parser.add_argument(
-        "--sample", type=float, metavar="FRACTION", help="with --estimate: chunk a seeded sample of the documents"
+        "--sample",
+        type=float,
+        metavar="FRACTION",
+        help="with --estimate: read and chunk a seeded sample of the input's pieces (files, or parts of large ones)",
     )
     parser.add_argument("--seed", type=int, default=0, help="with --sample: the sample's seed")
     return run(lambda: _ingest(parser, argv))
@@ -57,7 +60,7 @@ def _estimate(settings, fraction: float | None, seed: int) -> int:
     from pipeline.plan.estimate import Sample
 
     if fraction is not None and not 0 < fraction <= 1:
-        msg = f"--sample {fraction} is not a fraction of the documents: give one in (0, 1], e.g. --sample 0.1"
+        msg = f"--sample {fraction} is not a fraction of the input: give one in (0, 1], e.g. --sample 0.1"
         raise ConfigError(msg)
     estimate = run_estimate(settings, Sample(fraction, seed) if fraction is not None and fraction < 1 else None)
     print("\n".join(estimate.lines()))

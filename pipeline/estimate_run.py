@@ -23,6 +23,7 @@ from pipeline.plan.estimate import (
 from pipeline.plan.job import RunPlan, check_chunk_room, plan_lengths, plan_run
 from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.placement import Cluster
+from pipeline.runtime.process_memory import driver_peak_mb
 from pipeline.settings import Settings
 from pipeline.stages.sources import Inputs
 from pipeline.stages.tokenizer import load_tokenizer
@@ -58,6 +59,8 @@ class RateHistory:
 class Estimate:
     tally: Tally
     sample: Sample | None
+    pieces: tuple[int, int] | None
+    """With a sample: the pieces it read, of the input's."""
     tokens: float
     """Tokens to embed in the whole input (scaled up from a sample)."""
     interval: float
@@ -66,12 +69,15 @@ class Estimate:
     projection: Projection | None
     seconds: float
     """What the estimate itself took."""
+    driver_mb: float
+    """The driver's peak resident memory."""
 
     def lines(self) -> list[str]:
         t = self.tally
         how = (
-            f"a seeded sample of {self.sample.fraction:.0%} of the documents (seed {self.sample.seed}), scaled up"
-            if self.sample
+            f"a seeded sample of {self.sample.fraction:.0%} of the input's pieces (seed {self.sample.seed}: "
+            f"{self.pieces[0]:,} of {self.pieces[1]:,} files or parts of files read), scaled up"
+            if self.sample and self.pieces
             else "every document chunked with the run's tokenizer and chunker"
         )
         scale = 1 / self.sample.fraction if self.sample else 1.0
@@ -98,7 +104,10 @@ class Estimate:
                 "  projected: no rate known (no earlier run of this store with this model, limits and device, and no "
                 "known peak for the device): run once, or see python -m benchmarks.bench"
             )
-        lines.append(f"  the estimate took {self.seconds:,.1f} s (read, plan and chunk; no engine started)")
+        lines.append(
+            f"  the estimate took {self.seconds:,.1f} s (read, plan and chunk; no engine started); driver peak "
+            f"{self.driver_mb:,.0f} MiB"
+        )
         return lines
 
 
@@ -119,11 +128,14 @@ def run_estimate(settings: Settings, sample: Sample | None = None) -> Estimate:
     cluster = ray_cluster.cluster_inventory()
     plan = plan_run(settings, cluster)
     store.check_chunks_table(plan.model_id)
-    tally = ray_stages.tally_chunks(settings, plan, inputs, tokenizer, store.stored_keys(), sample)
+    counted = ray_stages.tally_chunks(settings, plan, inputs, tokenizer, store.stored_keys(), sample)
+    tally = counted.tally
     tokens, interval = scaled_tokens(tally, sample.fraction if sample else 1.0)
     rate = run_rate(settings, plan, cluster, RateHistory.read(store), tally)
     projection = _project(settings, plan, tokens, rate)
-    return Estimate(tally, sample, tokens, interval, plan.actors, projection, time.perf_counter() - started)
+    pieces = (counted.sampled, counted.pieces) if counted.pieces else None
+    seconds = time.perf_counter() - started
+    return Estimate(tally, sample, pieces, tokens, interval, plan.actors, projection, seconds, driver_peak_mb())
 
 
 def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, history: RateHistory, tally: Tally) -> Rate | None:

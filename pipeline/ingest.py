@@ -4,14 +4,12 @@ ray_engines (the engines) and ray_stages (the dataset)."""
 from __future__ import annotations
 
 import json
-import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
 
 import pyarrow.fs as pafs
 import structlog
@@ -25,6 +23,7 @@ from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_length
 from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
+from pipeline.runtime.process_memory import driver_peak_mb
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.runtime.pushed_metrics import RunFigures, push_run
 from pipeline.schema import RUN_KIND_INGEST, Fate
@@ -495,18 +494,6 @@ def _finish_values(result: RunResult, engine_info: dict | None, error: str | Non
         "write_nodes": json.dumps(list(result.outcome.nodes)),
         "driver_peak_mb": driver_peak_mb(),
     }
-
-
-def driver_peak_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a job
-    started by a large parent would report the parent's size."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _version(*dists: str) -> str | None:

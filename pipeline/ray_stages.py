@@ -19,10 +19,10 @@ from ray.exceptions import RayError
 
 from pipeline import errors
 from pipeline import schema as s
-from pipeline.errors import EngineError, PipelineError
+from pipeline.errors import ConfigError, EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.chunk_plan import ChunkPlan
-from pipeline.plan.estimate import Sample, Tally
+from pipeline.plan.estimate import PieceIndex, Sample, SampledTally, Tally
 from pipeline.plan.job import RunPlan
 from pipeline.plan.placement import STAGE_CPUS, held_by_engines
 from pipeline.ray_cluster import cluster_cpus, on_driver_node
@@ -113,13 +113,10 @@ def split_pieces(
     return [piece for part in ray.get(refs) for piece in part]
 
 
-def _read(
-    pieces: pa.Table, reader: PieceReader, priority: HelperPriority, sample: Sample | None = None
-) -> Iterator[pa.Table]:
+def _read(pieces: pa.Table, reader: PieceReader, priority: HelperPriority) -> Iterator[pa.Table]:
     priority.apply()
     for row in pieces.to_pylist():
-        for docs in reader(Piece.from_row(row)):
-            yield sample.of(docs) if sample is not None else docs
+        yield from reader(Piece.from_row(row))
 
 
 def _stored_ids(fragments: pa.Table, keys: StoredKeys, priority: HelperPriority) -> pa.Table:
@@ -152,14 +149,15 @@ def read_documents(
     fs: pafs.FileSystem,
     shards: list[Shard],
     priority: HelperPriority = NO_DEMOTION,
-    sample: Sample | None = None,
+    sampled: list[Piece] | None = None,
 ) -> Dataset:
-    """Documents (READ_SCHEMA) of every shard, each piece read by its own task, as a stream."""
-    pieces = split_pieces(shards, fs, source.piece_bytes, priority)
+    """Documents (READ_SCHEMA) of every shard, or of the `sampled` pieces only, each piece read by its own task,
+    as a stream."""
+    pieces = sampled if sampled is not None else split_pieces(shards, fs, source.piece_bytes, priority)
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
-        fn_kwargs={"reader": PieceReader(fs, source), "priority": priority, "sample": sample},
+        fn_kwargs={"reader": PieceReader(fs, source), "priority": priority},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=0.5,
@@ -174,14 +172,14 @@ def chunk_documents(
     keys: StoredKeys | None,
     board=None,
     priority: HelperPriority = NO_DEMOTION,
-    sample: Sample | None = None,
+    sampled: list[Piece] | None = None,
 ) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors): the
-    chunk stage's rows (CHUNK_SCHEMA), of a seeded sample of the documents when `sample` says so."""
+    chunk stage's rows (CHUNK_SCHEMA), of the `sampled` pieces only when given."""
     cpus = cluster_cpus()
-    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority, sample)
+    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority, sampled)
     # a sample cannot tell a document gone from the inputs from one left out of the sample
-    removals = keys is not None and settings.run.delete_missing and sample is None
+    removals = keys is not None and settings.run.delete_missing and sampled is None
     fragment_ids = keys.fragment_ids() if removals else []
     if fragment_ids:
         fragments = ray.data.from_items([{"fragment": f} for f in fragment_ids])
@@ -356,10 +354,24 @@ def tally_chunks(
     tokenizer: FastTokenizer,
     keys: StoredKeys | None,
     sample: Sample | None = None,
-) -> Tally:
-    """The chunk stage's rows, tallied in the workers block by block: the driver sums small records."""
-    chunks = chunk_documents(settings, plan, inputs, tokenizer, keys, sample=sample)
-    tallies = chunks.map_batches(_tally, batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+) -> SampledTally:
+    """The chunk stage's rows (of a seeded sample of the pieces, when `sample` says so), tallied in the workers
+    block by block: the driver sums small records."""
+    pieces = sampled = index = None
+    if sample is not None:
+        pieces = split_pieces(inputs.shards, inputs.fs, settings.input.piece_bytes)
+        sampled = [p for p in pieces if sample.keeps(p.key)]
+        if not sampled:
+            msg = (
+                f"--sample {sample.fraction:g} (seed {sample.seed}) kept none of the input's {len(pieces)} pieces; "
+                "give a larger fraction, another --seed, or smaller pieces (input.piece_mb)"
+            )
+            raise ConfigError(msg)
+        index = PieceIndex.listing([(p.shard.source, p.first_line) for p in sampled])
+    chunks = chunk_documents(settings, plan, inputs, tokenizer, keys, sampled=sampled)
+    tallies = chunks.map_batches(
+        _tally, fn_kwargs={"pieces": index}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
+    )
     total = Tally()
     try:
         for batch in tallies.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -367,8 +379,8 @@ def tally_chunks(
                 total = total + Tally.from_json(payload)
     except RayError as exc:
         raise _pipeline_error(exc) from exc
-    return total
+    return SampledTally(total, len(pieces) if pieces else None, len(sampled) if sampled else None)
 
 
-def _tally(rows: pa.Table) -> pa.Table:
-    return pa.table({RECORD: [Tally.of(rows).to_json()]})
+def _tally(rows: pa.Table, pieces: PieceIndex | None) -> pa.Table:
+    return pa.table({RECORD: [Tally.of(rows, pieces).to_json()]})

@@ -1,10 +1,12 @@
 """What a run will embed and what it will cost, before it runs: the chunk stage's output tallied block by block
 (documents, chunks and exact tokens per fate, the chunk-length distribution), scaled up from a seeded sample of
-documents when one is taken, and projected into time and money from the rate the store's own runs measured, its
-benchmark table's, or the model's FLOPs at an assumed share of the device's peak. Pure: no ray or vllm imports."""
+the input's pieces (files, or parts of large ones) when one is taken, and projected into time and money from the
+rate the store's own runs measured, its benchmark table's, or the model's FLOPs at an assumed share of the device's
+peak. Pure: no ray or vllm imports."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -36,8 +38,8 @@ class Tally:
     tokens: Counter = field(default_factory=Counter)
     lengths: Counter = field(default_factory=Counter)
     """Chunk tokens -> chunks of that length (of the chunks to embed)."""
-    doc_tokens_sq: float = 0.0
-    """Sum over documents to embed of their tokens squared (for a sample's interval)."""
+    piece_tokens: Counter = field(default_factory=Counter)
+    """Sampled piece -> its tokens to embed (for a sample's interval; empty without a sample)."""
 
     def __add__(self, other: Tally) -> Tally:
         return Tally(
@@ -45,12 +47,13 @@ class Tally:
             self.chunks + other.chunks,
             self.tokens + other.tokens,
             self.lengths + other.lengths,
-            self.doc_tokens_sq + other.doc_tokens_sq,
+            self.piece_tokens + other.piece_tokens,
         )
 
     @classmethod
-    def of(cls, rows: pa.Table) -> Tally:
-        """One block of chunk-stage rows (CHUNK_SCHEMA): a document's chunks all arrive in one block."""
+    def of(cls, rows: pa.Table, pieces: PieceIndex | None = None) -> Tally:
+        """One block of chunk-stage rows (CHUNK_SCHEMA); with `pieces`, each chunk's tokens are also counted to the
+        sampled piece its document was read from."""
         tally = cls()
         rejected = pc.is_valid(rows.column(s.REJECT_REASON))
         tally.docs["rejected"] = int(pc.sum(rejected).as_py() or 0)
@@ -58,16 +61,14 @@ class Tally:
         markers = rows.filter(pc.and_(pc.is_null(rows.column(s.CHUNK_ID)), pc.invert(rejected)))
         for fate in markers.column(s.FATE).to_pylist():
             tally.docs[fate] += 1
-        per_doc: Counter = Counter()
-        for doc, fate, index, n in zip(
-            *(chunk_rows.column(c).to_pylist() for c in (s.DOC_ID, s.FATE, s.CHUNK_INDEX, s.N_TOKENS)), strict=True
-        ):
+        columns = (s.FATE, s.CHUNK_INDEX, s.N_TOKENS, s.SOURCE, s.LINE)
+        for fate, index, n, source, line in zip(*(chunk_rows.column(c).to_pylist() for c in columns), strict=True):
             tally.docs[fate] += index == 0
             tally.chunks[fate] += 1
             tally.tokens[fate] += n
             tally.lengths[n] += 1
-            per_doc[doc] += n
-        tally.doc_tokens_sq = float(sum(n * n for n in per_doc.values()))
+            if pieces is not None:
+                tally.piece_tokens[pieces.piece(source, line)] += n
         return tally
 
     def to_json(self) -> str:
@@ -77,15 +78,15 @@ class Tally:
                 "chunks": self.chunks,
                 "tokens": self.tokens,
                 "lengths": {str(k): v for k, v in self.lengths.items()},
-                "doc_tokens_sq": self.doc_tokens_sq,
+                "piece_tokens": {str(k): v for k, v in self.piece_tokens.items()},
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> Tally:
         d = json.loads(text)
-        lengths = Counter({int(k): v for k, v in d["lengths"].items()})
-        return cls(Counter(d["docs"]), Counter(d["chunks"]), Counter(d["tokens"]), lengths, d["doc_tokens_sq"])
+        lengths, pieces = (Counter({int(k): v for k, v in d[key].items()}) for key in ("lengths", "piece_tokens"))
+        return cls(Counter(d["docs"]), Counter(d["chunks"]), Counter(d["tokens"]), lengths, pieces)
 
     @property
     def tokens_to_embed(self) -> int:
@@ -110,38 +111,69 @@ class Tally:
         return out
 
 
-def in_sample(doc_id: str | None, fraction: float, seed: int) -> bool:
-    """Whether a document is in the seeded sample: the same documents for the same seed, wherever they are read."""
+def in_sample(key: str, fraction: float, seed: int) -> bool:
+    """Whether a piece (or anything named by `key`) is in the seeded sample: the same for the same seed."""
     if fraction >= 1.0:
         return True
-    digest = hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8", "surrogatepass")).digest()
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 @dataclass(frozen=True)
 class Sample:
-    """A seeded sample of the input documents, each kept with probability `fraction`."""
+    """A seeded sample of the input's pieces (whole files, or the parts large ones are read in), each kept with
+    probability `fraction`: only the kept pieces are read."""
 
     fraction: float
     seed: int = 0
 
-    def of(self, docs: pa.Table) -> pa.Table:
-        """The rows of `docs` (READ_SCHEMA) in the sample; a row without an id is known by its source and line."""
-        ids, sources, lines = (docs.column(c).to_pylist() for c in (s.DOC_ID, s.SOURCE, s.LINE))
-        keep = [
-            in_sample(doc if doc is not None else f"{src}:{line}", self.fraction, self.seed)
-            for doc, src, line in zip(ids, sources, lines, strict=True)
-        ]
-        return docs.filter(pa.array(keep, pa.bool_()))
+    def keeps(self, piece_key: str) -> bool:
+        return in_sample(piece_key, self.fraction, self.seed)
+
+
+@dataclass(frozen=True)
+class PieceIndex:
+    """Which sampled piece a document was read from, by its source and line: a piece holds the lines from its
+    first up to the next piece's first."""
+
+    starts: dict[str, list[int]]
+    """Source -> first lines of its sampled pieces, ascending."""
+    ids: dict[str, list[int]]
+    """Source -> the ids of those pieces, in the same order."""
+
+    @classmethod
+    def listing(cls, pieces: list[tuple[str, int]]) -> PieceIndex:
+        """`pieces`: (source, first line) of each sampled piece; a piece's id is its place in the list."""
+        starts: dict[str, list[int]] = {}
+        ids: dict[str, list[int]] = {}
+        for i, (source, first) in sorted(enumerate(pieces), key=lambda p: (p[1][0], p[1][1])):
+            starts.setdefault(source, []).append(first)
+            ids.setdefault(source, []).append(i)
+        return cls(starts, ids)
+
+    def piece(self, source: str, line: int | None) -> int:
+        firsts = self.starts[source]
+        return self.ids[source][max(bisect.bisect_right(firsts, line if line is not None else firsts[0]) - 1, 0)]
+
+
+@dataclass(frozen=True)
+class SampledTally:
+    tally: Tally
+    pieces: int | None = None
+    """The input's pieces (None: every piece was read)."""
+    sampled: int | None = None
+    """The pieces the sample kept and read."""
 
 
 def scaled_tokens(tally: Tally, fraction: float) -> tuple[float, float]:
-    """Tokens to embed in the whole input, from a sample that kept each document with probability `fraction`,
-    and the half-width of its 95% interval (Poisson sampling: variance (1 - f) / f^2 x the sum of squares)."""
+    """Tokens to embed in the whole input, from a sample that kept each piece with probability `fraction`, and
+    the half-width of its 95% interval (Poisson sampling of pieces: variance (1 - f) / f^2 x the sum of the
+    sampled pieces' squared totals)."""
     if fraction >= 1.0:
         return float(tally.tokens_to_embed), 0.0
     total = tally.tokens_to_embed / fraction
-    return total, Z_95 * math.sqrt((1 - fraction) * tally.doc_tokens_sq) / fraction
+    squares = float(sum(n * n for n in tally.piece_tokens.values()))
+    return total, Z_95 * math.sqrt((1 - fraction) * squares) / fraction
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,11 @@ class Piece:
     first_line: int = 1
     """jsonl: line number of the piece's first line; parquet: row number of its first row."""
 
+    @property
+    def key(self) -> str:
+        """Names the piece the same way in every listing of the same input (what a sample is drawn by)."""
+        return f"{self.shard.source}:{self.start}"
+
     def to_row(self) -> dict:
         return {**asdict(self.shard), "start": self.start, "end": self.end, "first_line": self.first_line}
 

@@ -1,6 +1,6 @@
 """`jobs.ingest --estimate` runs the read, plan and chunk stages on Ray with no engine and writes nothing; its
 tokens per fate are exactly what the next run embeds; the rate comes from the store's own earlier run; `--sample`
-chunks exactly the seeded sample's documents and scales them up; and the run records what the estimate would
+reads exactly the seeded sample's pieces and scales them up; and the run records what the estimate would
 have projected next to what it took."""
 
 import json
@@ -12,6 +12,9 @@ import lancedb
 import pytest
 
 from pipeline.plan.estimate import in_sample
+from pipeline.settings import InputSettings
+from pipeline.stages.pieces import split_shard
+from pipeline.stages.sources import Inputs
 from tests.fakes import RECORDS_ENV
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
@@ -86,19 +89,25 @@ def test_the_estimate_is_what_the_run_then_embeds_and_writes_nothing(store):
     assert re.search(r"; estimated [\d.,]+ s from earlier runs' rate, took [\d.,]+ s \([+-]\d+%\)", ran.stdout)
 
 
-def test_a_sample_chunks_exactly_its_documents_and_scales_them_up(store, tmp_path):
+def test_a_sample_reads_exactly_its_pieces_and_scales_them_up(store, tmp_path):
     model, corpus, _, records = store
     db = tmp_path / "empty"  # every document new
-    out = job(model, corpus, db, records, "--estimate", "--sample", "0.5", "--seed", "3").stdout
-    assert "a seeded sample of 50% of the documents (seed 3)" in out
+    piece_mb = "0.002"  # pieces of about 2 KB: the corpus's one file is read in several
+    out = job(model, corpus, db, records, "--estimate", "--sample", "0.5", "--seed", "3", "--input.piece-mb", piece_mb)
+    said = re.search(r"a seeded sample of 50% of the input's pieces \(seed 3: (\d+) of (\d+) files", out.stdout)
+    assert said, out.stdout
     assert not db.exists() or not any(db.iterdir())  # no table made
-    whole = job(model, corpus, db, records)  # the documents' own tokens, from the chunks a run stores
-    assert whole.returncode == 0
-    per_doc: dict[str, int] = {}
-    for chunk in table(db, "chunks"):
-        per_doc[chunk["doc_id"]] = per_doc.get(chunk["doc_id"], 0) + chunk["n_tokens"]
-    sampled = sum(n for doc, n in per_doc.items() if in_sample(doc, 0.5, 3))
-    guess = estimated(out)
+    settings = InputSettings(paths=[str(corpus)], piece_mb=float(piece_mb))
+    inputs = Inputs.listed(settings)
+    [shard] = inputs.shards
+    pieces = split_shard(shard, inputs.fs, settings.piece_bytes)
+    firsts = [p.first_line for p in pieces] + [10**9]
+    kept = [range(firsts[i], firsts[i + 1]) for i, p in enumerate(pieces) if in_sample(p.key, 0.5, 3)]
+    assert (int(said.group(1)), int(said.group(2))) == (len(kept), len(pieces)) and 1 < len(pieces)
+    assert job(model, corpus, db, records).returncode == 0  # the documents' own tokens, from the stored chunks
+    line = {f"d{i}": i + 1 for i in range(16)}  # the fixture's file: d0 ... d15, one a line
+    sampled = sum(c["n_tokens"] for c in table(db, "chunks") if any(line[c["doc_id"]] in r for r in kept))
+    guess = estimated(out.stdout)
     assert guess["tokens"] == round(sampled / 0.5)
-    half = int(re.search(r"\+- ([\d,]+) \(95%\)", out).group(1).replace(",", ""))
+    half = int(re.search(r"\+- ([\d,]+) \(95%\)", out.stdout).group(1).replace(",", ""))
     assert half > 0

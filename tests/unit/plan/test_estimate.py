@@ -13,6 +13,7 @@ from benchmarks.model_configs import QWEN3
 from pipeline import schema as s
 from pipeline.plan.estimate import (
     ASSUMED_MFU,
+    PieceIndex,
     Rate,
     Sample,
     Tally,
@@ -47,10 +48,24 @@ def test_a_tally_counts_documents_chunks_and_tokens_per_fate():
     assert tally.chunks == Counter({"new": 2, "changed": 1}) and tally.tokens == Counter({"new": 140, "changed": 60})
     assert tally.tokens_to_embed == 200 and tally.chunks_to_embed == 3
     assert tally.lengths == Counter({100: 1, 40: 1, 60: 1})
-    assert tally.doc_tokens_sq == 140**2 + 60**2
+    assert tally.piece_tokens == Counter()  # no sample, no pieces counted
     assert Tally.from_json(tally.to_json()) == tally
     both = tally + tally
-    assert both.tokens_to_embed == 400 and both.docs["removed"] == 2 and both.doc_tokens_sq == 2 * tally.doc_tokens_sq
+    assert both.tokens_to_embed == 400 and both.docs["removed"] == 2
+
+
+def test_with_a_sample_each_chunks_tokens_count_to_the_piece_its_line_falls_in():
+    rows = [
+        {s.CHUNK_ID: "a0", s.CHUNK_INDEX: 0, s.N_TOKENS: 100, s.FATE: "new", s.SOURCE: "x.jsonl", s.LINE: 1},
+        {s.CHUNK_ID: "a1", s.CHUNK_INDEX: 1, s.N_TOKENS: 40, s.FATE: "new", s.SOURCE: "x.jsonl", s.LINE: 1},
+        {s.CHUNK_ID: "b0", s.CHUNK_INDEX: 0, s.N_TOKENS: 60, s.FATE: "new", s.SOURCE: "x.jsonl", s.LINE: 50},
+        {s.CHUNK_ID: "c0", s.CHUNK_INDEX: 0, s.N_TOKENS: 7, s.FATE: "new", s.SOURCE: "x.jsonl", s.LINE: 49},
+        {s.CHUNK_ID: "t0", s.CHUNK_INDEX: 0, s.N_TOKENS: 9, s.FATE: "changed", s.SOURCE: "y.md", s.LINE: None},
+    ]
+    index = PieceIndex.listing([("x.jsonl", 50), ("y.md", 1), ("x.jsonl", 1)])  # ids 0, 1, 2
+    tally = Tally.of(chunk_rows(rows), index)
+    assert tally.piece_tokens == Counter({2: 147, 0: 60, 1: 9})
+    assert Tally.from_json(tally.to_json()) == tally
 
 
 def test_percentiles_of_the_chunk_lengths():
@@ -58,16 +73,12 @@ def test_percentiles_of_the_chunk_lengths():
     assert tally.percentiles((0.05, 0.5, 0.95)) == {0.05: 10, 0.5: 100, 0.95: 255}
 
 
-def test_a_seeded_sample_keeps_the_same_documents_and_about_its_share():
-    ids = [f"doc-{i}" for i in range(20000)]
-    kept = [i for i in ids if in_sample(i, 0.1, seed=7)]
-    assert kept == [i for i in ids if in_sample(i, 0.1, seed=7)]
-    assert abs(len(kept) / len(ids) - 0.1) < 0.01
-    assert kept != [i for i in ids if in_sample(i, 0.1, seed=8)]
-    docs = pa.Table.from_pylist(
-        [{s.DOC_ID: i, s.SOURCE: "x", s.LINE: n} for n, i in enumerate(ids[:100])], schema=s.DOC_SCHEMA
-    )
-    assert Sample(0.1, 7).of(docs).column(s.DOC_ID).to_pylist() == [i for i in ids[:100] if i in set(kept)]
+def test_a_seeded_sample_keeps_the_same_pieces_and_about_its_share():
+    keys = [f"s3://b/part-{i}.jsonl:0" for i in range(20000)]
+    kept = [k for k in keys if Sample(0.1, seed=7).keeps(k)]
+    assert kept == [k for k in keys if in_sample(k, 0.1, seed=7)]
+    assert abs(len(kept) / len(keys) - 0.1) < 0.01
+    assert kept != [k for k in keys if Sample(0.1, seed=8).keeps(k)]
 
 
 def test_the_scaled_total_and_its_interval_cover_the_truth_about_95_percent_of_the_time():
@@ -76,8 +87,8 @@ def test_the_scaled_total_and_its_interval_cover_the_truth_about_95_percent_of_t
     truth = sum(sizes)
     covered = 0
     for seed in range(200):
-        picked = [n for i, n in enumerate(sizes) if in_sample(f"d{i}", 0.1, seed)]
-        tally = Tally(tokens=Counter({"new": sum(picked)}), doc_tokens_sq=float(sum(n * n for n in picked)))
+        picked = Counter({i: n for i, n in enumerate(sizes) if in_sample(f"piece-{i}", 0.1, seed)})
+        tally = Tally(tokens=Counter({"new": sum(picked.values())}), piece_tokens=picked)
         total, half = scaled_tokens(tally, 0.1)
         covered += abs(total - truth) <= half
     assert 0.9 <= covered / 200 <= 0.99

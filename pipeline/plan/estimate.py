@@ -206,7 +206,7 @@ def rate_from_runs(runs: list[dict], model: str, max_model_len: int, budget: int
         _median(rates),
         _median([r["startup_s"] for r in alike]),
         f"median of {len(alike)} earlier run{'s' if len(alike) > 1 else ''} of this store with this model, limits "
-        f"and device ({min(rates):,.0f}-{max(rates):,.0f} tokens/s per engine)",
+        f"and device ({_span(rates)} tokens/s per engine)",
         _median([r.get("maintenance_s") or 0.0 for r in alike]),
     )
 
@@ -231,8 +231,13 @@ def rate_from_bench(rows: list[dict], model: str, max_model_len: int, budget: in
         _median(rates),
         _median([r["startup_s"] for r in alike]),
         f"median of {len(alike)} benchmark run{'s' if len(alike) > 1 else ''} in this store with this model, limits "
-        f"and device ({min(rates):,.0f}-{max(rates):,.0f} tokens/s per engine; no earlier run of this store yet)",
+        f"and device ({_span(rates)} tokens/s per engine; no earlier run of this store yet)",
     )
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f}-{high:,.0f}"
 
 
 def _working_s(run: dict) -> float:
@@ -282,7 +287,7 @@ class Projection:
 
     def text(self) -> str:
         startup = f" + {self.rate.startup_s:,.0f} s start-up" if self.rate.startup_s is not None else ""
-        after = f" + {self.rate.after_s:,.0f} s maintenance" if self.rate.after_s else ""
+        after = f" + {self.rate.after_s:,.0f} s maintenance" if self.rate.after_s >= 0.5 else ""
         cost = f", cost {self.cost:,.4g}" if self.cost is not None else ""
         return (
             f"about {self.embed_s:,.0f} s of embedding{startup}{after} = {self.wall_s:,.0f} s, "

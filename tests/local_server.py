@@ -40,15 +40,20 @@ def served(args: list[str], ready_url: str, timeout_s: float = 30) -> Iterator[s
 
 
 @contextmanager
-def prometheus(port: int, targets: list[str], workdir: Path, interval_s: float = 1.0) -> Iterator[str]:
-    """A real Prometheus (Debian's) scraping `targets` (host:port) every `interval_s`; yields its URL."""
+def prometheus(
+    port: int, targets: list[str], workdir: Path, interval_s: float = 1.0, honor_labels: bool = False
+) -> Iterator[str]:
+    """A real Prometheus (Debian's) scraping `targets` (host:port) every `interval_s`; yields its URL.
+    `honor_labels` keeps the scraped series' own `job` label, as a scrape of a Pushgateway is set up."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "prometheus.yml"
     config.write_text(
         json.dumps(
             {
                 "global": {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"},
-                "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": targets}]}],
+                "scrape_configs": [
+                    {"job_name": "scraped", "honor_labels": honor_labels, "static_configs": [{"targets": targets}]}
+                ],
             }
         )
     )
@@ -56,6 +61,14 @@ def prometheus(port: int, targets: list[str], workdir: Path, interval_s: float =
     args = [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}"]
     with served([*args, f"--web.listen-address=127.0.0.1:{port}"], f"{url}/-/ready"):
         yield url
+
+
+def query_until(url: str, expr: str, timeout_s: float = 30) -> list[dict]:
+    """`query`, repeated until it finds a series (Prometheus sees a target's series at its next scrape)."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := query(url, expr)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
 
 
 def query(url: str, expr: str) -> list[dict]:

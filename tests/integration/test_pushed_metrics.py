@@ -1,5 +1,6 @@
 """A run's figures reach Prometheus the way batch jobs' do: pushed to a real Pushgateway (Debian's
-prometheus-pushgateway) at the run's end, equal to its runs row; a failed run keeps the last success's time; a
+prometheus-pushgateway) at the run's end, equal to its runs row, and read back through a real Prometheus that
+scrapes the gateway; a failed run keeps the last success's time; a
 gateway that is down never fails a run. The alert rules load and fire as their unit tests say (Prometheus'
 promtool)."""
 
@@ -15,7 +16,7 @@ from pipeline.runtime.pushed_metrics import RunFigures, push_run
 from tests.fakes import RECORDS_ENV
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 from tests.local_cluster import free_port
-from tests.local_server import binary, served
+from tests.local_server import binary, prometheus, query, query_until, served
 
 MONITORING = REPO / "infra" / "monitoring"
 
@@ -65,7 +66,7 @@ def test_a_failed_run_keeps_the_last_successs_time_and_a_down_gateway_fails_noth
 
 
 @pytest.mark.ray
-def test_a_run_pushes_what_its_runs_row_records(gateway, tiny_model_path, sample_texts, tmp_path):
+def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, tiny_model_path, sample_texts, tmp_path):
     corpus, records, db = tmp_path / "corpus", tmp_path / "records", tmp_path / "db"
     corpus.mkdir()
     records.mkdir()
@@ -97,6 +98,14 @@ def test_a_run_pushes_what_its_runs_row_records(gateway, tiny_model_path, sample
         assert value(metrics, name) == pytest.approx(run[column]), name
     assert value(metrics, "embedpipe_run_documents", fate="added") == run["added"] == 6
     assert value(metrics, "embedpipe_run_documents", fate="rejected") == run["rejected"] == 1
+    target = [gateway.removeprefix("http://")]
+    with prometheus(free_port(9100, 9900), target, tmp_path / "prometheus", honor_labels=True) as server:
+        labels = f'job="embedpipe_ingest", store="{store}"'
+        [tokens] = query_until(server, f"embedpipe_run_tokens{{{labels}}}")
+        assert float(tokens["value"][1]) == run["tokens"]
+        [success] = query(server, f"embedpipe_last_run_success{{{labels}}}")
+        assert float(success["value"][1]) == 1
+        assert query(server, f"time() - embedpipe_last_success_timestamp_seconds{{{labels}}} > 3600") == []
 
 
 def test_the_alert_rules_load_and_fire_as_their_tests_say():

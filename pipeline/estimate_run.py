@@ -13,6 +13,7 @@ from pipeline.plan.estimate import (
     Projection,
     Rate,
     Sample,
+    SampledTally,
     Tally,
     project,
     rate_from_bench,
@@ -57,10 +58,9 @@ class RateHistory:
 
 @dataclass(frozen=True)
 class Estimate:
-    tally: Tally
+    counted: SampledTally
+    """The chunk stage's tally, and with a sample the pieces it read of the input's."""
     sample: Sample | None
-    pieces: tuple[int, int] | None
-    """With a sample: the pieces it read, of the input's."""
     tokens: float
     """Tokens to embed in the whole input (scaled up from a sample)."""
     interval: float
@@ -73,11 +73,11 @@ class Estimate:
     """The driver's peak resident memory."""
 
     def lines(self) -> list[str]:
-        t = self.tally
+        t, c = self.counted.tally, self.counted
         how = (
             f"a seeded sample of {self.sample.fraction:.0%} of the input's pieces (seed {self.sample.seed}: "
-            f"{self.pieces[0]:,} of {self.pieces[1]:,} files or parts of files read), scaled up"
-            if self.sample and self.pieces
+            f"{c.sampled:,} of {c.pieces:,} files or parts of files read), scaled up"
+            if self.sample and c.pieces
             else "every document chunked with the run's tokenizer and chunker"
         )
         scale = 1 / self.sample.fraction if self.sample else 1.0
@@ -133,9 +133,8 @@ def run_estimate(settings: Settings, sample: Sample | None = None) -> Estimate:
     tokens, interval = scaled_tokens(tally, sample.fraction if sample else 1.0)
     rate = run_rate(settings, plan, cluster, RateHistory.read(store), tally)
     projection = _project(settings, plan, tokens, rate)
-    pieces = (counted.sampled, counted.pieces) if counted.pieces else None
     seconds = time.perf_counter() - started
-    return Estimate(tally, sample, pieces, tokens, interval, plan.actors, projection, seconds, driver_peak_mb())
+    return Estimate(counted, sample, tokens, interval, plan.actors, projection, seconds, driver_peak_mb())
 
 
 def run_rate(settings: Settings, plan: RunPlan, cluster: Cluster, history: RateHistory, tally: Tally) -> Rate | None:

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from importlib import metadata
 
 import pyarrow.fs as pafs
@@ -26,6 +26,7 @@ from pipeline.runtime.interrupt import on_sigterm
 from pipeline.runtime.process_memory import driver_peak_mb
 from pipeline.runtime.progress_display import ProgressDisplay
 from pipeline.runtime.pushed_metrics import RunFigures, push_run
+from pipeline.runtime.run_clock import RunClock
 from pipeline.schema import RUN_KIND_INGEST, Fate
 from pipeline.settings import Settings
 from pipeline.stages.documents import Shard
@@ -131,19 +132,6 @@ def run_ingest(settings: Settings) -> RunResult:
         return run.result
     finally:
         structlog.contextvars.unbind_contextvars("run_id")
-
-
-@dataclass(frozen=True)
-class RunClock:
-    started: float
-    started_at: datetime
-
-    @classmethod
-    def now(cls) -> RunClock:
-        return cls(time.perf_counter(), datetime.now(timezone.utc))
-
-    def wall_s(self) -> float:
-        return time.perf_counter() - self.started
 
 
 @dataclass(frozen=True)
@@ -466,7 +454,7 @@ def _run_columns(settings: Settings, plan: RunPlan) -> dict:
 def _finish_values(result: RunResult, engine_info: dict | None, error: str | None) -> dict:
     t = result.totals
     return {
-        "finished_at": datetime.now(timezone.utc),
+        "finished_at": result.started_at + timedelta(seconds=result.wall_s),
         "wall_s": result.wall_s,
         "status": result.status,
         "docs_in": t.docs_in,

@@ -24,12 +24,13 @@ from benchmarks.metrics import Point
 from benchmarks.settings import BenchJobSettings, BenchSettings
 from pipeline import schema as s
 from pipeline.errors import PipelineError
-from pipeline.ingest import checked_tokenizer, run_ingest
+from pipeline.ingest import run_ingest
 from pipeline.plan.compute import flops_per_token, peak_tflops
 from pipeline.plan.job import RunPlan, place_engines, plan_lengths
 from pipeline.plan.placement import Cluster
 from pipeline.runtime.devices import read_node_devices
 from pipeline.settings import Settings
+from pipeline.stages.run_tokenizer import checked_tokenizer
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_str

@@ -21,13 +21,13 @@ from pipeline.plan.estimate import (
     rate_from_runs,
     scaled_tokens,
 )
-from pipeline.plan.job import RunPlan, check_chunk_room, plan_lengths, plan_run
+from pipeline.plan.job import RunPlan, plan_lengths, plan_run
 from pipeline.plan.memory import resolve_dtype
 from pipeline.plan.placement import Cluster
 from pipeline.runtime.process_memory import driver_peak_mb
 from pipeline.settings import Settings
+from pipeline.stages.run_tokenizer import checked_tokenizer
 from pipeline.stages.sources import Inputs
-from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 
@@ -48,11 +48,7 @@ class RateHistory:
 
     @classmethod
     def read(cls, store: LanceStore) -> RateHistory:
-        bench = []
-        if store.exists(store.names.bench):
-            present = set(store.open(store.names.bench).schema.names)
-            columns = [c for c in BENCH_COLUMNS if c in present]
-            bench = store.read(store.names.bench, "kind = 'pipeline'", columns).to_pylist()
+        bench = store.read_present(store.names.bench, "kind = 'pipeline'", BENCH_COLUMNS)
         return cls(RunLog(store).recent(RECENT_RUNS, RUN_COLUMNS), bench)
 
 
@@ -122,8 +118,7 @@ def run_estimate(settings: Settings, sample: Sample | None = None) -> Estimate:
     inputs = Inputs.listed(settings.input)
     store = LanceStore.from_settings(settings.store)
     lengths = plan_lengths(settings)
-    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
-    check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
+    tokenizer = checked_tokenizer(settings, lengths)
     ray_cluster.start_ray(settings.run)
     cluster = ray_cluster.cluster_inventory()
     plan = plan_run(settings, cluster)

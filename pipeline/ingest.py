@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError, RunInterrupted
 from pipeline.estimate_run import RateHistory, devices_per_engine, finished_run_estimate, gpu_peak
 from pipeline.plan.cost import RunCost, run_cost
 from pipeline.plan.estimate import Projection
-from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
+from pipeline.plan.job import LengthPlan, RunPlan, plan_lengths, plan_run
 from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.runtime.cpu_priority import HelperPriority, PriorityKeeper, engines_ready_flag
 from pipeline.runtime.interrupt import on_sigterm
@@ -30,8 +30,9 @@ from pipeline.runtime.run_clock import RunClock
 from pipeline.schema import RUN_KIND_INGEST, Fate
 from pipeline.settings import Settings
 from pipeline.stages.documents import Shard
+from pipeline.stages.run_tokenizer import checked_tokenizer
 from pipeline.stages.sources import Inputs, list_shards
-from pipeline.stages.tokenizer import FastTokenizer, load_tokenizer
+from pipeline.stages.tokenizer import FastTokenizer
 from pipeline.stats import STAGE_LABELS, RunTotals
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
@@ -98,15 +99,6 @@ def preflight(settings: Settings) -> tuple[LengthPlan, pafs.FileSystem, list[Sha
     lengths = plan_lengths(settings)
     checked_tokenizer(settings, lengths)
     return lengths, fs, shards
-
-
-def checked_tokenizer(settings: Settings, lengths: LengthPlan) -> FastTokenizer:
-    """The model's tokenizer, with the chunk's room checked against its special tokens. Loading it takes a few
-    seconds (mostly importing transformers): a run does it while its engines start, and the chunk actors get it
-    loaded, importing only the tokenizers library."""
-    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
-    check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
-    return tokenizer
 
 
 def run_ingest(settings: Settings) -> RunResult:

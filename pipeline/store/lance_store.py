@@ -70,13 +70,16 @@ class LanceStore:
 
     def exists(self, name: str) -> bool:
         """A table that opens; a run killed while creating one leaves a directory that lists but does not open."""
+        return self.opened(name) is not None
+
+    def opened(self, name: str):
+        """The table, or None when there is none that opens (absent, or a directory a killed run left)."""
         if name not in self._db.list_tables().tables:
-            return False
+            return None
         try:
-            self._db.open_table(name)
+            return self._db.open_table(name)
         except ValueError:
-            return False
-        return True
+            return None
 
     def read(self, name: str, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of one of the store's tables: those `where` selects (SQL), or all; the given columns, or all."""
@@ -86,6 +89,14 @@ class LanceStore:
         if columns is not None:
             query = query.select(columns)
         return query.limit(None).to_arrow()
+
+    def read_present(self, name: str, where: str, columns: list[str]) -> list[dict]:
+        """Rows of a table that may be absent, or older than some of `columns`: none, or the columns it has."""
+        table = self.opened(name)
+        if table is None:
+            return []
+        present = [c for c in columns if c in table.schema.names]
+        return table.search().where(where).select(present).limit(None).to_list()
 
     def open(self, name: str):
         """An existing table, for the store's own modules (maintenance, search, the runs log)."""

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import structlog
 
 from pipeline import schema as s
 from pipeline.errors import RunInterrupted
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.sql import sql_str
+from pipeline.store.sql import sql_list, sql_str
 
 log = structlog.get_logger(__name__)
 
@@ -124,17 +125,19 @@ class RunLog:
         runs = self._runs_with()
         if runs is None:
             return []
-        query = runs.search()
+        keys = runs.search().select(["run_id", "started_at"]).limit(None).to_arrow()
+        newest = keys.take(pc.sort_indices(keys, [("started_at", "descending")])[:limit]).column("run_id")
+        if len(newest) == 0:
+            return []
+        query = runs.search().where(f"run_id IN ({sql_list(newest.to_pylist())})")
         if columns is not None:
-            query = query.select([c for c in columns if c in runs.schema.names])
+            query = query.select(sorted({*columns, "started_at"} & set(runs.schema.names)))
         rows = query.limit(None).to_list()
-        return sorted(rows, key=lambda r: r["started_at"], reverse=True)[:limit]
+        return sorted(rows, key=lambda r: r["started_at"], reverse=True)
 
     def _table(self):
         return self.store.table(self.store.names.runs, s.RUNS_SCHEMA)
 
     def _runs_with(self, *columns: str):
-        if not self.store.exists(self.store.names.runs):
-            return None
-        runs = self.store.open(self.store.names.runs)
-        return runs if all(c in runs.schema.names for c in columns) else None
+        runs = self.store.opened(self.store.names.runs)
+        return runs if runs is not None and all(c in runs.schema.names for c in columns) else None

@@ -1,14 +1,17 @@
 """Where an estimate's rate is read from in a real LanceDB store: its runs table and, when the benchmark ran
 against it, the benchmark table's pipeline rows (older tables' missing columns are read as absent)."""
 
-from datetime import datetime, timezone
+import random
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
 from benchmarks.bench_table import BENCH_SCHEMA
+from pipeline import schema as s
 from pipeline.estimate_run import RateHistory
 from pipeline.plan.estimate import rate_from_bench
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.runs import RunLog
 
 
 def bench_row(kind: str, tokens_per_s: float) -> dict:
@@ -40,3 +43,26 @@ def test_the_benchmark_tables_pipeline_rows_are_read(tmp_path):
     assert [r["kind"] for r in history.bench] == ["pipeline"]
     assert rate_from_bench(history.bench, "m", 256, 8192, "cpu").tokens_per_engine_s == 3000.0
     assert RateHistory.read(LanceStore(str(tmp_path / "db"))).bench == []  # another prefix, another table
+
+
+def test_recent_runs_are_the_newest_ones_newest_first_whatever_order_they_were_written_in(tmp_path):
+    store = LanceStore(str(tmp_path / "db"))
+    hours = list(range(30))
+    random.Random(3).shuffle(hours)
+    first = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [{"run_id": f"r{h:02d}", "started_at": first + timedelta(hours=h)} for h in hours]
+    for part in (rows[:10], rows[10:]):  # two fragments
+        store.table(store.names.runs, s.RUNS_SCHEMA).add(pa.Table.from_pylist(part, schema=s.RUNS_SCHEMA))
+    recent = RunLog(store).recent(20, ["run_id", "tokens", "not_a_column"])
+    assert [r["run_id"] for r in recent] == [f"r{h:02d}" for h in range(29, 9, -1)]
+    assert set(recent[0]) == {"run_id", "tokens", "started_at"}
+    assert RunLog(store).recent(0) == []
+
+
+def test_an_older_benchmark_table_without_the_model_column_is_read_with_the_columns_it_has(tmp_path):
+    store = LanceStore(str(tmp_path / "db"))
+    old = pa.schema([f for f in BENCH_SCHEMA if f.name not in ("model", "device")])
+    row = {k: v for k, v in bench_row("pipeline", 6000.0).items() if k in old.names}
+    store.table(store.names.bench, old).add(pa.Table.from_pylist([row], schema=old))
+    [read] = RateHistory.read(store).bench
+    assert read["tokens_per_s"] == 6000.0 and "model" not in read

@@ -4,7 +4,10 @@ that the job starts for itself."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,3 +29,55 @@ def job_env(**extra: str) -> dict[str, str]:
 
 def job_command(module: str, *args: str, config: str = "conf/local.toml") -> list[str]:
     return [sys.executable, "-m", module, "--config", config, *args]
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Every live process of session `sid` and its command line. A job started in a session of its own
+    (`start_new_session=True`) keeps its local Ray's processes in it, workers too (Ray gives them process groups
+    of their own, not sessions), and they stay in it when the job dies and they are left to init."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            state, _, _, session = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+        except (OSError, ValueError):
+            continue
+        if int(session) == sid and state != "Z":
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def reap_session(sid: int, grace_s: float = 15.0) -> list[str]:
+    """Wait up to `grace_s` for a dead job's session to empty on its own, then SIGKILL what is left, by pid.
+    Returns the command lines of the processes it had to kill."""
+    deadline = time.monotonic() + grace_s
+    while (left := session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return list(left.values())
+
+
+def stand_in_ingest(
+    model: Path, corpus: Path, db: Path, records: Path, *extra: str, status: int = 0
+) -> subprocess.CompletedProcess:
+    """`python -m jobs.ingest` on a small local Ray with the stand-in engine (tests.fakes.RecordingEngine, which
+    writes a record of each start under `records`), batches of 4 rows and no index after the run; its exit status
+    checked against `status`."""
+    from tests.fakes import RECORDS_ENV
+
+    args = job_command(
+        "jobs.ingest",
+        *("--model-path", str(model), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
+        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
+        *extra,
+    )
+    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    return proc

@@ -18,14 +18,17 @@ import pytest
 from pipeline import schema as s
 from pipeline.schema import KEY_COLUMNS
 from pipeline.stages.fates import complete_documents
-from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+from tests.job_process import REPO, SMALL_RAY, job_command, job_env, reap_session, session_processes
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 DOCS = 120
+STARTED: list[IngestProcess] = []
+"""Every job a test started, stopped with its Ray's processes when the test ends, however it ended."""
 
 
 class IngestProcess:
-    """`python -m jobs.ingest` in its own process, its JSON log events collected as they come."""
+    """`python -m jobs.ingest` in its own process and session (so its local Ray's processes can be found, and
+    stopped by their ids when it is killed), its JSON log events collected as they come."""
 
     def __init__(self, model: Path, inputs: Path, db: Path, *extra: str):
         args = job_command(
@@ -56,8 +59,15 @@ class IngestProcess:
         self.events: list[dict] = []
         self.stderr: list[str] = []
         self.proc = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
+        STARTED.append(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -84,14 +94,32 @@ class IngestProcess:
         raise TimeoutError(f"no {event} event within {timeout_s} s:\n{''.join(self.stderr[-40:])}")
 
     def kill(self) -> None:
+        """SIGKILL the driver, as the OOM killer would; then its local Ray's processes, which would otherwise
+        outlive it (a worker stuck in its engine has been seen running 14 minutes after its driver died)."""
         self.proc.send_signal(signal.SIGKILL)
         assert self.proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        reap_session(self.proc.pid)
+
+    def ray_processes(self, title: str) -> list[int]:
+        """This job's processes whose title names `title` (Ray titles a worker by what it runs)."""
+        return [pid for pid, cmdline in session_processes(self.proc.pid).items() if title in cmdline]
 
     def finish(self, timeout_s: float = 600) -> str:
         out, _ = self.proc.communicate(timeout=timeout_s)
         self._reader.join(timeout=5)
         assert self.proc.returncode == 0, "".join(self.stderr[-60:])
         return out
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test():
+    yield
+    while STARTED:
+        job = STARTED.pop()
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+        reap_session(job.proc.pid, grace_s=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +201,7 @@ def test_killed_engine_actor_is_restarted_and_every_chunk_lands_once(tiny_model_
     db = tmp_path / "db"
     job = IngestProcess(tiny_model_path, corpus, db)
     assert job.wait_for("rows_committed", 1)
-    found = subprocess.run(["pgrep", "-f", "ray::EngineActor"], capture_output=True, text=True)
-    pids = [int(p) for p in found.stdout.split()]
+    pids = job.ray_processes("ray::EngineActor")
     assert pids, "no engine actor process found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -191,8 +218,7 @@ def test_killed_write_task_is_retried_and_every_chunk_lands_once(tiny_model_path
     killed: list[int] = []
     deadline = time.monotonic() + 400
     while not killed and job.proc.poll() is None and time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", "MapBatches\\(_write\\)"], capture_output=True, text=True)
-        for pid in [int(p) for p in found.stdout.split()]:
+        for pid in job.ray_processes("MapBatches(_write)"):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         time.sleep(0.01)

@@ -5,7 +5,6 @@ have projected next to what it took."""
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import lancedb
@@ -15,23 +14,9 @@ from pipeline.plan.estimate import in_sample
 from pipeline.settings import InputSettings
 from pipeline.stages.pieces import split_shard
 from pipeline.stages.sources import Inputs
-from tests.fakes import RECORDS_ENV
-from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+from tests.job_process import stand_in_ingest
 
 pytestmark = pytest.mark.ray
-
-
-def job(model: Path, corpus: Path, db: Path, records: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = job_command(
-        "jobs.ingest",
-        *("--model-path", str(model), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
-        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
-        *extra,
-    )
-    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def table(db: Path, name: str) -> list[dict]:
@@ -64,7 +49,7 @@ def store(tiny_model_path, sample_texts, tmp_path_factory):
     (first / "a.jsonl").write_text(
         "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in list(docs.items())[:10])
     )
-    job(tiny_model_path, first, db, records)
+    stand_in_ingest(tiny_model_path, first, db, records)
     docs["d3"] = "Edited. " + docs["d3"]
     lines = [json.dumps({"id": k, "text": v}) for k, v in docs.items()] + ["{not json"]
     (second / "a.jsonl").write_text("\n".join(lines) + "\n")
@@ -74,14 +59,14 @@ def store(tiny_model_path, sample_texts, tmp_path_factory):
 def test_the_estimate_is_what_the_run_then_embeds_and_writes_nothing(store):
     model, corpus, db, records = store
     runs_before, chunks_before = table(db, "runs"), table(db, "chunks")
-    out = job(model, corpus, db, records, "--estimate", "--run.device-hour-price", "1.5").stdout
+    out = stand_in_ingest(model, corpus, db, records, "--estimate", "--run.device-hour-price", "1.5").stdout
     assert table(db, "runs") == runs_before and len(table(db, "chunks")) == len(chunks_before)
     guess = estimated(out)
     assert (guess["new"], guess["changed"], guess["unchanged"], guess["rejected"]) == (6, 1, 9, 1)
     assert "rate: median of 1 earlier run of this store" in out and ", cost " in out
     assert re.search(r"chunk tokens: p10 [\d,]+, p50 [\d,]+, p90 [\d,]+, p99 [\d,]+, max [\d,]+", out)
 
-    ran = job(model, corpus, db, records, "--run.device-hour-price", "1.5")
+    ran = stand_in_ingest(model, corpus, db, records, "--run.device-hour-price", "1.5")
     run = max(table(db, "runs"), key=lambda r: r["started_at"])
     assert (run["added"], run["replaced"], run["skipped"], run["rejected"]) == (6, 1, 9, 1)
     assert (run["tokens"], run["chunks"]) == (guess["tokens"], guess["chunks"])
@@ -93,7 +78,8 @@ def test_a_sample_reads_exactly_its_pieces_and_scales_them_up(store, tmp_path):
     model, corpus, _, records = store
     db = tmp_path / "empty"  # every document new
     piece_mb = "0.002"  # pieces of about 2 KB: the corpus's one file is read in several
-    out = job(model, corpus, db, records, "--estimate", "--sample", "0.5", "--seed", "3", "--input.piece-mb", piece_mb)
+    sample = ("--estimate", "--sample", "0.5", "--seed", "3", "--input.piece-mb", piece_mb)
+    out = stand_in_ingest(model, corpus, db, records, *sample)
     said = re.search(r"a seeded sample of 50% of the input's pieces \(seed 3: (\d+) of (\d+) files", out.stdout)
     assert said, out.stdout
     assert not db.exists() or not any(db.iterdir())  # no table made
@@ -104,7 +90,7 @@ def test_a_sample_reads_exactly_its_pieces_and_scales_them_up(store, tmp_path):
     firsts = [p.first_line for p in pieces] + [10**9]
     kept = [range(firsts[i], firsts[i + 1]) for i, p in enumerate(pieces) if in_sample(p.key, 0.5, 3)]
     assert (int(said.group(1)), int(said.group(2))) == (len(kept), len(pieces)) and 1 < len(pieces)
-    assert job(model, corpus, db, records).returncode == 0  # the documents' own tokens, from the stored chunks
+    stand_in_ingest(model, corpus, db, records)  # the documents' own tokens, from the stored chunks
     line = {f"d{i}": i + 1 for i in range(16)}  # the fixture's file: d0 ... d15, one a line
     sampled = sum(c["n_tokens"] for c in table(db, "chunks") if any(line[c["doc_id"]] in r for r in kept))
     guess = estimated(out.stdout)

@@ -13,8 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.runtime.pushed_metrics import RunFigures, push_run
-from tests.fakes import RECORDS_ENV
-from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+from tests.job_process import REPO, stand_in_ingest
 from tests.local_cluster import free_port
 from tests.local_server import binary, prometheus, query, query_until, served
 
@@ -72,15 +71,8 @@ def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, tiny_model
     records.mkdir()
     lines = [json.dumps({"id": f"d{i}", "text": sample_texts[i]}) for i in range(6)] + ["{not json"]
     (corpus / "a.jsonl").write_text("\n".join(lines) + "\n")
-    args = job_command(
-        "jobs.ingest",
-        *("--model-path", str(tiny_model_path), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
-        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
-        *("--metrics.pushgateway", gateway, "--run.device-hour-price", "2.0"),
-    )
-    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    pushing = ("--metrics.pushgateway", gateway, "--run.device-hour-price", "2.0")
+    stand_in_ingest(tiny_model_path, corpus, db, records, *pushing)
     [run] = lancedb.connect(str(db)).open_table("runs").to_arrow().to_pylist()
     metrics = scraped(gateway)
     store = str(db)

@@ -2,13 +2,11 @@
 the first commit (here a side table that cannot be opened) leaves it `failed` with the error, not `running`."""
 
 import json
-import subprocess
 
 import lancedb
 import pytest
 
-from tests.fakes import RECORDS_ENV
-from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+from tests.job_process import stand_in_ingest
 
 pytestmark = pytest.mark.ray
 
@@ -22,14 +20,7 @@ def test_a_side_table_that_cannot_be_opened_fails_the_recorded_run(tiny_model_pa
     (db / "rejects.lance").write_text("not a table")  # a file where the rejects table's directory should be
     records = tmp_path / "records"
     records.mkdir()
-    args = job_command(
-        "jobs.ingest",
-        *("--model-path", str(tiny_model_path), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
-        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run"),
-    )
-    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    stand_in_ingest(tiny_model_path, corpus, db, records, status=1)
     rows = lancedb.connect(str(db)).open_table("runs").to_arrow().to_pylist()
     assert [r["status"] for r in rows] == ["failed"], rows
     assert "rejects.lance" in rows[0]["error"] and rows[0]["finished_at"] is not None

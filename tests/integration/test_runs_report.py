@@ -12,22 +12,13 @@ import lancedb
 import pytest
 from PIL import Image
 
-from tests.fakes import RECORDS_ENV
-from tests.job_process import REPO, SMALL_RAY, job_command, job_env
+from tests.job_process import REPO, job_command, job_env, stand_in_ingest
 
 pytestmark = pytest.mark.ray
 
 
 def ingest(model: Path, corpus: Path, db: Path, records: Path) -> None:
-    args = job_command(
-        "jobs.ingest",
-        *("--model-path", str(model), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
-        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
-        *("--run.device-hour-price", "3.0"),
-    )
-    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = stand_in_ingest(model, corpus, db, records, "--run.device-hour-price", "3.0")
     assert re.search(r"; engines 1 x [\d.,]+ s, busy \d+%, [\d.e-]+ device-hours; cost ", proc.stdout), proc.stdout
 
 

@@ -108,6 +108,8 @@ class IngestProcess:
         out, _ = self.proc.communicate(timeout=timeout_s)
         self._reader.join(timeout=5)
         assert self.proc.returncode == 0, "".join(self.stderr[-60:])
+        left = session_processes(self.proc.pid)
+        assert not left, f"the job's local Ray left processes running: {left}"
         return out
 
 

@@ -337,11 +337,14 @@ def _start_ray(settings: Settings) -> float:
 
 
 def _stop_ray() -> None:
+    """Ray shut down and, when local, its processes (the pipeline's engines among them) gone before the next
+    engine starts."""
     import ray
 
+    from pipeline import ray_cluster
+
     if ray.is_initialized():
-        ray.shutdown()
-        time.sleep(2)  # let the pipeline's engine processes exit before the next engine starts
+        ray_cluster.stop_ray()
 
 
 def _cosines(vectors: dict[str, dict[str, list[float]]]) -> dict[str, float]:

@@ -35,6 +35,8 @@ PROBE_TIMEOUT_S = 60.0
 GPU_WAIT_POLL_S = 10.0
 LEFTOVER_GRACE_S = 10.0
 """How long a local Ray's processes get to exit after its shutdown before they are killed."""
+_LOCAL_NODES: list = []
+"""The node processes `ray.init` started for a local Ray (none when the run joined a cluster)."""
 
 
 def joins_cluster() -> bool:
@@ -67,15 +69,18 @@ def start_ray(run: RunSettings) -> None:
         logging_level=logging.WARNING,
         _system_config={"worker_niceness": run.worker_niceness, **LOCAL_RAY_CONFIG},
     )
-    atexit.register(_stop_local_ray, started_since(before))  # before Ray's own handler: last in, first run
+    _LOCAL_NODES[:] = started_since(before)
+    atexit.unregister(stop_ray)
+    atexit.register(stop_ray)  # after Ray's own handler, so it runs first (last in, first run)
     quiet_console()
 
 
-def _stop_local_ray(nodes: list) -> None:
-    """Shut the local Ray down, then stop what it left running: its node processes (`nodes`, what `ray.init`
-    started) and the workers below them. A worker can hang forever in Ray's own exit handler (a deadlock in its
+def stop_ray() -> None:
+    """Shut Ray down; a local Ray's processes (its nodes and the workers below them) get LEFTOVER_GRACE_S to exit,
+    then what still runs is killed by pid. A worker can hang forever in Ray's own exit handler (a deadlock in its
     core worker's teardown, seen twice in one CI run, ~210 MB each), and nothing stops it once its raylet is gone."""
-    processes = with_descendants(nodes)
+    processes = with_descendants(_LOCAL_NODES)
+    _LOCAL_NODES.clear()
     ray.shutdown()
     killed = stop_leftovers(processes, LEFTOVER_GRACE_S)
     if killed:

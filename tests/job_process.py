@@ -4,11 +4,13 @@ that the job starts for itself."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import psutil
+
+from pipeline.runtime.process_tree import stop_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RAY = {
@@ -51,16 +53,14 @@ def session_processes(sid: int) -> dict[int, str]:
 
 def reap_session(sid: int, grace_s: float = 15.0) -> list[str]:
     """Wait up to `grace_s` for a dead job's session to empty on its own, then SIGKILL what is left, by pid.
-    Returns the command lines of the processes it had to kill."""
-    deadline = time.monotonic() + grace_s
-    while (left := session_processes(sid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in left:
+    Returns what it had to kill, as "pid name"."""
+    processes = []
+    for pid in session_processes(sid):
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return list(left.values())
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    return stop_leftovers(processes, grace_s)
 
 
 def stand_in_ingest(

@@ -94,10 +94,10 @@ def _commit_latency(out: Path, sizes: list[int], dim: int, model: str, chunking:
 
 
 def _model(conf: str) -> tuple[str, str, int]:
-    from pipeline.ingest import preflight
+    from pipeline.plan.job import plan_lengths
     from pipeline.settings import load_settings
 
-    lengths, _, _ = preflight(load_settings(config_file=Path(conf)))
+    lengths = plan_lengths(load_settings(config_file=Path(conf)))
     return lengths.model.model_id, lengths.chunk.fingerprint, int(lengths.model.text_config["hidden_size"])
 
 

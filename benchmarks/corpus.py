@@ -9,21 +9,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 
-from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
-from pipeline.ingest import preflight
+from pipeline.plan.job import plan_lengths
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
-from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.stages.run_tokenizer import checked_tokenizer
 from pipeline.store.chunk_writer import stored_chunk_rows
 from pipeline.store.lance_store import LanceStore
 
 
 def chunk_corpus(settings: Settings) -> pa.Table:
     """Chunk rows (token ids included) for every document the pipeline would embed; rejects dropped."""
-    lengths, _, _ = preflight(settings)
-    tokenizer = load_tokenizer(lengths.model.path, settings.model.trust_remote_code)
+    lengths = plan_lengths(settings)
+    tokenizer = checked_tokenizer(settings, lengths)
     rows = ChunkStep(Chunker(tokenizer, lengths.chunk))(planned_documents(settings.input, lengths.chunk.fingerprint))
     return rows.filter(pc.is_valid(rows.column(s.CHUNK_ID))).drop_columns([s.SHARD_STATS])
 

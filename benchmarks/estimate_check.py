@@ -49,10 +49,10 @@ def one(corpus: Path, config: str, work: Path) -> dict:
     [second] = RunLog(LanceStore(str(db))).recent(1)
     return {
         "estimate_tokens": int(tokens.group(1).replace(",", "")),
-        "run_tokens": second["tokens"],
+        "run_tokens": second.tokens,
         "projected_s": float(projected.group(1).replace(",", "")),
-        "recorded_estimate_s": second["estimate_s"],
-        "wall_s": second["wall_s"],
+        "recorded_estimate_s": second.estimate_s,
+        "wall_s": second.wall_s,
     }
 
 

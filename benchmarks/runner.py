@@ -24,13 +24,13 @@ from benchmarks.metrics import Point
 from benchmarks.settings import BenchJobSettings, BenchSettings
 from pipeline import schema as s
 from pipeline.errors import PipelineError
-from pipeline.ingest import run_ingest
 from pipeline.plan.compute import flops_per_token, peak_tflops
-from pipeline.plan.job import RunPlan, place_engines, plan_lengths
-from pipeline.plan.placement import Cluster
-from pipeline.runtime.devices import read_node_devices
+from pipeline.plan.job import RunPlan
+from pipeline.records import RunRecord
+from pipeline.run.in_process import InProcessExecutor
+from pipeline.run.ingest import run_ingest
+from pipeline.run.start import start_run
 from pipeline.settings import Settings
-from pipeline.stages.run_tokenizer import checked_tokenizer
 from pipeline.stats import STAGES
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_str
@@ -110,19 +110,12 @@ def sweep_settings(settings: BenchJobSettings, prefix: str) -> list[Settings]:
 
 
 def engine_plan(settings: Settings) -> RunPlan:
-    """The plan one pipeline actor would get with these settings, alone on its device, for the baselines."""
+    """The plan one pipeline actor would get with these settings, alone on its device, for the baselines: the run's
+    own start, on this machine."""
     settings = settings.model_copy(update={"run": settings.run.model_copy(update={"engines_per_device": 1})})
-    lengths = plan_lengths(settings)
-    checked_tokenizer(settings, lengths)
-    cpus = settings.run.num_cpus or os.cpu_count() or 1
-    devices = read_node_devices()
-    gpus = {"cpu": 0, "cuda": max(devices.gpu_count, settings.model.tensor_parallel_size)}.get(
-        settings.model.device, devices.gpu_count
-    )
-    cluster = Cluster.one_node(
-        gpus, cpus, gpu_name=devices.gpu_name, gpu_memory_bytes=devices.gpu_memory_bytes, host_memory_bytes=None
-    )
-    return place_engines(settings, lengths, cluster)
+    start = start_run(settings, InProcessExecutor(), open_store(settings))
+    start.tokenizer()
+    return start.plan
 
 
 def run_bench(settings: BenchJobSettings) -> BenchResult:
@@ -236,34 +229,34 @@ def _pipeline_point(settings: Settings, label: str, vectors: dict) -> Point:
 def point_from_rows(store: LanceStore, run_id: str, label: str) -> Point:
     """A pipeline point built only from its runs row and batches rows, so the report agrees with the tables."""
     where = f"{s.RUN_ID} = {sql_str(run_id)}"
-    run = store.read(store.names.runs, where).to_pylist()[0]
+    [run] = [RunRecord.from_row(row) for row in store.read(store.names.runs, where).to_pylist()]
     batches = store.read(store.names.batches, where)
-    resolved = json.loads(run["settings"])["resolved"]
+    resolved = run.resolved()
     per_call = batches.column("engine_tokens").to_numpy() if len(batches) else np.zeros(0)
-    engine = json.loads(run["engine"]) if run["engine"] else {}
+    engine = json.loads(run.engine) if run.engine else {}
     return Point(
         kind="pipeline",
         label=label,
         params={
-            "max_num_batched_tokens": run["max_num_batched_tokens"],
-            "max_model_len": run["max_model_len"],
+            "max_num_batched_tokens": run.max_num_batched_tokens,
+            "max_model_len": run.max_model_len,
             "actors": resolved["actors"],
             "engines_per_device": resolved.get("engines_per_device", 1),
-            "batch_rows": json.loads(run["settings"])["run"]["batch_rows"],
+            "batch_rows": run.settings_values()["run"]["batch_rows"],
             "engine_max_num_batched_tokens": engine.get("max_num_batched_tokens"),
             "engine_max_num_seqs": engine.get("max_num_seqs"),
             "engine_chunked_prefill": engine.get("chunked_prefill"),
         },
-        wall_s=run["wall_s"],
-        startup_s=run["startup_s"] or 0.0,
-        chunks=run["chunks"],
-        tokens=run["tokens"],
-        engine_tokens=run["engine_tokens"],
-        stages={k: run[k] for k in STAGES},
+        wall_s=run.wall_s,
+        startup_s=run.startup_s or 0.0,
+        chunks=run.chunks,
+        tokens=run.tokens,
+        engine_tokens=run.engine_tokens,
+        stages={k: getattr(run, k) for k in STAGES},
         engines=resolved["actors"],
         tokens_per_call=float(per_call.mean()) if len(per_call) else None,
         run_id=run_id,
-        error=run["error"],
+        error=run.error,
     )
 
 
@@ -277,10 +270,9 @@ def _stored_vectors(store: LanceStore, wanted: dict) -> dict[str, list[float]]:
 
 def _ray_data_llm(spec, table, settings, store, name, vectors, result) -> Point:
     from benchmarks.ray_llm import run_ray_data_llm
-    from pipeline import ray_cluster
 
     try:
-        ray_cluster.start_ray(settings.run)
+        _start_ray(settings)
         point, sample = run_ray_data_llm(spec, table, settings.run.batch_rows, store, name, settings.run.commit_rows)
     except Exception as exc:
         log.exception("baseline_failed", baseline="ray_data_llm")
@@ -329,22 +321,19 @@ def _failed(kind: str, label: str, settings: Settings, exc: BaseException) -> Po
 
 
 def _start_ray(settings: Settings) -> float:
-    from pipeline import ray_cluster
+    from pipeline.run.ray.executor import RayExecutor
 
     started = time.perf_counter()
-    ray_cluster.start_ray(settings.run)
+    RayExecutor().start(settings.run)
     return time.perf_counter() - started
 
 
 def _stop_ray() -> None:
     """Ray shut down and, when local, its processes (the pipeline's engines among them) gone before the next
     engine starts."""
-    import ray
+    from pipeline.run.ray.executor import RayExecutor
 
-    from pipeline import ray_cluster
-
-    if ray.is_initialized():
-        ray_cluster.stop_ray()
+    RayExecutor.stop()
 
 
 def _cosines(vectors: dict[str, dict[str, list[float]]]) -> dict[str, float]:

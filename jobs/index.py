@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from jobs.common import parse, run
-from pipeline.schema import RUN_KIND_INDEX
+from pipeline.records import RunRecord
+from pipeline.schema import RUN_KIND_INDEX, RunStatus
 from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import settings_lock
@@ -31,16 +32,18 @@ def main(argv: list[str] | None = None) -> int:
 def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args, settings = parse(parser, argv)
     store = LanceStore.from_settings(settings.store)
-    run_id, started, started_at = new_run_id(), time.perf_counter(), datetime.now(timezone.utc)
+    run_id, started_at = new_run_id(), datetime.now(timezone.utc)
     with settings_lock(settings.store, run_id, settings.run.lock_ttl_s) as exclusive:
         built = read_built_with(store)
-        with RunLog(store).recorded(run_id, RUN_KIND_INDEX, started_at, model=built.model_id) as row:
-            row.finishing.append(lambda _: {"wall_s": time.perf_counter() - started})
+        record = RunRecord(
+            run_id=run_id, kind=RUN_KIND_INDEX, started_at=started_at, status=RunStatus.RUNNING, model=built.model_id
+        )
+        with RunLog(store).recorded(record) as row:
             report = maintain_store(
                 store, settings.index, settings.maintenance, built.similarity, exclusive, args.force_ann
             )
-            row.status = "succeeded"
-            row.values.update(maintenance=report.to_json(), maintenance_s=report.seconds)
+            row.status = RunStatus.SUCCEEDED
+            row.finishing.append(lambda r: replace(r, maintenance=report.to_json(), maintenance_s=report.seconds))
     print("\n".join(report.lines()))
     print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import structlog
@@ -45,7 +46,7 @@ def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return _dry_run(settings)
     if args.estimate:
         return _estimate(settings, args.sample, args.seed)
-    from pipeline.ingest import run_ingest
+    from pipeline.run.ingest import run_ingest
 
     result = run_ingest(settings)
     for line in result.maintenance.lines() if result.maintenance else []:
@@ -56,8 +57,8 @@ def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 def _estimate(settings, fraction: float | None, seed: int) -> int:
     from pipeline.errors import ConfigError
-    from pipeline.estimate_run import run_estimate
     from pipeline.plan.estimate import Sample
+    from pipeline.run.estimate import run_estimate
 
     if fraction is not None and not 0 < fraction <= 1:
         msg = f"--sample {fraction} is not a fraction of the input: give one in (0, 1], e.g. --sample 0.1"
@@ -68,16 +69,35 @@ def _estimate(settings, fraction: float | None, seed: int) -> int:
 
 
 def _dry_run(settings) -> int:
-    from pipeline.ingest import preflight
+    from pipeline.run.executors import planning_executor
+    from pipeline.run.start import start_run
+    from pipeline.stages.sources import Inputs
+    from pipeline.store.lance_store import LanceStore
 
-    lengths, _, shards = preflight(settings)
-    for note in lengths.notes:
+    inputs = Inputs.listed(settings.input)
+    executor = planning_executor()
+    start = start_run(settings, executor, LanceStore.from_settings(settings.store))
+    start.tokenizer()
+    plan = start.plan
+    for note in plan.notes:
         print(f"note: {note}")
+    where = "the cluster RAY_ADDRESS names" if os.environ.get("RAY_ADDRESS") else "this machine as a local Ray sees it"
     print(
-        f"{len(shards)} shards; model {lengths.model.model_id} ({lengths.model.path}); max_model_len "
-        f"{lengths.max_model_len}; chunk tokens {lengths.chunk.max_tokens}, overlap {lengths.chunk.overlap_tokens}"
+        f"{len(inputs.shards)} shards; model {plan.model_id} ({plan.engine.model_dir}); max_model_len "
+        f"{plan.engine.max_model_len}; chunk tokens {plan.chunk.max_tokens}, overlap {plan.chunk.overlap_tokens}"
+    )
+    print(
+        f"planned on {where} ({start.cluster.describe()}): {plan.actors} engine{'s' if plan.actors > 1 else ''} on "
+        f"{plan.engine.device}, {plan.engine.engines_per_device} per device, each a bundle of "
+        f"{plan.placement.bundle}; {_memory_text(plan.memory)}"
     )
     return 0
+
+
+def _memory_text(memory) -> str:
+    needed, budget = memory.per_rank.get("needed"), memory.per_rank.get("budget")
+    text = f"each engine needs {needed / 2**30:.2f} GiB"
+    return text + (f" of its {budget / 2**30:.2f} GiB" if budget else " (its device's memory is unknown)")
 
 
 if __name__ == "__main__":

@@ -272,3 +272,13 @@ RUNS_SCHEMA = pa.schema(
 )
 RUN_KIND_INGEST = "ingest"
 RUN_KIND_INDEX = "index"
+
+
+class RunStatus(StrEnum):
+    """A `runs` row's status: running from its start; then how it ended."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """Stopped by SIGTERM or Ctrl-C, or found still running by the next run (its driver died)."""

@@ -49,7 +49,8 @@ BIN_S = 5.0
 
 
 def recent_runs(store: LanceStore, limit: int) -> list[dict]:
-    return [{c: row.get(c) for c in COLUMNS} for row in RunLog(store).recent(limit, COLUMNS)]
+    """The newest runs, as the report and its JSON show them."""
+    return [{c: getattr(row, c) for c in COLUMNS} for row in RunLog(store).recent(limit, COLUMNS)]
 
 
 def run_batches(store: LanceStore, run_id: str) -> pa.Table:

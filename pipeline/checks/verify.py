@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
@@ -59,29 +58,28 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
     if run is None:
         msg = f"no ingestion run in {store.uri} (table prefix {store.names.runs[: -len('runs')]!r})"
         raise NoIngestionRun(msg)
-    settings = json.loads(run["settings"])
-    model_dir = model_dir or settings["resolved"]["model_dir"]
+    model_dir = model_dir or run.resolved()["model_dir"]
     chunks_table = store.open_chunks()
-    of_run = f"{s.RUN_ID} = {sql_str(run['run_id'])}"
+    of_run = f"{s.RUN_ID} = {sql_str(run.run_id)}"
     run_chunks = store.read(store.names.chunks, of_run, [s.CHUNK_ID, s.DOC_ID, s.N_TOKENS])
-    over_limit = chunks_table.count_rows(f"{s.N_TOKENS} > {int(run['chunk_tokens'])}")
+    over_limit = chunks_table.count_rows(f"{s.N_TOKENS} > {int(run.chunk_tokens)}")
     batches = store.read(store.names.batches, of_run)
     rejects = store.read(store.names.rejects, of_run)
     chunk_docs = len(set(run_chunks.column(s.DOC_ID).to_pylist()))
     pairs = {
-        "runs.chunks = chunks rows": (run["chunks"], run_chunks.num_rows),
+        "runs.chunks = chunks rows": (run.chunks, run_chunks.num_rows),
         "runs.chunks + chunks_discarded = sum(batches.n_chunks)": (
-            run["chunks"] + run["chunks_discarded"],
+            run.chunks + run.chunks_discarded,
             pc.sum(batches.column("n_chunks")).as_py() or 0,
         ),
-        "runs.tokens = sum(chunks.n_tokens)": (run["tokens"], pc.sum(run_chunks.column(s.N_TOKENS)).as_py() or 0),
+        "runs.tokens = sum(chunks.n_tokens)": (run.tokens, pc.sum(run_chunks.column(s.N_TOKENS)).as_py() or 0),
         "runs.tokens + tokens_discarded = sum(batches.n_tokens)": (
-            run["tokens"] + run["tokens_discarded"],
+            run.tokens + run.tokens_discarded,
             pc.sum(batches.column(s.N_TOKENS)).as_py() or 0,
         ),
-        "runs.docs = distinct chunk doc ids": (run["docs"], chunk_docs),
-        "runs.rejected = rejects rows": (run["rejected"], rejects.num_rows),
-        "runs.docs_in = docs + skipped + rejected": (run["docs_in"], run["docs"] + run["skipped"] + run["rejected"]),
+        "runs.docs = distinct chunk doc ids": (run.docs, chunk_docs),
+        "runs.rejected = rejects rows": (run.rejected, rejects.num_rows),
+        "runs.docs_in = docs + skipped + rejected": (run.docs_in, run.docs + run.skipped + run.rejected),
     }
     accounting = {name: list(values) for name, values in pairs.items()}
     accounting_ok = all(x == y for x, y in pairs.values())
@@ -98,7 +96,7 @@ def verify_run(store: LanceStore, sample: int, seed: int = 0, model_dir: str | N
         cosines.append(cosine(reference.embed_ids(ids), row[s.VECTOR]))
         found_first += _ranks_first(chunks_table, row)
     return VerifyReport(
-        run_id=run["run_id"],
+        run_id=run.run_id,
         checked=len(picked),
         min_cosine=min(cosines, default=float("nan")),
         mean_cosine=sum(cosines) / len(cosines) if cosines else float("nan"),

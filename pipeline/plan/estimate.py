@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 from pipeline import schema as s
 from pipeline.plan.compute import flops_per_token
 from pipeline.plan.model_params import ModelShape
+from pipeline.records import RunRecord
+from pipeline.schema import RunStatus
 
 ASSUMED_MFU = 0.4
 """Share of the device's 16-bit peak assumed when nothing measured the rate (vLLM pooling runs of large models
@@ -187,27 +189,27 @@ class Rate:
     """Seconds a run spends after its last commit (index and maintenance)."""
 
 
-def rate_from_runs(runs: list[dict], model: str, max_model_len: int, budget: int, device: str) -> Rate | None:
+def rate_from_runs(runs: list[RunRecord], model: str, max_model_len: int, budget: int, device: str) -> Rate | None:
     """The median per-engine rate of the store's recent successful runs with this model, limits and device, and
     their median start-up and maintenance."""
     alike = [
         r
         for r in runs
-        if r.get("status") == "succeeded"
-        and (r.get("model"), r.get("max_model_len"), r.get("max_num_batched_tokens")) == (model, max_model_len, budget)
-        and _device(r) == device
-        and (r.get("tokens") or 0) > 0
+        if r.status == RunStatus.SUCCEEDED
+        and (r.model, r.max_model_len, r.max_num_batched_tokens) == (model, max_model_len, budget)
+        and r.resolved().get("device") == device
+        and (r.tokens or 0) > 0
         and _working_s(r) > 0
     ]
     if not alike:
         return None
-    rates = sorted(r["tokens"] / (_working_s(r) * _engines(r)) for r in alike)
+    rates = sorted(r.tokens / (_working_s(r) * _engines(r)) for r in alike)
     return Rate(
         _median(rates),
-        _median([r["startup_s"] for r in alike]),
+        _median([r.startup_s for r in alike]),
         f"median of {len(alike)} earlier run{'s' if len(alike) > 1 else ''} of this store with this model, limits "
         f"and device ({_span(rates)} tokens/s per engine)",
-        _median([r.get("maintenance_s") or 0.0 for r in alike]),
+        _median([r.maintenance_s or 0.0 for r in alike]),
     )
 
 
@@ -240,22 +242,15 @@ def _span(values: list[float]) -> str:
     return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f}-{high:,.0f}"
 
 
-def _working_s(run: dict) -> float:
-    if run.get("wall_s") is None or run.get("startup_s") is None or not run.get("engine_s"):
+def _working_s(run: RunRecord) -> float:
+    if run.wall_s is None or run.startup_s is None or not run.engine_s:
         return 0.0
-    return run["wall_s"] - run["startup_s"] - (run.get("maintenance_s") or 0.0)
+    return run.wall_s - run.startup_s - (run.maintenance_s or 0.0)
 
 
-def _engines(run: dict) -> int:
+def _engines(run: RunRecord) -> int:
     """Engines the run held: its engine-seconds over its wall time."""
-    return max(1, round(run["engine_s"] / run["wall_s"]))
-
-
-def _device(run: dict) -> str | None:
-    try:
-        return json.loads(run.get("settings") or "{}").get("resolved", {}).get("device")
-    except ValueError:
-        return None
+    return max(1, round(run.engine_s / run.wall_s))
 
 
 def _median(values: list[float]) -> float:

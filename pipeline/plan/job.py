@@ -59,11 +59,12 @@ class RunPlan:
         return self.model.model_id
 
 
-def plan_run(settings: Settings, cluster: Cluster) -> RunPlan:
-    """The run's plan on `cluster`: lengths from the settings and the model, engines placed on the nodes, memory
-    checked; ConfigError with the fix when any of them cannot work. The chunk's room for the tokenizer's special
-    tokens is checked where the tokenizer loads (`check_chunk_room`), beside Ray's start."""
-    plan = place_engines(settings, plan_lengths(settings), cluster)
+def plan_run(settings: Settings, cluster: Cluster, lengths: LengthPlan | None = None) -> RunPlan:
+    """The run's plan on `cluster`: lengths from the settings and the model (unless planned already), engines placed
+    on the nodes, memory checked; ConfigError with the fix when any of them cannot work. The chunk's room for the
+    tokenizer's special tokens is checked where the tokenizer loads (`check_chunk_room`), beside the cluster's
+    start (pipeline/run/start.py composes the two)."""
+    plan = place_engines(settings, lengths or plan_lengths(settings), cluster)
     return replace(plan, memory=check_memory(settings, plan))
 
 

@@ -12,6 +12,9 @@ from pipeline.stages.chunking import Chunker
 from pipeline.stages.fates import merge_stats
 from pipeline.stats import ShardStats
 
+DOCS_PER_BATCH = 64
+"""Planned documents the chunk stage takes at a time."""
+
 
 class ChunkStep:
     def __init__(self, chunker: Chunker):

@@ -17,6 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import schema as s
+from pipeline.errors import ConfigError
+from pipeline.plan.estimate import PieceIndex, Sample
 from pipeline.settings import InputSettings
 from pipeline.stages.documents import (
     READ_BLOCK_BYTES,
@@ -173,3 +175,16 @@ def plan_key(row: dict) -> str:
     if row[s.DOC_ID] is not None:
         return row[s.DOC_ID]
     return f"\0{row[s.SOURCE]}\0{row[s.LINE]}\0{row[s.REJECT_REASON]}"
+
+
+def sample_pieces(pieces: list[Piece], sample: Sample) -> tuple[list[Piece], PieceIndex]:
+    """The pieces a seeded sample keeps, and the index that tells which of them a document was read from;
+    ConfigError, with the fix, when it keeps none."""
+    sampled = [p for p in pieces if sample.keeps(p.key)]
+    if not sampled:
+        msg = (
+            f"--sample {sample.fraction:g} (seed {sample.seed}) kept none of the input's {len(pieces)} pieces; "
+            "give a larger fraction, another --seed, or smaller pieces (input.piece_mb)"
+        )
+        raise ConfigError(msg)
+    return sampled, PieceIndex.listing([(p.shard.source, p.first_line) for p in sampled])

@@ -38,22 +38,22 @@ def read_built_with(store: LanceStore) -> BuiltWith:
     table = store.open_chunks()
     meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
     run = RunLog(store).latest()
-    if run is None or not run["settings"]:
+    if run is None or not run.settings:
         msg = f"{store.uri} has no successful ingestion run to read the model and engine settings from"
         raise NoIngestionRun(msg)
-    settings = json.loads(run["settings"])
+    settings = run.settings_values()
     resolved = settings["resolved"]
-    if meta.get("model") and meta["model"] != run["model"]:
-        msg = f"table {store.names.chunks!r} holds model {meta['model']!r} but its last run used {run['model']!r}"
+    if meta.get("model") and meta["model"] != run.model:
+        msg = f"table {store.names.chunks!r} holds model {meta['model']!r} but its last run used {run.model!r}"
         raise StoreError(msg)
     return BuiltWith(
-        model_id=run["model"],
+        model_id=run.model,
         fingerprint=meta.get("model_fingerprint") or resolved.get("model_fingerprint"),
         dim=table.schema.field(s.VECTOR).type.list_size,
         model=settings["model"],
         model_dir=resolved["model_dir"],
         max_model_len=resolved["max_model_len"],
         device=resolved["device"],
-        run_id=run["run_id"],
+        run_id=run.run_id,
         similarity=resolved["similarity"] if "similarity" in resolved else similarity_at(resolved["model_dir"]),
     )

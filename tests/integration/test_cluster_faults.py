@@ -18,9 +18,9 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
 from pipeline.plan.job import plan_lengths
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings, load_settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker

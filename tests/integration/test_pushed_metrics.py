@@ -12,7 +12,7 @@ import lancedb
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.runtime.pushed_metrics import RunFigures, push_run
+from pipeline.run.pushed_metrics import RunFigures, push_run
 from tests.job_process import REPO, stand_in_ingest
 from tests.local_cluster import free_port
 from tests.local_server import binary, prometheus, query, query_until, served

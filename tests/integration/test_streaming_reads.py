@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray]
 
 def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:
     """Every document read, with the id of the task that read it; and the number of distinct read tasks."""
-    from pipeline.ray_stages import read_documents
+    from pipeline.run.ray.stages import read_documents
 
     settings = Settings(input=InputSettings(paths=[str(folder)], piece_mb=piece_mb), model={"path": "unused"})
     fs, shards = list_shards(settings.input)

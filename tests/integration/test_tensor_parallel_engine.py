@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings, LoggingSettings, Settings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
@@ -61,7 +61,7 @@ def chunks(minilm_path, sample_texts, tmp_path_factory) -> tuple[pa.Table, objec
 
 
 def test_a_tensor_parallel_engine_in_an_actor_gives_one_ranks_vectors_and_leaves_no_process(ray_local, chunks):
-    from pipeline.ray_engines import EngineActor, EngineRun
+    from pipeline.run.ray.engines import EngineActor, EngineRun
 
     batch, plan = chunks
     vectors, workers = {}, {}

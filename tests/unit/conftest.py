@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import planned_documents
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings, Settings
 from tests.support.plans import plan_on_one_node
 

@@ -178,7 +178,7 @@ def test_the_gpu_image_pins_the_torch_that_vllm_runs_on():
 
 
 def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_run_exports():
-    from pipeline.runtime import live_metrics, pushed_metrics
+    from pipeline.run import live_metrics, pushed_metrics
 
     monitoring = REPO / "infra" / "monitoring"
     plain = yaml.safe_load((monitoring / "embedpipe-alerts.yml").read_text())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 
 import pytest
 
@@ -87,9 +86,10 @@ def test_a_live_run_renews_its_lock(s3_server, bucket):
 def test_store_on_s3_with_options_from_settings(s3_server, bucket):
     from pipeline import schema as s
     from pipeline.store.lance_store import LanceStore
+    from tests.support.stores import run_record
 
     store = LanceStore(f"s3://{bucket}/lancedb", "t_", s3_server.options())
-    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
+    RunLog(store).start(run_record("r1"))
     store.ensure_side_tables()
     assert store.table(store.names.runs, s.RUNS_SCHEMA).count_rows() == 1
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
@@ -103,12 +103,12 @@ def test_chunks_written_as_fragments_and_committed_on_s3(s3_server, bucket, mini
 
     import lancedb
 
-    from benchmarks.local_executor import ingest_in_process
     from pipeline.plan.chunk_plan import ChunkPlan
     from pipeline.stages.chunking import Chunker
     from pipeline.stages.tokenizer import load_tokenizer
     from pipeline.store.lance_store import LanceStore
     from tests.fakes import FakeEmbedder
+    from tests.support.in_process import ingest_in_process
 
     (tmp_path / "a.jsonl").write_text(
         "".join(json.dumps({"id": f"d{i}", "text": t[:800]}) + "\n" for i, t in enumerate(sample_texts[:6]))

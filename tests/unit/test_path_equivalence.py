@@ -12,7 +12,6 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import ingest_in_process
 from pipeline import schema as s
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.settings import InputSettings
@@ -20,6 +19,7 @@ from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from tests.fakes import FakeEmbedder
+from tests.support.in_process import ingest_in_process
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "equivalence"
 EXPECTED = json.loads((DATA / "expected.json").read_text())

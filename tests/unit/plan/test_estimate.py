@@ -5,6 +5,7 @@ import json
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -25,6 +26,7 @@ from pipeline.plan.estimate import (
     scaled_tokens,
 )
 from pipeline.plan.model_params import shape_from_config
+from tests.support.stores import run_record
 
 
 def chunk_rows(rows: list[dict]) -> pa.Table:
@@ -98,18 +100,19 @@ def test_the_scaled_total_and_its_interval_cover_the_truth_about_95_percent_of_t
 def run(tokens, work_s, startup_s=20.0, status="succeeded", device="cpu", budget=8192, model="m", engines=1):
     settings = json.dumps({"resolved": {"device": device}})
     wall_s = startup_s + work_s + 5.0
-    return {
-        "status": status,
-        "model": model,
-        "max_model_len": 256,
-        "max_num_batched_tokens": budget,
-        "tokens": tokens,
-        "wall_s": wall_s,
-        "startup_s": startup_s,
-        "maintenance_s": 5.0,
-        "engine_s": wall_s * engines,
-        "settings": settings,
-    }
+    return run_record(
+        "r",
+        status=status,
+        model=model,
+        max_model_len=256,
+        max_num_batched_tokens=budget,
+        tokens=tokens,
+        wall_s=wall_s,
+        startup_s=startup_s,
+        maintenance_s=5.0,
+        engine_s=wall_s * engines,
+        settings=settings,
+    )
 
 
 def test_the_rate_is_the_median_of_the_stores_runs_alike_over_their_working_time():
@@ -122,7 +125,7 @@ def test_the_rate_is_the_median_of_the_stores_runs_alike_over_their_working_time
         run(9000, 1.0, budget=16384),
         run(9000, 1.0, model="other"),
         run(0, 1.0),
-        {**run(9000, 1.0), "engine_s": None},  # a row from before engine-seconds were recorded
+        replace(run(9000, 1.0), engine_s=None),  # a row from before engine-seconds were recorded
     ]
     rate = rate_from_runs(runs, "m", 256, 8192, "cpu")
     assert rate.tokens_per_engine_s == 2000 and rate.startup_s == 25.0 and "3 earlier runs" in rate.source

@@ -7,13 +7,13 @@ from pathlib import Path
 from pipeline.runtime.process_roles import OWN_ROLES, ROLES, role_of
 
 REPO = Path(__file__).resolve().parents[3]
-ADAPTERS = ["ray_stages.py", "ray_engines.py", "ray_supervision.py", "runtime/progress.py"]
+RAY_SIDE = REPO / "pipeline" / "run" / "ray"
 
 
 def defined_names() -> set[str]:
     names = set()
-    for adapter in ADAPTERS:
-        tree = ast.parse((REPO / "pipeline" / adapter).read_text())
+    for adapter in sorted(RAY_SIDE.glob("*.py")):
+        tree = ast.parse(adapter.read_text())
         names |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     return names
 

@@ -8,19 +8,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import planned_documents
 from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.records import BatchPayload
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.embed import EmbedStep, has_chunks, passed_through
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.run_commit import RunCommitter
 from tests.fakes import FakeEmbedder
+from tests.support.in_process import CommittedRun
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def write_and_commit(store: LanceStore, batches: list[pa.Table], model: str, com
     store.ensure_side_tables()
     store.check_chunks_table(model)
     writer = store.chunk_writer("r1", model, "fp", {"model": model})
-    committer = RunCommitter(store, "r1", {"model": model})
+    committer = CommittedRun(store, "r1", {"model": model})
     for i in range(0, len(embedded), commit_rows):
         committer.add(writer.write(embedded.slice(i, commit_rows)))
     return committer.finish(delete_missing=False)

@@ -40,7 +40,7 @@ from pathlib import Path
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.stages.chunking import Chunker
-from benchmarks.local_executor import planned_documents
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.stages.tokenizer import load_tokenizer
 from benchmarks.model_builders import minilm_dir

@@ -12,19 +12,21 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import ingest_in_process, planned_documents
 from pipeline import schema as s
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.records import GroupRecord
+from pipeline.run.in_process import planned_documents
 from pipeline.settings import InputSettings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.embed import EmbedStep
 from pipeline.stages.tokenizer import load_tokenizer
+from pipeline.store.group_commit import GROUP_PROPERTY
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.run_commit import GROUP_PROPERTY, RunCommitter
 from pipeline.store.runs import RunLog
 from tests.fakes import FakeEmbedder
+from tests.support.in_process import CommittedRun, ingest_in_process
+from tests.support.stores import run_record
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 META = {"model": "fake"}
@@ -73,7 +75,7 @@ def test_commit_whose_acknowledgement_is_lost_is_recognized_not_repeated(tmp_pat
     store = LanceStore(str(tmp_path / "db"))
     store.ensure_side_tables()
     recs = records(store, inputs, chunker, "r1", commit_rows=10)
-    committer = RunCommitter(store, "r1", META)
+    committer = CommittedRun(store, "r1", META)
     committer.add(recs[0])
     real_commit, calls = lance.LanceDataset.commit, []
 
@@ -106,7 +108,7 @@ def test_writer_that_died_after_writing_leaves_orphan_files_not_rows(tmp_path, i
     first = records(store, inputs, chunker, "r1", commit_rows=10_000)  # its task died before reporting
     again = records(store, inputs, chunker, "r1", commit_rows=10_000)  # Ray's retry of the same rows
     assert first[0].group == again[0].group and first[0].fragments != again[0].fragments
-    committer = RunCommitter(store, "r1", META)
+    committer = CommittedRun(store, "r1", META)
     committer.add(again[0])
     committer.finish(delete_missing=False)
     ids = chunk_ids(tmp_path / "db")
@@ -119,7 +121,7 @@ def test_driver_killed_between_commits_then_rerun_equals_a_clean_run(tmp_path, i
     store = LanceStore(str(tmp_path / "db"))
     store.ensure_side_tables()
     recs = records(store, inputs, chunker, "dead", commit_rows=10)
-    committer = RunCommitter(store, "dead", META)
+    committer = CommittedRun(store, "dead", META)
     for rec in recs[:2]:  # then the driver died
         committer.add(rec)
     outcome, _ = ingest_in_process(
@@ -154,20 +156,25 @@ def test_a_changed_document_is_replaced_in_one_version(tmp_path, inputs, chunker
 
 
 def test_a_failing_run_keeps_its_own_error_when_the_store_cannot_record_its_end(tmp_path, monkeypatch):
-    from datetime import datetime, timezone
+    from dataclasses import replace
+    from datetime import timedelta
 
     from pipeline.errors import StoreError
+    from pipeline.schema import RunStatus
 
     store = LanceStore(str(tmp_path))
-    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
+    started = run_record("r1", "index", model="m")
+    RunLog(store).start(started)
 
     def unreachable(*args, **kwargs):
         raise StoreError("the store is unreachable")
 
     monkeypatch.setattr(store, "table", unreachable)
-    RunLog(store).finish("r1", {"status": "failed"}, failing=True)  # logged: the run's own error is what propagates
-    with pytest.raises(StoreError, match="unreachable"):
-        RunLog(store).finish("r1", {"status": "succeeded"})  # a run that succeeded must not pass as recorded
+    ended = replace(started, wall_s=1.0, finished_at=started.started_at + timedelta(seconds=1))
+    # logged: the run's own error is what propagates
+    RunLog(store).finish(replace(ended, status=RunStatus.FAILED, error="EngineError: it broke"))
+    with pytest.raises(StoreError, match="unreachable"):  # a run that succeeded must not pass as recorded
+        RunLog(store).finish(replace(ended, status=RunStatus.SUCCEEDED, maintenance="{}", maintenance_s=0.1))
     monkeypatch.undo()
     [row] = store.table(store.names.runs, s.RUNS_SCHEMA).to_arrow().to_pylist()
     assert row["status"] == "running"  # until the next run marks it interrupted

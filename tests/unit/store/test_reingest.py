@@ -9,7 +9,6 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import ingest_in_process
 from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.plan.chunk_plan import ChunkPlan
@@ -21,6 +20,7 @@ from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.locks import store_lock
 from tests.fakes import FakeEmbedder
+from tests.support.in_process import ingest_in_process
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 

@@ -1,14 +1,12 @@
 """A store made before a side-table column existed keeps working: the column is added, empty."""
 
-from datetime import datetime, timezone
-
 import lancedb
 import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
-from tests.support.stores import empty_chunks_table
+from tests.support.stores import empty_chunks_table, run_record
 
 
 def test_old_batches_table_gains_new_columns(tmp_path):
@@ -29,6 +27,6 @@ def test_tables_left_half_created_by_a_killed_run_are_completed(tmp_path):
         (tmp_path / f"{name}.lance" / "_versions").mkdir(parents=True)  # what a kill mid-create leaves
     store = LanceStore(str(tmp_path))
     assert not store.exists("runs") and store.stored_keys() is None
-    RunLog(store).start("r1", "ingest", datetime.now(timezone.utc))
+    RunLog(store).start(run_record("r1"))
     assert store.table("runs", s.RUNS_SCHEMA).count_rows() == 1
     assert empty_chunks_table(store, 8, {"model": "m"}).count_rows() == 0

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from benchmarks.local_executor import ingest_in_process
 from pipeline import schema as s
 from pipeline.checks.retrieval import check_retrieval
 from pipeline.engine.query import query_token_ids
@@ -27,6 +25,8 @@ from pipeline.store.maintenance import indexes_by_column, maintain_store, vector
 from pipeline.store.runs import RunLog
 from pipeline.store.search import SearchOptions, filter_sql, glob_to_like, search, snippet
 from tests.fakes import FakeEmbedder
+from tests.support.in_process import ingest_in_process
+from tests.support.stores import run_record
 
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 DIM = 32
@@ -59,8 +59,7 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
     """One run through the pipeline's chunk, embed and write steps, recorded in `runs` as the job does."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{run_id}.jsonl").write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
-    now = datetime.now(timezone.utc)
-    RunLog(store).start(run_id, "ingest", now)
+    RunLog(store).start(run_record(run_id))
     store.ensure_side_tables()
     cfg = InputSettings(paths=[str(folder / f"{run_id}.jsonl")])
     chunker = Chunker(tokenizer, PLAN)
@@ -71,7 +70,8 @@ def ingest(tokenizer, store: LanceStore, docs: dict[str, str], folder: Path, run
 
 def maintain(store: LanceStore, run_id: str, index=INDEX, maintenance=KEEP_ALL, exclusive=True, **kw):
     report = maintain_store(store, index, maintenance, None, exclusive, **kw)
-    RunLog(store).finish(run_id, {"status": "succeeded", "maintenance": report.to_json()})
+    runs = store.table(store.names.runs, s.RUNS_SCHEMA)
+    runs.update(where=f"run_id = '{run_id}'", values={"status": "succeeded", "maintenance": report.to_json()})
     return report
 
 

@@ -13,7 +13,7 @@ from typing import TextIO
 import structlog
 
 from pipeline.log import set_live_line
-from pipeline.runtime.progress import Progress, Rate, eta_s, progress_line
+from pipeline.run.progress import Progress, Rate, eta_s, progress_line
 
 log = structlog.get_logger()
 

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from pipeline.errors import RunInterrupted
-from pipeline.runtime.interrupt import Interrupt, on_sigterm
+from pipeline.run.interrupt import Interrupt, on_sigterm
 
 
 def test_sigterm_outside_a_commit_interrupts_at_once_and_names_the_signal():

@@ -5,11 +5,12 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
+import pytest
 
 from benchmarks.bench_table import BENCH_SCHEMA
 from pipeline import schema as s
-from pipeline.estimate_run import RateHistory
 from pipeline.plan.estimate import rate_from_bench
+from pipeline.run.projection import RateHistory
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 
@@ -53,10 +54,11 @@ def test_recent_runs_are_the_newest_ones_newest_first_whatever_order_they_were_w
     rows = [{"run_id": f"r{h:02d}", "started_at": first + timedelta(hours=h)} for h in hours]
     for part in (rows[:10], rows[10:]):  # two fragments
         store.table(store.names.runs, s.RUNS_SCHEMA).add(pa.Table.from_pylist(part, schema=s.RUNS_SCHEMA))
-    recent = RunLog(store).recent(20, ["run_id", "tokens", "not_a_column"])
-    assert [r["run_id"] for r in recent] == [f"r{h:02d}" for h in range(29, 9, -1)]
-    assert set(recent[0]) == {"run_id", "tokens", "started_at"}
+    recent = RunLog(store).recent(20, ["run_id", "tokens", "engine_s"])
+    assert [r.run_id for r in recent] == [f"r{h:02d}" for h in range(29, 9, -1)]
     assert RunLog(store).recent(0) == []
+    with pytest.raises(ValueError, match="not_a_column"):
+        RunLog(store).recent(20, ["run_id", "not_a_column"])
 
 
 def test_an_older_benchmark_table_without_the_model_column_is_read_with_the_columns_it_has(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.runtime.engine_calls import CALL_SLACK, DOWN_FOR_S, RATE_WEIGHT, EngineRoster
+from pipeline.run.ray.engine_calls import CALL_SLACK, DOWN_FOR_S, RATE_WEIGHT, EngineRoster
 
 
 def roster(engines: int = 3, first: int = 1) -> EngineRoster:

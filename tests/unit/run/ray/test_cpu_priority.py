@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime.cpu_priority import (
+from pipeline.run.ray.cpu_priority import (
     HelperPriority,
     PriorityKeeper,
     demote_process,
@@ -121,7 +121,7 @@ def test_helpers_step_aside_only_once_an_engine_on_the_node_is_ready(tmp_path):
     flag = str(tmp_path / "engines-ready")
     code = (
         "import os, sys\n"
-        "from pipeline.runtime.cpu_priority import HelperPriority\n"
+        "from pipeline.run.ray.cpu_priority import HelperPriority\n"
         f"p = HelperPriority(13, {flag!r})\n"
         "p.apply(); before = os.getpriority(os.PRIO_PROCESS, 0)\n"
         "open(p.engines_ready_flag, 'w').close()\n"

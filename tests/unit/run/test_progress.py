@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.runtime.progress import (
+from pipeline.run.progress import (
     Progress,
     Rate,
     chunked_counts,
@@ -18,7 +18,7 @@ from pipeline.runtime.progress import (
     planned_counts,
     progress_line,
 )
-from pipeline.runtime.progress_display import ProgressDisplay
+from pipeline.run.progress_display import ProgressDisplay
 
 
 def test_expected_tokens_scale_the_queued_bytes_by_the_tokens_per_byte_so_far():

@@ -1,13 +1,9 @@
-"""The Ray Data side: thin tasks and actors around the pure stages, and the one function that wires the pipeline.
-The engines' actors are in ray_engines, the cluster's start and inventory in ray_cluster."""
+"""The run's stages as Ray Data tasks and actors, thin around the pure stages, and the one function that wires them
+into a dataset. The engines' actors are in engines.py, their feeders in feeder.py."""
 
 from __future__ import annotations
 
-import re
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -15,24 +11,19 @@ import ray
 import structlog
 from ray.data import ActorPoolStrategy, DataContext, Dataset, ExecutionResources
 from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
-from ray.exceptions import RayError
 
-from pipeline import errors
 from pipeline import schema as s
-from pipeline.errors import ConfigError, EngineError, PipelineError
 from pipeline.log import configure_logging
 from pipeline.plan.chunk_plan import ChunkPlan
-from pipeline.plan.estimate import PieceIndex, Sample, SampledTally, Tally
 from pipeline.plan.job import RunPlan
-from pipeline.plan.placement import STAGE_CPUS, held_by_engines
-from pipeline.ray_cluster import cluster_cpus, on_driver_node
-from pipeline.ray_engines import NO_DEMOTION, Engines
-from pipeline.ray_supervision import EngineFeeder
-from pipeline.records import GroupRecord
-from pipeline.runtime.cpu_priority import HelperPriority
-from pipeline.runtime.progress import Progress, chunked_counts, planned_counts
+from pipeline.plan.placement import STAGE_CPUS
+from pipeline.run.progress import chunked_counts, planned_counts
+from pipeline.run.ray.cluster import cluster_cpus
+from pipeline.run.ray.cpu_priority import HelperPriority
+from pipeline.run.ray.engines import NO_DEMOTION, Engines
+from pipeline.run.ray.feeder import EngineFeeder
 from pipeline.settings import InputSettings, LoggingSettings, RunSettings, Settings
-from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunk_step import DOCS_PER_BATCH, ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.documents import Shard
 from pipeline.stages.fates import decide_all, stored_id_rows, with_fates
@@ -47,38 +38,6 @@ log = structlog.get_logger(__name__)
 RECORD = "record"
 MAX_READ_BLOCKS = 4096
 NO_PROGRESS_MARGIN_S = 300.0
-RESERVE_CHECK_S = 5.0
-"""How often the engines' reserve in Ray Data's budget is checked against the nodes still alive."""
-
-
-@ray.remote(num_cpus=0)
-class ProgressBoard:
-    """Counts the plan and chunk stages send as they go (fire and forget), for the driver's progress display."""
-
-    def __init__(self):
-        self.progress = Progress()
-
-    def add(self, counts: dict[str, int]) -> None:
-        self.progress.add(counts)
-
-    def snapshot(self) -> dict[str, int]:
-        return asdict(self.progress)
-
-
-@contextmanager
-def progress_board() -> Iterator:
-    """The run's progress board, killed when the run ends: an actor outlives the run that made it, so every later run
-    in the same Ray session (the benchmark's points are) kept one more idle actor process (0.3-0.9 CPU-seconds per
-    steady window on 2 cores, with five left over)."""
-    board = ProgressBoard.options(**on_driver_node()).remote()
-    try:
-        yield board
-    finally:
-        ray.kill(board)
-
-
-def board_reader(board) -> Callable[[], dict[str, int]]:
-    return lambda: ray.get(board.snapshot.remote(), timeout=2.0)
 
 
 class ChunkActor:
@@ -202,7 +161,7 @@ def chunk_documents(
     chunks = planned.map_batches(
         ChunkActor,
         fn_constructor_kwargs={"logs": settings.logging, "chunk": plan.chunk, "tokenizer": tokenizer, "board": board},
-        batch_size=64,
+        batch_size=DOCS_PER_BATCH,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=settings.run.chunk_actors),
         num_cpus=0.5,
@@ -277,110 +236,3 @@ def no_progress_timeout_s(run: RunSettings) -> float:
 
 def _spread() -> dict:
     return {"scheduling_strategy": "SPREAD"}
-
-
-def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[GroupRecord]:
-    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, an engine's
-    failure to start as what the engine said."""
-    reserve = EngineReserve(dataset.context.execution_options, engines) if engines is not None else None
-    try:
-        if reserve is not None:
-            reserve.start()
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for payload in batch.column(RECORD).to_pylist():
-                yield GroupRecord.from_json(payload)
-    except RayError as exc:
-        raise (engines and engines.start_failure()) or _pipeline_error(exc) from exc
-    finally:
-        if reserve is not None:
-            reserve.stop.set()
-
-
-class EngineReserve(threading.Thread):
-    """Keeps what Ray Data leaves to the engines in step with the bundles they still hold. Ray Data re-reads the
-    cluster's size every few seconds but not what it was told to leave out: after a node is lost, the head's CPUs
-    less every engine's bundle could leave it nothing to schedule on, and the run would wait for ever."""
-
-    def __init__(self, options, engines: Engines):
-        super().__init__(daemon=True, name="engine-reserve")
-        self.options, self.engines, self.stop = options, engines, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(RESERVE_CHECK_S):
-            try:
-                alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            except RayError:
-                continue
-            held = held_by_engines(self.engines.bundle, self.engines.nodes, alive)
-            if held["CPU"] != self.options.exclude_resources.cpu:
-                log.warning("engine_reserve", cpus=held["CPU"], gpus=held["GPU"], reason="a node with engines is lost")
-            self.options.exclude_resources = ExecutionResources(cpu=held["CPU"], gpu=held["GPU"])
-
-
-def _pipeline_error(exc: BaseException) -> PipelineError:
-    """The PipelineError a worker raised, through Ray's wrapping: as the exception's cause where Ray keeps it, else
-    read back from the remote traceback Ray prints (Ray Data 2.60 re-raises a UDF's error `from None` inside a
-    UserCodeException, keeping only its text). Any other failure becomes an EngineError quoting its last line."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, PipelineError):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    raised = _raised_in_worker(str(exc))
-    if raised is not None:
-        return raised
-    first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return EngineError(f"a pipeline worker failed after Ray's retries: {first_line}")
-
-
-_WORKER_ERROR = re.compile(r"^pipeline\.errors\.(\w+): (.+)$", re.MULTILINE)
-
-
-def _raised_in_worker(traceback_text: str) -> PipelineError | None:
-    """The last of our own errors a remote traceback names, rebuilt from its class name and message."""
-    for name, message in reversed(_WORKER_ERROR.findall(traceback_text)):
-        cls = getattr(errors, name, None)
-        if isinstance(cls, type) and issubclass(cls, PipelineError):
-            return cls(message.strip())
-    return None
-
-
-def tally_chunks(
-    settings: Settings,
-    plan: RunPlan,
-    inputs: Inputs,
-    tokenizer: FastTokenizer,
-    keys: StoredKeys | None,
-    sample: Sample | None = None,
-) -> SampledTally:
-    """The chunk stage's rows (of a seeded sample of the pieces, when `sample` says so), tallied in the workers
-    block by block: the driver sums small records."""
-    pieces = sampled = index = None
-    if sample is not None:
-        pieces = split_pieces(inputs.shards, inputs.fs, settings.input.piece_bytes)
-        sampled = [p for p in pieces if sample.keeps(p.key)]
-        if not sampled:
-            msg = (
-                f"--sample {sample.fraction:g} (seed {sample.seed}) kept none of the input's {len(pieces)} pieces; "
-                "give a larger fraction, another --seed, or smaller pieces (input.piece_mb)"
-            )
-            raise ConfigError(msg)
-        index = PieceIndex.listing([(p.shard.source, p.first_line) for p in sampled])
-    chunks = chunk_documents(settings, plan, inputs, tokenizer, keys, sampled=sampled)
-    tallies = chunks.map_batches(
-        _tally, fn_kwargs={"pieces": index}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
-    )
-    total = Tally()
-    try:
-        for batch in tallies.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for payload in batch.column(RECORD).to_pylist():
-                total = total + Tally.from_json(payload)
-    except RayError as exc:
-        raise _pipeline_error(exc) from exc
-    return SampledTally(total, len(pieces) if pieces else None, len(sampled) if sampled else None)
-
-
-def _tally(rows: pa.Table, pieces: PieceIndex | None) -> pa.Table:
-    return pa.table({RECORD: [Tally.of(rows, pieces).to_json()]})

@@ -1,9 +1,9 @@
-"""The engines on Ray: their placement group (waited on for a bounded time), the actors that host them, the gate
-that starts the engines sharing one GPU one after another, and the embed stage's feeders."""
+"""The engines on Ray: their placement group (waited on for a bounded time) and the actors that host them. The
+gate that starts the engines sharing a GPU one after another is in start_gate.py, their supervisor in supervisor.py
+and the embed stage's feeders in feeder.py."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import itertools
 import logging
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import ray
 import structlog
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import RayError
 from ray.util.placement_group import NODE_ID_LABEL_KEY as NODE_ID_LABEL
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -29,10 +29,12 @@ from pipeline.log import configure_logging
 from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.job import RunPlan
 from pipeline.plan.placement import Cluster, bundle_shape
-from pipeline.ray_cluster import on_driver_node
-from pipeline.ray_supervision import CONTROL_TIMEOUT_S, ENGINE_ENV, NODE_VERDICT_S, EngineSupervisor
-from pipeline.runtime.cpu_priority import HelperPriority, mark_engines_ready
-from pipeline.runtime.progress import embedded_counts
+from pipeline.run.progress import embedded_counts
+from pipeline.run.ray.cluster import on_driver_node
+from pipeline.run.ray.cpu_priority import HelperPriority, mark_engines_ready
+from pipeline.run.ray.feeder import ENGINE_ENV
+from pipeline.run.ray.start_gate import StartGate, wait_turn
+from pipeline.run.ray.supervisor import CONTROL_TIMEOUT_S, NODE_VERDICT_S, EngineSupervisor
 from pipeline.settings import LoggingSettings, RunSettings
 from pipeline.stages.embed import EmbedStep
 
@@ -44,28 +46,6 @@ PLACEMENT_LOG_EVERY_S = 30.0
 NO_DEMOTION = HelperPriority(0, "")
 LAST_WORDS = 50
 """Log lines an engine keeps for the supervisor to quote if it hangs."""
-
-
-@ray.remote(num_cpus=0)
-class StartGate:
-    """Lets one engine at a time start on each GPU. vLLM sizes an engine's KV cache from how much the whole
-    device's free memory drops during its profile run, so engines starting together on one GPU are charged for
-    each other's weights and activations: "No available memory for the cache blocks", a failed profiling assertion,
-    or silently a smaller cache (vllm#55827, vllm#9198). Started one after another, each profiles alone, and each
-    takes its share of the device (gpu_memory_utilization / engines) from what vLLM itself measured. Giving vLLM
-    kv_cache_memory_bytes from the memory planner would also skip the delta sizing, but it overrides
-    gpu_memory_utilization with an estimate no GPU has checked yet, and the profile runs would still overlap."""
-
-    def __init__(self):
-        self.locks: dict[str, asyncio.Lock] = {}
-
-    async def enter(self, key: str) -> None:
-        await self.locks.setdefault(key, asyncio.Lock()).acquire()
-
-    async def leave(self, key: str) -> None:
-        lock = self.locks.get(key)
-        if lock is not None and lock.locked():
-            lock.release()
 
 
 @ray.remote(concurrency_groups={"control": 1})
@@ -83,7 +63,7 @@ class EngineActor:
         context = ray.get_runtime_context()
         slot = os.environ.get(SLOT_ENV)
         device_key = f"{context.get_node_id()}:{','.join(context.get_accelerator_ids().get('GPU', []))}"
-        entered = _enter(run.gate, device_key, run.start_timeout_s)
+        entered = wait_turn(run.gate, device_key, run.start_timeout_s)
         if run.supervisor is not None:  # its start counts from here, not from its wait at the gate
             run.supervisor.starting.remote(index, context.was_current_actor_reconstructed, context.get_node_id())
         try:
@@ -148,19 +128,6 @@ def _capture_log_lines() -> deque:
     for name in ("", "vllm"):
         logging.getLogger(name).addHandler(_Lines(lines))
     return lines
-
-
-def _enter(gate, key: str, timeout_s: float) -> bool:
-    """Wait for this engine's turn on its GPU; after `timeout_s` (an engine before it that never finished its
-    start) go ahead anyway."""
-    if gate is None:
-        return False
-    try:
-        ray.get(gate.enter.remote(key), timeout=timeout_s)
-    except GetTimeoutError:
-        log.warning("engine_start_not_gated", device=key, waited_s=timeout_s)
-        return False
-    return True
 
 
 def _message_only(exc: BaseException) -> PipelineError:

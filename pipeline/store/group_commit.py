@@ -1,15 +1,18 @@
-"""The driver's side of the write stage: commit each group of fragments atomically, count from the records.
+"""The driver's side of the write stage: commit each group of fragments atomically, and at the run's end remove
+what must go.
 
 A group's new chunks and the removal of the chunks they replace (older versions of the documents it writes)
 land in one Lance transaction (an Update when something is removed, else an Append), tagged with the run and
 group. A group seen before (Ray re-ran its task) is skipped, and a commit whose acknowledgement was lost is
-recognized in the versions that followed, so no group is applied twice. The driver holds counts, ids of the
-documents the run changes and fragment metadata, never chunk rows. No ray or vllm imports.
+recognized in the versions that followed, so no group is applied twice. Its rejects and batch statistics go to
+their tables. The driver holds ids of the documents the run changes and fragment metadata, never chunk rows; the
+run's counts are kept apart (pipeline/run/accounts.py). No ray or vllm imports.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,7 +23,7 @@ import structlog
 from pipeline import schema as s
 from pipeline.errors import StoreError
 from pipeline.records import GroupRecord
-from pipeline.stats import STAGES, RunTotals
+from pipeline.stats import RunTotals
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.sql import sql_list, sql_str
 
@@ -30,97 +33,65 @@ DELETE_IDS = 1000
 
 
 @dataclass(frozen=True)
-class RunOutcome:
-    totals: RunTotals
-    added: int
-    replaced: int
-    skipped: int
-    removed: int
-    stages: dict[str, float] = field(default_factory=dict)
-    """Busy seconds per stage, summed over workers: read_s, parse_s, chunk_s, embed_s, wait_s, write_s."""
-    chunks_discarded: int = 0
-    """Embedded but not stored: chunks of documents the engine refused in part."""
-    tokens_discarded: int = 0
-    engine_tokens: int = 0
-    """Tokens the engines report having processed, kept or discarded; equals the chunker's count."""
-    first_engine_ready: datetime | None = None
-    groups: int = 0
-    """Groups of fragments committed (one chunks-table version each, plus one per removal batch)."""
-    record_bytes: int = 0
-    """Bytes of the group records that reached the driver: its whole share of the run's data."""
-    nodes: tuple[str, ...] = ()
-    """Nodes whose tasks wrote the committed fragments."""
-    commit_s: float = 0.0
-    """Driver seconds spent committing; the rest of write_s is the workers' fragment writing."""
+class Applied:
+    """What committing one group did."""
+
+    new: bool
+    """False for a group seen before (Ray re-ran its task): nothing was applied, and nothing is to be counted."""
+    rejected: int = 0
+    """Reject rows recorded (an engine's refusals count once per document)."""
+    seconds: float = 0.0
 
 
-class RunCommitter:
+@dataclass(frozen=True)
+class Finished:
+    """What the end of a run removed."""
+
+    discarded: RunTotals = field(default_factory=RunTotals)
+    """Chunks and tokens the run had committed for documents the engine refused, removed again."""
+    unstored: Counter = field(default_factory=Counter)
+    """Of those documents, how many of each fate (new or changed) had their first chunk committed."""
+    removed: int = 0
+    """Documents removed because no input holds them."""
+    seconds: float = 0.0
+
+
+class GroupCommitter:
+    """Commits a run's groups, each once, and at its end removes what the run must not leave."""
+
     def __init__(self, store: LanceStore, run_id: str, metadata: dict):
         self.store = store
         self.run_id = run_id
         self.metadata = metadata
-        self.stages = dict.fromkeys(STAGES, 0.0)
-        self.engine_info: dict | None = None
-        self.engine_ready: list[datetime] = []
         self.applied: set[str] = set()
         self.failed: dict[str, str | None] = {}
         """Documents the engine refused: doc_id -> their fate (new or changed)."""
         self.removal: list[str] = []
+        """Stored documents no input holds (delete_missing)."""
         self.no_id_rejects = 0
-        self.counts = dict.fromkeys(("rows", "tokens", s.Fate.NEW, s.Fate.CHANGED, s.Fate.UNCHANGED, "rejected"), 0)
-        self.embedded = RunTotals()
-        self.engine_tokens = 0
-        self.record_bytes = 0
         self.groups = 0
-        self.nodes: set[str] = set()
-        self.removed = 0
-        self.commit_s = 0.0
-        """Seconds the driver spent committing (chunks, rejects, batch stats); write_s adds the workers' writing."""
-        self._discarded = RunTotals()
+        """Transactions committed (one chunks-table version each)."""
 
-    # -- groups -------------------------------------------------------------------------------------------
-    def add(self, record: GroupRecord) -> None:
+    def add(self, record: GroupRecord) -> Applied:
         """One write task's record: commit its fragments, then its rejects and batch stats."""
-        self.record_bytes += len(record.to_json())
         if record.group in self.applied:
             log.warning("group_seen_again", group=record.group, reason="Ray re-ran a write task; skipped")
-            return
+            return Applied(new=False)
         started = time.perf_counter()
-        try:
-            if record.fragments:
-                self._commit_group(record)
-                self.nodes.add(record.node)
-            self._side_rows(record)
-        finally:
-            elapsed = time.perf_counter() - started
-            self.commit_s += elapsed
-            self.stages["write_s"] += elapsed
+        if record.fragments:
+            self._commit_group(record)
+        rejected = self._side_rows(record)
         self.applied.add(record.group)
-        self.counts["rows"] += record.rows
-        self.counts["tokens"] += record.tokens
-        for fate in (s.Fate.NEW, s.Fate.CHANGED, s.Fate.UNCHANGED):
-            self.counts[fate] += record.count(fate)
         self.removal.extend(record.removed_ids)
         if record.fragments or record.rejects:
             log.info("rows_committed", chunks=record.rows, rejected=len(record.rejects), node=record.node)
+        return Applied(new=True, rejected=rejected, seconds=time.perf_counter() - started)
 
-    def _side_rows(self, record: GroupRecord) -> None:
-        for stage, seconds in record.stages.items():
-            if stage in self.stages:
-                self.stages[stage] += seconds
-        stats = []
-        for payload in record.batches:
-            batch = payload.batch
-            stats.append(batch.to_row(self.run_id))
-            self.stages["wait_s"] += batch.wait_s
-            self.stages["embed_s"] += batch.embed_s
-            self.engine_tokens += batch.engine_tokens
-            self.embedded += RunTotals(chunks=batch.n_chunks, tokens=batch.n_tokens)
-            if payload.engine is not None:
-                self.engine_ready.append(datetime.fromisoformat(payload.engine["ready_at"]))
-                self.engine_info = self.engine_info or payload.engine
+    def _side_rows(self, record: GroupRecord) -> int:
+        """The group's rejects (an engine's refusals once per document) and batch statistics, in their tables."""
         rejects = []
         for r in record.rejects:
+            r = dict(r)
             fate = r.pop(s.FATE, None)
             if r["reason"] == s.RejectReason.ENGINE_REJECTED:
                 if r[s.DOC_ID] in self.failed:
@@ -128,15 +99,16 @@ class RunCommitter:
                 self.failed[r[s.DOC_ID]] = fate
             self.no_id_rejects += r[s.DOC_ID] is None
             rejects.append({**r, "rejected_at": datetime.fromisoformat(r["rejected_at"])})
-        self.counts["rejected"] += len(rejects)
         if rejects:
             self.store.table(self.store.names.rejects, s.REJECTS_SCHEMA).add(
                 pa.Table.from_pylist(rejects, schema=s.REJECTS_SCHEMA)
             )
+        stats = [payload.batch.to_row(self.run_id) for payload in record.batches]
         if stats:
             self.store.table(self.store.names.batches, s.BATCHES_SCHEMA).add(
                 pa.Table.from_pylist(stats, schema=s.BATCHES_SCHEMA)
             )
+        return len(rejects)
 
     def _commit_group(self, record: GroupRecord) -> None:
         from lance import LanceOperation
@@ -194,41 +166,35 @@ class RunCommitter:
         return False
 
     # -- end of run ---------------------------------------------------------------------------------------
-    def finish(self, delete_missing: bool) -> RunOutcome:
+    def finish(self, delete_missing: bool) -> Finished:
         """Drop what the run wrote for documents the engine refused; remove documents gone from the inputs."""
         started = time.perf_counter()
-        self._finish(delete_missing)
-        elapsed = time.perf_counter() - started
-        self.commit_s += elapsed
-        self.stages["write_s"] += elapsed
-        return self.outcome()
+        discarded, unstored = self._discard_failed() if self.failed else (RunTotals(), Counter())
+        removed = self._remove_missing() if delete_missing and self.removal else 0
+        return Finished(discarded, unstored, removed, time.perf_counter() - started)
 
-    def _finish(self, delete_missing: bool) -> None:
-        if self.failed:
-            self._discard_failed()
-        if delete_missing and self.removal:
-            if self.no_id_rejects:
-                log.warning("removal_skipped", reason=f"{self.no_id_rejects} inputs could not be read whole")
-            else:
-                ids = sorted(set(self.removal))
-                for i in range(0, len(ids), DELETE_IDS):
-                    self._delete(f"{s.DOC_ID} IN ({sql_list(ids[i : i + DELETE_IDS])})", f"remove-{i}")
-                self.removed = len(ids)
+    def _remove_missing(self) -> int:
+        if self.no_id_rejects:
+            log.warning("removal_skipped", reason=f"{self.no_id_rejects} inputs could not be read whole")
+            return 0
+        ids = sorted(set(self.removal))
+        for i in range(0, len(ids), DELETE_IDS):
+            self._delete(f"{s.DOC_ID} IN ({sql_list(ids[i : i + DELETE_IDS])})", f"remove-{i}")
+        return len(ids)
 
-    def _discard_failed(self) -> None:
+    def _discard_failed(self) -> tuple[RunTotals, Counter]:
         dataset = self.store.chunks_dataset()
         if dataset is None:
-            return
+            return RunTotals(), Counter()
         mine = f"{s.RUN_ID} = {sql_str(self.run_id)} AND {s.DOC_ID} IN ({sql_list(sorted(self.failed))})"
         rows = dataset.to_table(columns=[s.DOC_ID, s.CHUNK_INDEX, s.N_TOKENS], filter=mine)
         if not len(rows):
-            return
-        self._discarded = RunTotals(chunks=len(rows), tokens=pc.sum(rows.column(s.N_TOKENS)).as_py() or 0)
+            return RunTotals(), Counter()
+        discarded = RunTotals(chunks=len(rows), tokens=pc.sum(rows.column(s.N_TOKENS)).as_py() or 0)
         firsts = rows.filter(pc.equal(rows.column(s.CHUNK_INDEX), 0)).column(s.DOC_ID).to_pylist()
-        for doc_id in firsts:
-            key = s.Fate.CHANGED if self.failed[doc_id] == s.Fate.CHANGED else s.Fate.NEW
-            self.counts[key] -= 1
+        unstored = Counter(s.Fate.CHANGED if self.failed[d] == s.Fate.CHANGED else s.Fate.NEW for d in firsts)
         self._delete(mine, "discard")
+        return discarded, unstored
 
     def _delete(self, predicate: str, label: str) -> None:
         from lance import LanceOperation
@@ -240,33 +206,6 @@ class RunCommitter:
         if removed or updated:
             op = LanceOperation.Delete(updated_fragments=updated, deleted_fragment_ids=removed, predicate=predicate)
             self._commit(dataset, op, f"{label}-{self.run_id}")
-
-    def outcome(self) -> RunOutcome:
-        c = self.counts
-        chunks, tokens = c["rows"] - self._discarded.chunks, c["tokens"] - self._discarded.tokens
-        docs = c[s.Fate.NEW] + c[s.Fate.CHANGED]
-        return RunOutcome(
-            totals=RunTotals(
-                docs_in=docs + c["unchanged"] + c["rejected"],
-                docs=docs,
-                chunks=chunks,
-                tokens=tokens,
-                rejected=c["rejected"],
-            ),
-            added=c[s.Fate.NEW],
-            replaced=c[s.Fate.CHANGED],
-            skipped=c["unchanged"],
-            removed=self.removed,
-            stages=dict(self.stages),
-            engine_tokens=self.engine_tokens,
-            first_engine_ready=min(self.engine_ready, default=None),
-            chunks_discarded=self.embedded.chunks - chunks,
-            tokens_discarded=self.embedded.tokens - tokens,
-            groups=self.groups,
-            record_bytes=self.record_bytes,
-            nodes=tuple(sorted(self.nodes)),
-            commit_s=self.commit_s,
-        )
 
 
 def _deletions(dataset, predicate: str) -> tuple[list[int], list]:

@@ -4,7 +4,7 @@ engine's busy seconds, and nothing for what the group did not do."""
 import pytest
 
 from pipeline.records import BatchPayload
-from pipeline.runtime.live_metrics import Increment, group_increments, status_values
+from pipeline.run.live_metrics import Increment, group_increments, status_values
 from pipeline.stats import BatchStats
 from tests.unit.test_records import record
 

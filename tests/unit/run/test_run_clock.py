@@ -1,7 +1,7 @@
 import time
 from datetime import datetime, timedelta, timezone
 
-from pipeline.runtime.run_clock import RunClock
+from pipeline.run.run_clock import RunClock
 
 
 def test_wall_time_is_on_the_clock_that_engines_stamp_their_ready_time_with():

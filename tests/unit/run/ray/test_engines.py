@@ -1,35 +1,13 @@
-"""The engines' Ray adapter, without a cluster: which engine a feeder uses, how batch rows name their engine, and
-what a failed engine start keeps. Placement on a cluster of logical GPUs: tests/integration/test_gpu_placement.py."""
+"""The engines' Ray adapter, without a cluster: where each feeder runs, how batch rows name their engine, and what
+a failed engine start keeps. Placement on a cluster of logical GPUs: tests/integration/test_gpu_placement.py."""
 
 from __future__ import annotations
 
 import itertools
 
-import pyarrow as pa
-
-from pipeline import schema as s
 from pipeline.errors import ChunkBudgetError, EngineError
-from pipeline.ray_engines import Engines, _message_only, engine_label
-from pipeline.ray_supervision import ENGINE_ENV, EngineFeeder
-from pipeline.stages.chunk_step import ChunkStep
-from pipeline.stages.chunking import Chunker
-from pipeline.stages.tokenizer import load_tokenizer
-
-
-def test_a_feeder_sends_to_the_engine_its_environment_names(monkeypatch):
-    engines = ["e0", "e1", "e2"]
-    monkeypatch.setenv(ENGINE_ENV, "4")
-    assert EngineFeeder(engines).engine == "e1"
-    monkeypatch.delenv(ENGINE_ENV)
-    assert EngineFeeder(engines).engine == "e0"
-
-
-def test_a_batch_without_chunks_passes_the_embed_stage_without_an_engine(plan, planned, minilm_path):
-    chunks = ChunkStep(Chunker(load_tokenizer(minilm_path), plan.chunk))(planned)
-    rejected = chunks.filter(pa.compute.is_null(chunks.column(s.CHUNK_ID)))
-    assert rejected.num_rows == 1
-    out = EngineFeeder([None], dim=384)(rejected)  # an engine call would fail on None
-    assert out.column(s.VECTOR).null_count == 1 and out.column(s.REJECT_REASON).to_pylist() == ["empty_text"]
+from pipeline.run.ray.engines import Engines, _message_only, engine_label
+from pipeline.run.ray.feeder import ENGINE_ENV
 
 
 def test_feeders_take_the_engines_in_turn_each_on_its_engines_node():

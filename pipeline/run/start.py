@@ -1,0 +1,78 @@
+"""A run's start, composed once for the run, its estimate, its dry run and the benchmark, so that they cannot
+disagree: the lengths from the settings and the model, the tokenizer loading beside the cluster's start, the
+cluster read (and, for GPU engines, waited for), the plan placed on it with its memory checked, and the store's
+width and rate history read. No ray or vllm imports: the executor starts the cluster."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import structlog
+
+from pipeline.plan.job import RunPlan, plan_lengths, plan_run
+from pipeline.plan.placement import Cluster, engine_bundle
+from pipeline.run.executor import Executor
+from pipeline.run.projection import RateHistory
+from pipeline.settings import Settings
+from pipeline.stages.run_tokenizer import checked_tokenizer
+from pipeline.stages.tokenizer import FastTokenizer
+from pipeline.store.lance_store import LanceStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the start leaves: the cluster read, the plan made, the tokenizer loading, the store read."""
+
+    plan: RunPlan
+    cluster: Cluster
+    loading: Future
+    """The tokenizer, checked against the chunk's room for its special tokens; it loads while the cluster and the
+    engines start, which need nothing from it."""
+    dim: int | None
+    """Width of the stored vectors (None: no chunks table yet), checked against the model before anything starts."""
+    history: RateHistory
+    """The store's recent runs and benchmark runs as the run found them: what its projections are made from."""
+
+    def tokenizer(self) -> FastTokenizer:
+        """The loaded tokenizer; a refused one (no room for the overlaps) raises its ConfigError here."""
+        return self.loading.result()
+
+
+def start_run(settings: Settings, executor: Executor, store: LanceStore) -> RunStart:
+    """Plan on the executor's cluster; ConfigError, with the fix, for whatever cannot work."""
+    lengths = plan_lengths(settings)
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+    loading = loader.submit(checked_tokenizer, settings, lengths)
+    loader.shutdown(wait=False)
+    executor.start(settings.run, loading)
+    cluster = executor.inventory()
+    m = settings.model
+    if m.device == "cuda" and cluster.gpus == 0:  # an autoscaling cluster may add GPU nodes; others refuse
+        bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
+        cluster = executor.wait_for_gpus(cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s)
+    plan = plan_run(settings, cluster, lengths)
+    _log_plan(settings, plan, cluster, executor.logs_dir())
+    return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id), RateHistory.read(store))
+
+
+def _log_plan(settings: Settings, plan: RunPlan, cluster: Cluster, logs: str | None) -> None:
+    for note in plan.notes:
+        log.warning("setting_adjusted", note=note)
+    for warning in plan.memory.warnings:
+        log.warning("memory_plan", warning=warning)
+    log.info(
+        "run_planned",
+        model=plan.model_id,
+        device=plan.engine.device,
+        actors=plan.actors,
+        engines_per_device=plan.engine.engines_per_device,
+        bundle=plan.placement.bundle,
+        nodes=cluster.describe(),
+        max_model_len=plan.engine.max_model_len,
+        max_num_batched_tokens=settings.model.max_num_batched_tokens,
+        chunk_tokens=plan.chunk.max_tokens,
+        logs=logs,
+    )

@@ -1,0 +1,39 @@
+"""The Ray Data stages' own logic, without a cluster: the chunk actor is the pure chunk step, and what Ray Data is
+told of the run. The wiring itself runs in tests/integration."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipeline import schema as s
+from pipeline.run.ray.stages import ChunkActor
+from pipeline.settings import LoggingSettings
+from pipeline.stages.chunk_step import ChunkStep
+from pipeline.stages.chunking import Chunker
+from pipeline.stages.tokenizer import load_tokenizer
+
+
+def test_the_chunk_actor_is_the_chunk_step_with_the_plans_chunking(plan, planned, minilm_path):
+    tokenizer = load_tokenizer(minilm_path)
+    out = ChunkActor(LoggingSettings(), plan.chunk, tokenizer)(planned)
+    same = [s.CHUNK_ID, s.TOKEN_IDS, s.N_TOKENS, s.REJECT_REASON]
+    assert out.select(same).equals(ChunkStep(Chunker(tokenizer, plan.chunk))(planned).select(same))
+    assert pa.compute.max(out.column(s.N_TOKENS)).as_py() <= plan.chunk.max_tokens
+    assert "blank" in out.filter(pa.compute.is_valid(out.column(s.REJECT_REASON))).column(s.DOC_ID).to_pylist()
+
+
+def test_ray_data_is_told_the_engines_reserve_the_stall_bound_and_the_shuffles_cpus(plan):
+    from ray.data import DataContext
+    from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
+
+    from pipeline.plan.placement import STAGE_CPUS
+    from pipeline.run.ray.stages import _tell_ray_data, no_progress_timeout_s
+    from pipeline.settings import RunSettings
+
+    plan_settings = RunSettings()
+    _tell_ray_data(plan, plan_settings)
+    context = DataContext.get_current()
+    assert context.execution_options.exclude_resources.cpu == plan.placement.bundle["CPU"] * plan.actors
+    assert context.execution_no_progress_timeout_s == no_progress_timeout_s(plan_settings)
+    # a private constant of Ray Data 2.60: if Ray renames it, this fails instead of the stall coming back silently
+    assert HashShufflingOperatorBase._DEFAULT_SHUFFLE_BLOCK_NUM_CPUS == STAGE_CPUS.shuffle < 1

@@ -27,6 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.plan.compute import flops_per_token, peak_tflops
 from pipeline.plan.job import RunPlan
 from pipeline.records import RunRecord
+from pipeline.run.executor import Executor
 from pipeline.run.in_process import InProcessExecutor
 from pipeline.run.ingest import run_ingest
 from pipeline.run.start import start_run
@@ -109,11 +110,11 @@ def sweep_settings(settings: BenchJobSettings, prefix: str) -> list[Settings]:
     return points
 
 
-def engine_plan(settings: Settings) -> RunPlan:
+def engine_plan(settings: Settings, executor: Executor | None = None) -> RunPlan:
     """The plan one pipeline actor would get with these settings, alone on its device, for the baselines: the run's
-    own start, on this machine."""
+    own start, on this machine (or the executor's cluster)."""
     settings = settings.model_copy(update={"run": settings.run.model_copy(update={"engines_per_device": 1})})
-    start = start_run(settings, InProcessExecutor(), open_store(settings))
+    start = start_run(settings, executor or InProcessExecutor(), open_store(settings))
     start.tokenizer()
     return start.plan
 

@@ -69,35 +69,13 @@ def _estimate(settings, fraction: float | None, seed: int) -> int:
 
 
 def _dry_run(settings) -> int:
+    from pipeline.run.dry_run import dry_run
     from pipeline.run.executors import planning_executor
-    from pipeline.run.start import start_run
-    from pipeline.stages.sources import Inputs
-    from pipeline.store.lance_store import LanceStore
 
-    inputs = Inputs.listed(settings.input)
-    executor = planning_executor()
-    start = start_run(settings, executor, LanceStore.from_settings(settings.store))
-    start.tokenizer()
-    plan = start.plan
-    for note in plan.notes:
-        print(f"note: {note}")
     where = "the cluster RAY_ADDRESS names" if os.environ.get("RAY_ADDRESS") else "this machine as a local Ray sees it"
-    print(
-        f"{len(inputs.shards)} shards; model {plan.model_id} ({plan.engine.model_dir}); max_model_len "
-        f"{plan.engine.max_model_len}; chunk tokens {plan.chunk.max_tokens}, overlap {plan.chunk.overlap_tokens}"
-    )
-    print(
-        f"planned on {where} ({start.cluster.describe()}): {plan.actors} engine{'s' if plan.actors > 1 else ''} on "
-        f"{plan.engine.device}, {plan.engine.engines_per_device} per device, each a bundle of "
-        f"{plan.placement.bundle}; {_memory_text(plan.memory)}"
-    )
+    _, lines = dry_run(settings, planning_executor(), where)
+    print("\n".join(lines))
     return 0
-
-
-def _memory_text(memory) -> str:
-    needed, budget = memory.per_rank.get("needed"), memory.per_rank.get("budget")
-    text = f"each engine needs {needed / 2**30:.2f} GiB"
-    return text + (f" of its {budget / 2**30:.2f} GiB" if budget else " (its device's memory is unknown)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.ray]
 def test_the_progress_board_counts_while_the_run_lives_and_is_gone_after_it(ray_local):
     from ray.exceptions import RayActorError
 
-    from pipeline.run.ray.stages import board_reader, progress_board
+    from pipeline.run.ray.progress_board import board_reader, progress_board
 
     with progress_board() as board:
         board.add.remote({"docs_chunked": 3})

@@ -10,6 +10,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.model_builders import build_bpe_tokenizer, build_tiny_bert, minilm_dir
 
+TIERS = {"unit": 120, "ray": 600, "engine": 900, "slow": 1800}
+"""Each tier, cheapest first, and its tests' timeout in seconds (setup included: a module's fixtures run with its
+first test); a test may ask for more with @pytest.mark.timeout."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is in exactly one tier; a test in none, or in two, fails the collection."""
+    wrong = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"{item.nodeid}: {tiers or 'no tier'}")
+        elif item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIERS[tiers[0]]))
+    if wrong:
+        lines = "\n  ".join(wrong)
+        raise pytest.UsageError(f"each test needs exactly one tier marker of {list(TIERS)}:\n  {lines}")
+
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:

@@ -34,15 +34,45 @@ class FakeEmbedder:
         return {"engine": "fake", "dim": self.dim}
 
 
+class StandInEngine(FakeEmbedder):
+    """A stand-in engine for jobs on Ray (model.embedder = "tests.fakes:StandInEngine"): FakeEmbedder's vectors at the
+    model's dimension, started as the engine would be (from the plan's EngineSpec, in an engine actor), in no time
+    and without torch or vLLM. For the faults, placement and exactly-once tests; never the only test of a feature."""
+
+    def __init__(self, spec, slot: int | None = None):
+        import json
+        from pathlib import Path
+
+        config = json.loads((Path(spec.model_dir) / "config.json").read_text())
+        super().__init__(dim=config["hidden_size"])
+        self.slot = slot
+
+    def info(self) -> dict:
+        return {"engine": "stand-in", "dim": self.dim}
+
+
+class BrokenEngine:
+    """A stand-in engine that cannot start, as vLLM says when its memory is gone (model.embedder =
+    "tests.fakes:BrokenEngine")."""
+
+    MESSAGE = (
+        "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when "
+        "initializing the engine."
+    )
+
+    def __init__(self, spec, slot: int | None = None):
+        raise ValueError(self.MESSAGE.removeprefix("ValueError: "))
+
+
 RECORDS_ENV = "EMBEDPIPE_TEST_ENGINE_RECORDS"
 """Directory where RecordingEngine writes one JSON file per engine start (set on the cluster's nodes)."""
 
 
-class RecordingEngine(FakeEmbedder):
+class RecordingEngine(StandInEngine):
     """A stand-in engine (model.embedder = "tests.fakes:RecordingEngine") for placement tests on a Ray cluster of
-    logical GPUs: FakeEmbedder's vectors at the model's dimension, and a record of what Ray gave the engine (its
-    node, GPU ids, CUDA_VISIBLE_DEVICES, the bundle resources it holds), the vLLM arguments it would have started
-    with, and when its start began and ended: a start that takes START_S, so starts that overlap show."""
+    logical GPUs: StandInEngine's vectors, and a record of what Ray gave the engine (its node, GPU ids,
+    CUDA_VISIBLE_DEVICES, the bundle resources it holds), the vLLM arguments it would have started with, and when its
+    start began and ended: a start that takes START_S, so starts that overlap show."""
 
     START_S = 2.0
 
@@ -59,8 +89,7 @@ class RecordingEngine(FakeEmbedder):
         began = time.time()
         time.sleep(self.START_S)
         context = ray.get_runtime_context()
-        config = json.loads((Path(spec.model_dir) / "config.json").read_text())
-        super().__init__(dim=config["hidden_size"])
+        super().__init__(spec, slot)
         record = {
             "node": context.get_node_id(),
             "gpu_ids": context.get_accelerator_ids().get("GPU", []),

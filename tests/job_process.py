@@ -3,9 +3,13 @@ that the job starts for itself."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -63,21 +67,115 @@ def reap_session(sid: int, grace_s: float = 15.0) -> list[str]:
     return stop_leftovers(processes, grace_s)
 
 
-def stand_in_ingest(
-    model: Path, corpus: Path, db: Path, records: Path, *extra: str, status: int = 0
-) -> subprocess.CompletedProcess:
-    """`python -m jobs.ingest` on a small local Ray with the stand-in engine (tests.fakes.RecordingEngine, which
-    writes a record of each start under `records`), batches of 4 rows and no index after the run; its exit status
-    checked against `status`."""
-    from tests.fakes import RECORDS_ENV
-
+def stand_in_ingest(model: Path, corpus: Path, db: Path, *extra: str, status: int = 0) -> subprocess.CompletedProcess:
+    """`python -m jobs.ingest` on a small local Ray with the stand-in engine (tests.fakes.StandInEngine), batches of 4
+    rows and no index after the run; its exit status checked against `status`."""
     args = job_command(
         "jobs.ingest",
         *("--model-path", str(model), "--model.name", "tiny", "--inputs", str(corpus), "--db", str(db)),
-        *("--model.embedder", "tests.fakes:RecordingEngine", "--no-index.after-run", "--run.batch-rows", "4"),
+        *("--model.embedder", "tests.fakes:StandInEngine", "--no-index.after-run", "--run.batch-rows", "4"),
         *extra,
     )
-    env = job_env(**SMALL_RAY, **{RECORDS_ENV: str(records)})
-    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(args, cwd=REPO, env=job_env(**SMALL_RAY), capture_output=True, text=True, timeout=600)
     assert proc.returncode == status, proc.stderr[-3000:]
     return proc
+
+
+STARTED: list[IngestProcess] = []
+"""Every ingest job a test started, stopped with its Ray's processes when the test ends, however it ended (the
+`no_job_outlives_its_test` fixture of the tests that start them)."""
+
+
+class IngestProcess:
+    """`python -m jobs.ingest` in its own process and session (so its local Ray's processes can be found, and
+    stopped by their ids when it is killed), its JSON log events collected as they come. `faults`: what
+    EMBEDPIPE_FAULTS injects (pipeline/runtime/faults.py), counted under `faults_dir`."""
+
+    def __init__(self, args: list[str], faults: str = "", faults_dir: Path | None = None, **env: str):
+        from pipeline.runtime.faults import FAULTS_DIR_ENV, FAULTS_ENV
+
+        command = job_command("jobs.ingest", *args, "--logging.json-format", "true")
+        extra = {FAULTS_ENV: faults, FAULTS_DIR_ENV: str(faults_dir)} if faults else {}
+        self.faults_dir = faults_dir
+        self.events: list[dict] = []
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=job_env(**SMALL_RAY, **extra, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        STARTED.append(self)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stderr:
+                self.stderr.append(line)
+                if line.startswith("{"):
+                    try:
+                        self.events.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except ValueError:  # the pipe closes under the reader when the process is killed
+            return
+
+    def wait_for(self, event: str, count: int = 1, timeout_s: float = 300) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum(e.get("event") == event for e in self.events) >= count:
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        raise TimeoutError(f"no {event} event within {timeout_s} s:\n{''.join(self.stderr[-40:])}")
+
+    def held_at(self, point: str, nth: int = 1, timeout_s: float = 300) -> None:
+        """Wait until the job reached `point` for the `nth` time, where it holds (a `wait` fault)."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.faults_dir / f"{point}.{nth}").exists():
+            assert self.proc.poll() is None, f"the job ended before {point}:\n{''.join(self.stderr[-40:])}"
+            assert time.monotonic() < deadline, f"the job never reached {point}:\n{''.join(self.stderr[-40:])}"
+            time.sleep(0.05)
+
+    def release(self, point: str) -> None:
+        (self.faults_dir / f"{point}.go").touch()
+
+    def died(self, timeout_s: float = 300) -> None:
+        """The driver killed itself (a `kill` fault); then its local Ray's processes, which would otherwise outlive
+        it, are stopped by their ids."""
+        returncode = self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        assert returncode == -signal.SIGKILL, f"the job was not killed ({returncode}):\n{''.join(self.stderr[-40:])}"
+        reap_session(self.proc.pid)
+
+    def ended(self, timeout_s: float = 300) -> int:
+        self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+    def ray_processes(self, title: str) -> list[int]:
+        """This job's processes whose title names `title` (Ray titles a worker by what it runs)."""
+        return [pid for pid, cmdline in session_processes(self.proc.pid).items() if title in cmdline]
+
+    def finish(self, timeout_s: float = 600) -> str:
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        assert self.proc.returncode == 0, "".join(self.stderr[-60:])
+        left = session_processes(self.proc.pid)
+        assert not left, f"the job's local Ray left processes running: {left}"
+        return out
+
+
+def stop_started_jobs() -> None:
+    """Stop every job a test started that still runs, and what its local Ray left."""
+    while STARTED:
+        job = STARTED.pop()
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait()
+        reap_session(job.proc.pid, grace_s=5.0)

@@ -25,6 +25,7 @@ from pipeline.run.result import RunResult
 from pipeline.run.run_clock import RunClock
 from pipeline.run.run_row import ended_record, started_record
 from pipeline.run.start import RunStart, start_run
+from pipeline.runtime.faults import fault_point
 from pipeline.schema import RunStatus
 from pipeline.settings import Settings
 from pipeline.stages.sources import Inputs
@@ -53,6 +54,7 @@ def run_ingest(settings: Settings, executor: Executor | None = None) -> RunResul
             start = start_run(settings, executor, store)
             with ExitStack() as engines:
                 fleet = engines.enter_context(executor.engines(start.plan, settings, start.cluster, run_id))
+                fault_point("start.planned")
                 tokenizer = start.tokenizer()  # a refused tokenizer ends the run here, before it is recorded
                 record = started_record(run_id, clock.started_at, settings, start.plan)
                 with RunLog(store).recorded(record) as row:
@@ -92,6 +94,7 @@ class Execution:
     def embed(self, inputs: Inputs, tokenizer: FastTokenizer, fleet: EngineFleet) -> None:
         plan = self.start.plan
         session = open_session(self.store, self.run_id, plan.chunk.fingerprint, table_metadata(plan), self.start.dim)
+        fault_point("store.read")
         display = ProgressDisplay(fleet.progress, self.accounts.written, every_s=PROGRESS_EVERY_S)
         try:
             with display, on_sigterm() as interrupt:
@@ -104,6 +107,7 @@ class Execution:
                             self.accounts.group(record, applied)
                         if applied.new:
                             self.live.committed(record, applied.seconds)
+                            fault_point("commit.after_group")
             self.accounts.finished(self.committer.finish(self.settings.run.delete_missing))
             self.row.status = RunStatus.SUCCEEDED
             self.fleet = fleet.report()

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from pipeline import schema as s
 from pipeline.records import BatchPayload, GroupRecord
+from pipeline.runtime.faults import fault_point
 from pipeline.stats import ShardStats
 
 
@@ -76,6 +77,7 @@ class ChunkWriter:
             storage_options=self.storage_options or None,
         )
         stages = {**stages, "write_s": stages.get("write_s", 0.0) + time.perf_counter() - started}
+        fault_point("write.after_fragments")
         return replace(record, fragments=[json.dumps(f.to_json()) for f in fragments], dim=dim, stages=stages)
 
 

@@ -4,6 +4,10 @@ two jobs."""
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 MAX_LINES = 80
 

@@ -6,7 +6,11 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from pipeline import schema as s
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "infra" / "README.md"]

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 RAY_SIDE = "pipeline.run.ray"
 """The run's Ray side: its executor, the cluster, the engines' actors and feeders, the dataset's stages."""

@@ -7,6 +7,10 @@ Ray out still counts."""
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 FOUNDATIONS = (
     "pipeline",

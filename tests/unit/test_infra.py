@@ -16,6 +16,8 @@ from packaging.specifiers import SpecifierSet
 from pipeline import __version__
 from pipeline.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 PYPROJECT = (REPO / "pyproject.toml").read_text()

@@ -14,6 +14,8 @@ from pipeline.stages.sources import list_shards
 from pipeline.store.locks import S3Lease, store_lock
 from pipeline.store.runs import RunLog
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def bucket(s3_server, request):

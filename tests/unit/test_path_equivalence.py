@@ -21,6 +21,8 @@ from pipeline.store.lance_store import LanceStore
 from tests.fakes import FakeEmbedder
 from tests.support.in_process import ingest_in_process
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "equivalence"
 EXPECTED = json.loads((DATA / "expected.json").read_text())
 

@@ -10,6 +10,8 @@ from pipeline.records import BatchPayload, GroupRecord
 from pipeline.schema import Fate
 from pipeline.stats import BatchStats
 
+pytestmark = pytest.mark.unit
+
 STATS = BatchStats("a1", 0, 3, 300, 120, 0.5, 0.1, datetime(2026, 12, 3, tzinfo=timezone.utc), 300)
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.sample_corpus import clip, package_documents, write_text_files
+
+pytestmark = pytest.mark.unit
 
 
 def test_clip_cuts_at_the_last_paragraph_break_within_the_limit():

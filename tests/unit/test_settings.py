@@ -5,6 +5,8 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def toml(tmp_path):

@@ -8,6 +8,8 @@ import pytest
 
 from pipeline.stats import STAGES, BatchStats, RunTotals, ShardStats
 
+pytestmark = pytest.mark.unit
+
 
 def test_shard_stats_add_up_across_payloads_and_name_the_runs_columns():
     read = ShardStats(read_s=0.5, parse_s=0.25, bytes=1000).to_json()

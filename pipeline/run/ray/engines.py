@@ -35,6 +35,7 @@ from pipeline.run.ray.cpu_priority import HelperPriority, mark_engines_ready
 from pipeline.run.ray.feeder import ENGINE_ENV
 from pipeline.run.ray.start_gate import StartGate, wait_turn
 from pipeline.run.ray.supervisor import CONTROL_TIMEOUT_S, NODE_VERDICT_S, EngineSupervisor
+from pipeline.runtime.faults import fault_point
 from pipeline.settings import LoggingSettings, RunSettings
 from pipeline.stages.embed import EmbedStep
 
@@ -95,6 +96,7 @@ class EngineActor:
     def embed(self, batch: pa.Table) -> pa.Table:
         if self.failure is not None:
             raise type(self.failure)(str(self.failure))
+        fault_point("engine.before_embed")
         out = self.step(batch)
         if self.board is not None:
             self.board.add.remote(embedded_counts(batch))

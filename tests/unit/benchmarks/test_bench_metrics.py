@@ -8,6 +8,8 @@ from benchmarks.runner import sweep_settings
 from pipeline.plan.model_params import shape_from_config
 from pipeline.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 
 def point(kind="pipeline", budget=8192, tps=1000.0, busy=0.95, per_call=20_000.0, engines=1, **stages):
     steady = 100.0

@@ -2,11 +2,14 @@
 stage table, the plots, and rows that carry the same figures."""
 
 import lancedb
+import pytest
 
 from benchmarks.metrics import Point
 from benchmarks.report import write_outputs
 from benchmarks.runner import BenchResult
 from benchmarks.settings import BenchJobSettings
+
+pytestmark = pytest.mark.unit
 
 
 def _point(kind, label, budget, tps, startup=10.0, **kw):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.bench_scale import checks
 from benchmarks.scale import Point
+
+pytestmark = pytest.mark.unit
 
 
 def store_point(size: int, repeat: int, write_s: float, wall_s: float) -> Point:

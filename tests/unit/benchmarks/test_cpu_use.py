@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks.cpu_use import Sample, cpu_by_role, role_of
 
+pytestmark = pytest.mark.unit
+
 
 def test_roles_from_ray_process_titles():
     assert role_of("ray::EngineActor.embed", 7, 1) == "engine actors"

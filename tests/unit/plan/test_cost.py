@@ -7,6 +7,8 @@ from pipeline.plan.compute import flops_per_token
 from pipeline.plan.cost import run_cost
 from pipeline.plan.model_params import shape_from_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_two_gpu_engines_held_for_an_hour_cost_two_gpu_hours_at_the_price():
     cost = run_cost(

@@ -28,6 +28,8 @@ from pipeline.plan.estimate import (
 from pipeline.plan.model_params import shape_from_config
 from tests.support.stores import run_record
 
+pytestmark = pytest.mark.unit
+
 
 def chunk_rows(rows: list[dict]) -> pa.Table:
     full = [{f.name: r.get(f.name) for f in s.CHUNK_SCHEMA} for r in rows]

@@ -19,6 +19,8 @@ from pipeline.plan.index import (
 )
 from pipeline.settings import IndexSettings, load_settings
 
+pytestmark = pytest.mark.unit
+
 SETTINGS = IndexSettings(ann_min_rows=10_000)
 
 

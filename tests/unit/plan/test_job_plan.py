@@ -10,6 +10,8 @@ from pipeline.plan.placement import Cluster
 from pipeline.settings import Settings
 from tests.support.plans import plan_on_one_node
 
+pytestmark = pytest.mark.unit
+
 
 def settings(model_path, chunk=None, **model):
     return Settings(model={"path": str(model_path), **model}, chunk=chunk or {})

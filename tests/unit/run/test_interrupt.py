@@ -8,6 +8,8 @@ import pytest
 from pipeline.errors import RunInterrupted
 from pipeline.run.interrupt import Interrupt, on_sigterm
 
+pytestmark = pytest.mark.unit
+
 
 def test_sigterm_outside_a_commit_interrupts_at_once_and_names_the_signal():
     with pytest.raises(RunInterrupted, match="SIGTERM"), on_sigterm():

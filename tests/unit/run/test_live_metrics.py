@@ -8,6 +8,8 @@ from pipeline.run.live_metrics import Increment, group_increments, status_values
 from pipeline.stats import BatchStats
 from tests.unit.test_records import record
 
+pytestmark = pytest.mark.unit
+
 
 def batch(actor: str, embed_s: float) -> BatchPayload:
     return BatchPayload(BatchStats(actor, 0, 2, 100, 60, embed_s, 0.0))

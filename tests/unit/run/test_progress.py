@@ -20,6 +20,8 @@ from pipeline.run.progress import (
 )
 from pipeline.run.progress_display import ProgressDisplay
 
+pytestmark = pytest.mark.unit
+
 
 def test_expected_tokens_scale_the_queued_bytes_by_the_tokens_per_byte_so_far():
     p = Progress(docs_planned=10, bytes_planned=10_000, docs_chunked=2, bytes_chunked=2_000, tokens_chunked=500)

@@ -14,6 +14,8 @@ from pipeline.run.projection import RateHistory
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 
+pytestmark = pytest.mark.unit
+
 
 def bench_row(kind: str, tokens_per_s: float) -> dict:
     return {

@@ -1,7 +1,11 @@
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from pipeline.run.run_clock import RunClock
+
+pytestmark = pytest.mark.unit
 
 
 def test_wall_time_is_on_the_clock_that_engines_stamp_their_ready_time_with():

@@ -19,6 +19,8 @@ from pipeline.run.ingest import run_ingest
 from pipeline.settings import Settings
 from tests.fakes import FakeEmbedder
 
+pytestmark = pytest.mark.unit
+
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * 2**30, "host_memory_bytes": 512 * 2**30}
 GPU_NODES = Cluster(tuple(Node(f"node{i}", f"10.0.0.{i}", 32.0, 8.0, **H100) for i in range(2)))
 CPU_NODE = Cluster.one_node(0, 4, host_memory_bytes=16 * 2**30)

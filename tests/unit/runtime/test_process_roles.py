@@ -4,7 +4,11 @@ function of the Ray adapters, or CPU demotion and the benchmark's CPU table woul
 import ast
 from pathlib import Path
 
+import pytest
+
 from pipeline.runtime.process_roles import OWN_ROLES, ROLES, role_of
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[3]
 RAY_SIDE = REPO / "pipeline" / "run" / "ray"

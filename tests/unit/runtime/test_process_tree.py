@@ -2,8 +2,11 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from pipeline.runtime.process_tree import children, started_since, stop_leftovers, with_descendants
+
+pytestmark = pytest.mark.unit
 
 SLEEPER = "import time; time.sleep(600)"
 PARENT = (

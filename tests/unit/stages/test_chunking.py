@@ -13,6 +13,8 @@ from pipeline.stages.chunking import BREAK_NONE, BREAK_PARAGRAPH, Chunker, split
 from pipeline.stages.documents import text_hash
 from pipeline.stages.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.unit
+
 WORDS = st.sampled_from(
     'the engine embeds chunks of tokens ; naïve café Straße 3.14 x2 -- (parenthesis) "quoted" don\'t '
     "Übermaß internationalization tokenizer's ⟨angle⟩ 東京 emoji🙂 foo_bar".split()

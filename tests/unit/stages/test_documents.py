@@ -5,11 +5,14 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import schema as s
 from pipeline.settings import InputSettings
 from pipeline.stages.documents import Shard
 from tests.support.shards import parse_shard
+
+pytestmark = pytest.mark.unit
 
 CFG = InputSettings()
 

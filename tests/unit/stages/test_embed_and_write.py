@@ -22,6 +22,8 @@ from pipeline.store.lance_store import LanceStore
 from tests.fakes import FakeEmbedder
 from tests.support.in_process import CommittedRun
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def chunk_batches(minilm_path, sample_texts, tmp_path_factory):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from pipeline import schema as s
 from pipeline.schema import KEY_COLUMNS
 from pipeline.stages.fates import complete_documents, decide, decide_all, stored_fates, stored_id_rows
 from pipeline.stats import ShardStats
+
+pytestmark = pytest.mark.unit
 
 
 def copy(source: str, line: int | None, text: str = "t", doc_id: str = "x") -> dict:

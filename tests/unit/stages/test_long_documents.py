@@ -12,6 +12,8 @@ import pytest
 
 from pipeline.stages.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[3]
 
 

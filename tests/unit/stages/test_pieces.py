@@ -21,6 +21,8 @@ from pipeline.stages.pieces import Piece, PieceReader, split_shard
 from pipeline.stages.sources import list_shards
 from tests.support.shards import parse_shard
 
+pytestmark = pytest.mark.unit
+
 CFG = InputSettings()
 FS = pafs.LocalFileSystem()
 KEEP = [s.DOC_ID, s.SOURCE, s.LINE, s.DOC_HASH, s.REJECT_REASON]

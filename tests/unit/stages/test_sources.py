@@ -6,6 +6,8 @@ from pipeline.errors import ConfigError
 from pipeline.settings import InputSettings
 from pipeline.stages.sources import list_shards
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def tree(tmp_path):

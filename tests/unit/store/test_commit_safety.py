@@ -28,6 +28,8 @@ from tests.fakes import FakeEmbedder
 from tests.support.in_process import CommittedRun, ingest_in_process
 from tests.support.stores import run_record
 
+pytestmark = pytest.mark.unit
+
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 META = {"model": "fake"}
 

@@ -22,6 +22,8 @@ from pipeline.store.locks import store_lock
 from tests.fakes import FakeEmbedder
 from tests.support.in_process import ingest_in_process
 
+pytestmark = pytest.mark.unit
+
 PLAN = ChunkPlan(max_tokens=64, overlap_tokens=0, boundary_window=0.15, model_id="fake")
 
 

@@ -2,11 +2,14 @@
 
 import lancedb
 import pyarrow as pa
+import pytest
 
 from pipeline import schema as s
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 from tests.support.stores import empty_chunks_table, run_record
+
+pytestmark = pytest.mark.unit
 
 
 def test_old_batches_table_gains_new_columns(tmp_path):

@@ -21,6 +21,8 @@ from pipeline.run.ray.cpu_priority import (
     raise_niceness,
 )
 
+pytestmark = pytest.mark.unit
+
 THREADS = (
     "import threading, time\n"
     "for _ in range(3): threading.Thread(target=time.sleep, args=(60,)).start()\n"

@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.run.ray.engine_calls import CALL_SLACK, DOWN_FOR_S, RATE_WEIGHT, EngineRoster
 
+pytestmark = pytest.mark.unit
+
 
 def roster(engines: int = 3, first: int = 1) -> EngineRoster:
     return EngineRoster(engines=engines, first=first, floor_s=120.0, start_allowance_s=1200.0)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from pipeline.errors import ChunkBudgetError, EngineError
 from pipeline.run.ray.engines import Engines, _message_only, engine_label
 from pipeline.run.ray.feeder import ENGINE_ENV
+
+pytestmark = pytest.mark.unit
 
 
 def test_feeders_take_the_engines_in_turn_each_on_its_engines_node():

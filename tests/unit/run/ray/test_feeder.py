@@ -4,12 +4,15 @@ passing without one. A feeder on a cluster: tests/integration/test_cluster_fault
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from pipeline import schema as s
 from pipeline.run.ray.feeder import ENGINE_ENV, EngineFeeder
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_feeder_sends_to_the_engine_its_environment_names(monkeypatch):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from ray.exceptions import RayTaskError
 
 from pipeline.errors import EngineError, InputRejected
 from pipeline.run.ray.group_records import pipeline_error
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_workers_pipeline_error_reaches_the_driver_as_itself():

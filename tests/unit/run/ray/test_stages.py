@@ -4,6 +4,7 @@ told of the run. The wiring itself runs in tests/integration."""
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 
 from pipeline import schema as s
 from pipeline.run.ray.stages import ChunkActor
@@ -11,6 +12,8 @@ from pipeline.settings import LoggingSettings
 from pipeline.stages.chunk_step import ChunkStep
 from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.unit
 
 
 def test_the_chunk_actor_is_the_chunk_step_with_the_plans_chunking(plan, planned, minilm_path):

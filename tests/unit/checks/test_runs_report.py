@@ -1,6 +1,6 @@
-"""`python -m jobs.runs` on a store two real runs filled: the table and the JSON say what the runs rows say, and
-the HTML report, opened in a real headless browser (Debian's chromium), shows the newest run's tokens, its engines
-and its stages, and the history, and renders to a screenshot that is not blank."""
+"""`python -m jobs.runs` on a store two runs filled (in this process, with the fake engine): the table and the JSON
+say what the runs rows say, and the HTML report, opened in a real headless browser (Debian's chromium), shows the
+newest run's tokens, its engines and its stages, and the history, and renders to a screenshot that is not blank."""
 
 import json
 import re
@@ -12,27 +12,37 @@ import lancedb
 import pytest
 from PIL import Image
 
-from tests.job_process import REPO, job_command, job_env, stand_in_ingest
+from pipeline.run.in_process import InProcessExecutor
+from pipeline.run.ingest import run_ingest
+from pipeline.settings import Settings
+from tests.fakes import FakeEmbedder
+from tests.job_process import REPO, job_command, job_env
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.unit
 
 
-def ingest(model: Path, corpus: Path, db: Path, records: Path) -> None:
-    proc = stand_in_ingest(model, corpus, db, records, "--run.device-hour-price", "3.0")
-    assert re.search(r"; engines 1 x [\d.,]+ s, busy \d+%, [\d.e-]+ device-hours; cost ", proc.stdout), proc.stdout
+def ingest(model: Path, corpus: Path, db: Path) -> None:
+    settings = Settings(
+        input={"paths": [str(corpus)]},
+        model={"path": str(model), "device": "cpu"},
+        store={"uri": str(db)},
+        run={"device_hour_price": 3.0, "batch_rows": 4},
+        index={"after_run": False},
+    )
+    result = run_ingest(settings, InProcessExecutor(FakeEmbedder(dim=16)))
+    assert re.search(r"; engines 1 x [\d.,]+ s, busy \d+%, [\d.e-]+ device-hours; cost ", result.summary_line())
 
 
 @pytest.fixture(scope="module")
-def store(tiny_model_path, sample_texts, tmp_path_factory) -> Path:
+def store(minilm_path, sample_texts, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs-report")
-    corpus, records, db = root / "corpus", root / "records", root / "db"
+    corpus, db = root / "corpus", root / "db"
     corpus.mkdir()
-    records.mkdir()
     lines = [json.dumps({"id": f"d{i}", "text": sample_texts[i]}) for i in range(12)]
     (corpus / "a.jsonl").write_text("\n".join(lines[:8]) + "\n")
-    ingest(tiny_model_path, corpus, db, records)
+    ingest(minilm_path, corpus, db)
     (corpus / "b.jsonl").write_text("\n".join(lines[8:]) + "\n")
-    ingest(tiny_model_path, corpus, db, records)
+    ingest(minilm_path, corpus, db)
     return db
 
 

@@ -1,8 +1,8 @@
 """A run's figures reach Prometheus the way batch jobs' do: pushed to a real Pushgateway (Debian's
-prometheus-pushgateway) at the run's end, equal to its runs row, and read back through a real Prometheus that
-scrapes the gateway; a failed run keeps the last success's time; a
-gateway that is down never fails a run. The alert rules load and fire as their unit tests say (Prometheus'
-promtool)."""
+prometheus-pushgateway) at the run's end (the run in this process: where its stages ran does not change what it
+pushes), equal to its runs row, and read back through a real Prometheus that scrapes the gateway; a failed run keeps
+the last success's time; a gateway that is down never fails a run. The alert rules load and fire as their unit
+tests say (Prometheus' promtool)."""
 
 import json
 import subprocess
@@ -12,10 +12,16 @@ import lancedb
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.run.in_process import InProcessExecutor
+from pipeline.run.ingest import run_ingest
 from pipeline.run.pushed_metrics import RunFigures, push_run
-from tests.job_process import REPO, stand_in_ingest
+from pipeline.settings import Settings
+from tests.fakes import FakeEmbedder
+from tests.job_process import REPO
 from tests.local_cluster import free_port
 from tests.local_server import binary, prometheus, query, query_until, served
+
+pytestmark = pytest.mark.unit
 
 MONITORING = REPO / "infra" / "monitoring"
 
@@ -64,15 +70,19 @@ def test_a_failed_run_keeps_the_last_successs_time_and_a_down_gateway_fails_noth
     assert not push_run(f"http://127.0.0.1:{free_port(9100, 9900)}", "j", "db", figures(True, 1.0, 1), timeout_s=2)
 
 
-@pytest.mark.ray
-def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, tiny_model_path, sample_texts, tmp_path):
-    corpus, records, db = tmp_path / "corpus", tmp_path / "records", tmp_path / "db"
+def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, minilm_path, sample_texts, tmp_path):
+    corpus, db = tmp_path / "corpus", tmp_path / "db"
     corpus.mkdir()
-    records.mkdir()
     lines = [json.dumps({"id": f"d{i}", "text": sample_texts[i]}) for i in range(6)] + ["{not json"]
     (corpus / "a.jsonl").write_text("\n".join(lines) + "\n")
-    pushing = ("--metrics.pushgateway", gateway, "--run.device-hour-price", "2.0")
-    stand_in_ingest(tiny_model_path, corpus, db, records, *pushing)
+    settings = Settings(
+        input={"paths": [str(corpus)]},
+        model={"path": str(minilm_path), "device": "cpu"},
+        store={"uri": str(db)},
+        run={"device_hour_price": 2.0},
+        metrics={"pushgateway": gateway},
+    )
+    run_ingest(settings, InProcessExecutor(FakeEmbedder(dim=16)))
     [run] = lancedb.connect(str(db)).open_table("runs").to_arrow().to_pylist()
     metrics = scraped(gateway)
     store = str(db)

@@ -18,12 +18,34 @@ from tests.job_process import REPO, job_env
 BIN = Path(sys.executable).parent
 
 
-def free_port(low: int = 6400, high: int = 6999) -> int:
-    for port in range(low, high):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port")
+PORTS_PER_WORKER = 2500
+PORTS_FROM = 20000
+"""Ports the tests' servers and Ray nodes take: a block per pytest-xdist worker, below Linux's ephemeral range
+(32768-60999, where Ray and the OS pick random ports) and above Ray's own defaults (6379, 8265, 10001, 10002-19999), so
+that clusters and servers started at the same time never share a port."""
+_NEXT: list[int] = []
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive ports, free now and not handed out before by this process, from this xdist
+    worker's block."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = PORTS_FROM + PORTS_PER_WORKER * (int(worker) if worker.isdigit() else 0)
+    start = _NEXT[0] if _NEXT else low
+    for port in range(max(start, low), low + PORTS_PER_WORKER - count):
+        if all(_bindable(p) for p in range(port, port + count)):
+            _NEXT[:] = [port + count]
+            return port
+    raise RuntimeError(f"no {count} free ports in {low}-{low + PORTS_PER_WORKER}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -96,6 +118,27 @@ def stop_cluster(temp_dir: Path, port: int | None = None) -> None:
         time.sleep(3)
 
 
+WORKER_PORTS = 40
+"""Ports of a node's worker processes: enough for every worker a test's node starts."""
+
+
+def node_ports(metrics_ports: list[int]) -> list[str]:
+    """`ray start` flags that give a node ports of its own, for every listener Ray would otherwise put on a default
+    port or on a range every node shares: its node and object managers, its dashboard agent (HTTP and gRPC), its
+    runtime-env agent, its metrics export port (kept in `metrics_ports` for a scraper) and its workers. Two Ray
+    instances on one machine otherwise collide on the agents' defaults: the later one's agent then serves no HTTP,
+    and `ray job submit` answers "No available agent to submit job"."""
+    agent, grpc, runtime_env, metrics, manager, objects = (free_port() for _ in range(6))
+    workers = free_port(WORKER_PORTS)
+    metrics_ports.append(metrics)
+    return [
+        *("--node-manager-port", str(manager), "--object-manager-port", str(objects)),
+        *("--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc)),
+        *("--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics)),
+        *("--min-worker-port", str(workers), "--max-worker-port", str(workers + WORKER_PORTS - 1)),
+    ]
+
+
 class LocalCluster:
     """A head node, then more nodes joining it; `env` is what its nodes and the jobs talking to it run with."""
 
@@ -105,7 +148,7 @@ class LocalCluster:
         # `ray start` turns token authentication on; its clients (drivers, `ray job submit`) must agree
         self.env = job_env(**{"RAY_AUTH_MODE": "token", **env, "PATH": path, "RAY_USAGE_STATS_ENABLED": "0"})
         self.port = free_port()
-        self.dashboard_port = free_port(8300, 8999) if dashboard else None
+        self.dashboard_port = free_port() if dashboard else None
         self.nodes = 0
         self.metrics_ports: list[int] = []
         """Each node's Ray metrics export port, as KubeRay gives every pod one for Prometheus to scrape."""
@@ -122,10 +165,10 @@ class LocalCluster:
     def add_node(self, cpus: int, gpus: int = 0, resources: str | None = None) -> None:
         common = ["--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(256 * 2**20)]
         common += ["--temp-dir", str(self.temp_dir), *(["--resources", resources] if resources else [])]
-        self.metrics_ports.append(free_port(7000, 7999))
-        common += ["--metrics-export-port", str(self.metrics_ports[-1])]
+        common += node_ports(self.metrics_ports)
         if self.nodes == 0:
             head = ["--head", "--port", str(self.port), "--disable-usage-stats"]
+            head += ["--ray-client-server-port", str(free_port())]
             if self.dashboard_port:
                 head += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port)]
                 head += ["--include-dashboard", "true"]

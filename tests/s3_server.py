@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,9 +52,9 @@ class S3Server:
 
 @contextmanager
 def moto_server() -> Iterator[S3Server]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from tests.local_cluster import free_port
+
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with served([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/"):
         yield S3Server(endpoint)

@@ -29,7 +29,7 @@ def cluster(s3_server, tmp_path_factory):
         nodes.add_node(cpus=2, resources='{"head_node": 1}')
         nodes.add_node(cpus=2, resources='{"second_node": 1}')
         targets = [f"127.0.0.1:{port}" for port in nodes.metrics_ports]
-        with prometheus(free_port(9100, 9900), targets, tmp_path_factory.mktemp("prometheus")) as scraper:
+        with prometheus(free_port(), targets, tmp_path_factory.mktemp("prometheus")) as scraper:
             yield {"address": nodes.dashboard, "env": nodes.env, "prometheus": scraper}
     finally:
         nodes.stop()

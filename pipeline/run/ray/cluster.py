@@ -33,7 +33,7 @@ events from every process. Off, a local run's start-up was 2-4.6 s shorter in th
 PROBE_TIMEOUT_S = 60.0
 """Longest wait for the probe tasks that read each node's devices (a worker process starts on each)."""
 GPU_WAIT_POLL_S = 10.0
-LEFTOVER_GRACE_S = 10.0
+LEFTOVER_GRACE_S = 3.0
 """How long a local Ray's processes get to exit after its shutdown before they are killed."""
 _LOCAL_NODES: list = []
 """The node processes `ray.init` started for a local Ray (none when the run joined a cluster)."""

@@ -28,7 +28,7 @@ MONITORING = REPO / "infra" / "monitoring"
 
 @pytest.fixture
 def gateway(tmp_path):
-    port = free_port(9100, 9900)
+    port = free_port()
     # a file of its own: Debian's build persists to /var/lib/prometheus by default, and reloads it at start
     persisted = tmp_path / "pushgateway.data"
     args = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
@@ -67,7 +67,7 @@ def test_a_failed_run_keeps_the_last_successs_time_and_a_down_gateway_fails_noth
     assert value(metrics, "embedpipe_last_success_timestamp_seconds") == 1000.0
     assert value(metrics, "embedpipe_run_tokens") == 7 and value(metrics, "embedpipe_run_documents", fate="added") == 3
     assert not any(n == "embedpipe_run_cost" for n, _ in metrics)  # no price, no cost
-    assert not push_run(f"http://127.0.0.1:{free_port(9100, 9900)}", "j", "db", figures(True, 1.0, 1), timeout_s=2)
+    assert not push_run(f"http://127.0.0.1:{free_port()}", "j", "db", figures(True, 1.0, 1), timeout_s=2)
 
 
 def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, minilm_path, sample_texts, tmp_path):
@@ -101,7 +101,7 @@ def test_a_run_pushes_its_runs_row_and_prometheus_scrapes_it(gateway, minilm_pat
     assert value(metrics, "embedpipe_run_documents", fate="added") == run["added"] == 6
     assert value(metrics, "embedpipe_run_documents", fate="rejected") == run["rejected"] == 1
     target = [gateway.removeprefix("http://")]
-    with prometheus(free_port(9100, 9900), target, tmp_path / "prometheus", honor_labels=True) as server:
+    with prometheus(free_port(), target, tmp_path / "prometheus", honor_labels=True) as server:
         labels = f'job="embedpipe_ingest", store="{store}"'
         [tokens] = query_until(server, f"embedpipe_run_tokens{{{labels}}}")
         assert float(tokens["value"][1]) == run["tokens"]

@@ -51,6 +51,19 @@ class StandInEngine(FakeEmbedder):
         return {"engine": "stand-in", "dim": self.dim}
 
 
+class PacedEngine(StandInEngine):
+    """StandInEngine at a CPU engine's pace (TOKENS_PER_S), so that a run has work left when a test acts on it
+    (model.embedder = "tests.fakes:PacedEngine")."""
+
+    TOKENS_PER_S = 5000.0
+
+    def embed(self, token_ids):
+        import time
+
+        time.sleep(sum(len(ids) for ids in token_ids) / self.TOKENS_PER_S)
+        return super().embed(token_ids)
+
+
 class BrokenEngine:
     """A stand-in engine that cannot start, as vLLM says when its memory is gone (model.embedder =
     "tests.fakes:BrokenEngine")."""

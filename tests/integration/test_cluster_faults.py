@@ -1,5 +1,5 @@
-"""What clusters do to a run. On a two-node Ray cluster started on this machine (a head and a second node, 2 CPUs
-each, as `ray start` starts them) with an engine on each node and the embedded default's real engine: the run
+"""What clusters do to a run, with the stand-in engine. On a two-node Ray cluster started on this machine (a head and
+a second node, 2 CPUs each, as `ray start` starts them) with an engine on each node, paced like a CPU engine: the run
 finishes with no fault (it once stalled), and finishes on the head when the second node is lost after the first
 commit, recording the loss; a rerun then equals a clean run. On a local Ray with a stand-in engine that stops
 answering: it is restarted and the run finishes; one that keeps hanging ends the run with its last log lines."""
@@ -29,8 +29,9 @@ from tests.fakes import HANGS_ENV, RECORDS_ENV
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 from tests.local_cluster import LocalCluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.ray
 SMALL_GROUPS = ("--no-index.after-run", "--run.commit-rows", "32", "--run.batch-rows", "8")
+PACED = ("--model.embedder", "tests.fakes:PacedEngine")
 
 
 class Job:
@@ -127,7 +128,7 @@ def cluster():
 
 
 def test_an_engine_on_each_node_with_no_fault_finishes(cluster, corpus, clean_ids, tmp_path):
-    job = Job(cluster.job_env(), corpus, tmp_path / "db", "--run.actors", "2", *SMALL_GROUPS)
+    job = Job(cluster.job_env(), corpus, tmp_path / "db", "--run.actors", "2", *PACED, *SMALL_GROUPS)
     assert job.end() == 0, job.said()
     ids = chunk_ids(tmp_path / "db")
     assert len(ids) == len(set(ids)) and set(ids) == clean_ids
@@ -144,7 +145,7 @@ def test_an_engine_on_each_node_with_no_fault_finishes(cluster, corpus, clean_id
 
 def test_losing_the_second_node_after_the_first_commit_leaves_the_head_to_finish(cluster, corpus, clean_ids, tmp_path):
     db = tmp_path / "db"
-    job = Job(cluster.job_env(), corpus, db, "--run.actors", "2", *SMALL_GROUPS)
+    job = Job(cluster.job_env(), corpus, db, "--run.actors", "2", *PACED, *SMALL_GROUPS)
     job.wait_for("rows_committed")
     killed_at = time.monotonic()
     assert len(cluster.kill_node(1)) > 1  # its raylet and the workers under it
@@ -161,7 +162,8 @@ def test_losing_the_second_node_after_the_first_commit_leaves_the_head_to_finish
     else:  # or the run ended within its bound, saying what was lost and that a rerun resumes
         assert ended_s < 600 and lost[0] in job.stderr[-1] and "a rerun resumes" in job.stderr[-1]
     committed = len(chunk_ids(db))
-    rerun = Job(job_env(**SMALL_RAY), corpus, db, *SMALL_GROUPS)  # on this machine, as a scheduled rerun might
+    stand_in = ("--model.embedder", "tests.fakes:StandInEngine")
+    rerun = Job(job_env(**SMALL_RAY), corpus, db, *stand_in, *SMALL_GROUPS)  # on this machine, as a rerun might
     assert rerun.end() == 0, rerun.said()
     ids = chunk_ids(db)
     assert len(ids) == len(set(ids)) and set(ids) == clean_ids  # nothing lost, nothing twice

@@ -1,24 +1,28 @@
 """The job where users run it: `ray job submit` to a running two-node Ray cluster (a head and a second node
 started on this machine with resources of their own), shards and the LanceDB store in an S3-compatible bucket
 (moto's server), with a real Prometheus scraping each node's Ray metrics port as a KubeRay cluster's would; then a
-second scheduled submission after new files arrive that embeds only those."""
+second scheduled submission after new files arrive that embeds only those, and a submission refused while another
+holds the store. The stand-in engine, an engine per node: the real engine end to end is tests/engine/."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import lancedb
 import pytest
 import yaml
 
+from pipeline.runtime.faults import FAULTS_DIR_ENV, FAULTS_ENV
 from tests.job_process import REPO
 from tests.local_cluster import BIN, LocalCluster, free_port, ray_cli
 from tests.local_server import prometheus, query
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.ray
 BUCKET = "embedpipe-demo"
 
 
@@ -43,39 +47,25 @@ def put_docs(s3_server, names: list[str], texts: list[str]) -> None:
         client.put_object(Bucket=BUCKET, Key=f"corpus/{name}.jsonl", Body=body.encode())
 
 
-def runtime_env_file(cluster, tmp_path: Path) -> Path:
-    """infra/runtime-env.yaml plus the object-store variables (a Secret's job on Kubernetes)."""
+def runtime_env_file(cluster, tmp_path: Path, **env_vars: str) -> Path:
+    """infra/runtime-env.yaml plus the object-store variables (a Secret's job on Kubernetes) and `env_vars`."""
     runtime_env = yaml.safe_load((REPO / "infra/runtime-env.yaml").read_text())
     aws = {k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **aws}
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **aws, **env_vars}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "runtime-env.yaml"
     path.write_text(yaml.safe_dump(runtime_env))
     return path
 
 
+def submit_args(cluster, runtime_env: Path, *flags: str) -> list[str]:
+    ingest = ["python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml"]
+    ingest += ["--model.embedder", "tests.fakes:StandInEngine", "--run.batch-rows", "4", "--run.commit-rows", "12"]
+    return ["job", "submit", "--address", cluster["address"], "--runtime-env", str(runtime_env), *flags, "--", *ingest]
+
+
 def submit(cluster, tmp_path: Path) -> str:
-    path = runtime_env_file(cluster, tmp_path)
-    proc = ray_cli(
-        "job",
-        "submit",
-        "--address",
-        cluster["address"],
-        "--runtime-env",
-        str(path),
-        "--",
-        "python",
-        "-m",
-        "jobs.ingest",
-        "--config",
-        "conf/cluster-cpu.toml",
-        "--run.batch-rows",
-        "4",
-        "--run.commit-rows",
-        "12",
-        env=cluster["env"],
-        timeout=900,
-    )
-    return proc.stdout
+    return ray_cli(*submit_args(cluster, runtime_env_file(cluster, tmp_path)), env=cluster["env"], timeout=900).stdout
 
 
 def store(s3_server):
@@ -138,39 +128,32 @@ def test_a_second_scheduled_submission_embeds_only_new_files(first_run, cluster,
     assert not any(k.endswith("embedpipe.lock") for k in keys)  # the lease went with the run
 
 
-def test_two_submissions_at_once_do_not_interleave(first_run, cluster, s3_server, sample_texts, tmp_path):
+def test_a_submission_is_refused_while_another_holds_the_store(first_run, cluster, s3_server, sample_texts, tmp_path):
+    """The first job is held right after its first commit (a fault injected through its runtime environment), so
+    the second meets the store's lease for certain; then the first finishes."""
     put_docs(s3_server, ["part-5"], sample_texts[30:36])
-    runtime_env = tmp_path / "env.yaml"
-    spec = yaml.safe_load((REPO / "infra/runtime-env.yaml").read_text())
-    spec["env_vars"] = {
-        **spec.get("env_vars", {}),
-        **{k: v for k, v in cluster["env"].items() if k.startswith("AWS_")},
-    }
-    runtime_env.write_text(yaml.safe_dump(spec))
-    args = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        cluster["address"],
-        "--runtime-env",
-        str(runtime_env),
-        "--",
-        "python",
-        "-m",
-        "jobs.ingest",
-        "--config",
-        "conf/cluster-cpu.toml",
-    ]
-    procs = [
-        subprocess.Popen(
-            args, cwd=REPO, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
-    refused = [o for o in outputs if "holds the store lock" in o]
-    assert len(refused) == 1, [o[-2000:] for o in outputs]
+    held = tmp_path / "faults"
+    faults = {FAULTS_ENV: "commit.after_group=wait@1", FAULTS_DIR_ENV: str(held)}
+    first_env = runtime_env_file(cluster, tmp_path / "first", **faults)
+    started = ray_cli(*submit_args(cluster, first_env, "--no-wait"), env=cluster["env"]).stdout
+    job_id = re.search(r"Job '(raysubmit_\w+)' submitted successfully", started).group(1)
+    deadline = time.monotonic() + 300
+    while not (held / "commit.after_group.1").exists():
+        assert time.monotonic() < deadline, "the first job never committed"
+        time.sleep(0.2)
+    second = subprocess.run(
+        [str(BIN / "ray"), *submit_args(cluster, runtime_env_file(cluster, tmp_path / "second"))],
+        cwd=REPO,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said = second.stdout + second.stderr
+    assert "holds the store lock" in said and "error: another ingestion run" in said, said[-2000:]
+    (held / "commit.after_group.go").touch()
+    logs = ray_cli("job", "logs", "--address", cluster["address"], "--follow", job_id, env=cluster["env"], timeout=600)
+    assert "Ingestion took" in logs.stdout, logs.stdout[-2000:]
     db = store(s3_server)
     runs = db.open_table("runs").to_arrow().to_pylist()
     assert sum(r["added"] == 6 and r["status"] == "succeeded" for r in runs) == 2  # part-4 earlier, part-5 now

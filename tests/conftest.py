@@ -63,3 +63,13 @@ def model_settings(path: Path | str, **overrides):
     from pipeline.settings import ModelSettings
 
     return ModelSettings(path=str(path), **overrides)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of this machine's size in this process, for one test module, shut down after it."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,6 +1,6 @@
 """Kill and resume with the real engine (vLLM's CPU build on a tiny model): a driver killed after its second commit,
 then rerun, leaves the store a clean run leaves, vectors included. The same property at every point of the run, and
-for killed engines and write tasks, with the stand-in engine: tests/integration/test_reliability.py."""
+for killed engines and write tasks, with the stand-in engine: tests/ray/test_reliability.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What a query is embedded with: read from the table and its last ingestion run, refused for another model.
-No engine starts here; tests/integration/test_query_job.py runs the real one."""
+No engine starts here; tests/engine/test_query_job.py runs the real one."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The estimate in this process (the in-process executor, the fake engine): its tokens per fate are exactly what the
 next run embeds, it writes nothing, its rate is the store's own earlier run's, and the run records what the estimate
-would have projected. The estimate's tally on Ray, with a seeded sample: tests/integration/test_estimate_job.py."""
+would have projected. The estimate's tally on Ray, with a seeded sample: tests/ray/test_estimate_job.py."""
 
 from __future__ import annotations
 

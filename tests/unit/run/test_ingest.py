@@ -1,6 +1,7 @@
 """The run's own logic in this process (the in-process executor, a fake engine, a real LanceDB directory and the
 packaged model's real tokenizer): the `runs` row from its start to success, failure, interruption or refusal, the
-summary line, the live metrics, and what a rerun embeds. The same run on Ray: tests/integration/."""
+summary line, the live metrics, and what a rerun embeds. The same run on Ray: tests/ray/ with the stand-in engine,
+tests/engine/ with the real one."""
 
 from __future__ import annotations
 

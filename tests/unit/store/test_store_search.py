@@ -1,6 +1,6 @@
 """Indexes, maintenance, search and the retrieval check on a real LanceDB directory. The chunks come from the
 pipeline's own steps (real tokenizer, chunker and writer) with FakeEmbedder vectors, so these tests need no
-engine; tests/integration/test_query_job.py repeats the user-facing parts with the real engine."""
+engine; tests/engine/test_query_job.py repeats the user-facing parts with the real engine."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The engines' Ray adapter, without a cluster: where each feeder runs, how batch rows name their engine, and what
-a failed engine start keeps. Placement on a cluster of logical GPUs: tests/integration/test_gpu_placement.py."""
+a failed engine start keeps. Placement on a cluster of logical GPUs: tests/ray/test_gpu_placement.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The embed stage's feeders, without a cluster: which engine a feeder uses first, and a batch with nothing to embed
-passing without one. A feeder on a cluster: tests/integration/test_cluster_faults.py."""
+passing without one. A feeder on a cluster: tests/ray/test_cluster_faults.py."""
 
 from __future__ import annotations
 

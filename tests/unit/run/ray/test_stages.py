@@ -1,5 +1,5 @@
 """The Ray Data stages' own logic, without a cluster: the chunk actor is the pure chunk step, and what Ray Data is
-told of the run. The wiring itself runs in tests/integration."""
+told of the run. The wiring itself runs in tests/ray/."""
 
 from __future__ import annotations
 

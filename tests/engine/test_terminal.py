@@ -16,7 +16,7 @@ import pytest
 
 from tests.job_process import REPO, job_command, job_env
 
-pytestmark = [pytest.mark.engine, pytest.mark.ray]
+pytestmark = pytest.mark.engine
 DOCS = 80
 """Enough tokens (about 90 k) for the engine to work through several batches while the display ticks."""
 

@@ -14,7 +14,7 @@ from pipeline import schema as s
 from pipeline.settings import InputSettings, Settings
 from pipeline.stages.sources import list_shards
 
-pytestmark = [pytest.mark.ray]
+pytestmark = pytest.mark.ray
 
 
 def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:

@@ -19,7 +19,7 @@ from pipeline.checks.verify import verify_run
 from pipeline.store.lance_store import LanceStore
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")

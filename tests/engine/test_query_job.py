@@ -24,7 +24,7 @@ from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.engine
 ENV = job_env(**SMALL_RAY)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.engine
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 START_ENGINE = """
 import json

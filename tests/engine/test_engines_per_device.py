@@ -14,7 +14,7 @@ import pytest
 from pipeline import schema as s
 from tests.job_process import REPO, job_command, job_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.engine
 
 
 def ingest(corpus: Path, db: Path, *extra: str) -> lancedb.DBConnection:

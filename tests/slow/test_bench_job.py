@@ -13,7 +13,7 @@ import pytest
 
 from tests.job_process import REPO, SMALL_RAY, job_command, job_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

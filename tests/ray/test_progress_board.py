@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.ray]
+pytestmark = pytest.mark.ray
 
 
 def test_the_progress_board_counts_while_the_run_lives_and_is_gone_after_it(ray_local):

@@ -24,7 +24,7 @@ from tests.fakes import RECORDS_ENV
 from tests.job_process import REPO, job_command
 from tests.local_cluster import BIN, LocalCluster
 
-pytestmark = [pytest.mark.ray]
+pytestmark = pytest.mark.ray
 H100_MIB = 81559
 NVIDIA_SMI = f"""#!/bin/sh
 # stands in for nvidia-smi on a node of logical GPUs: the query the planner's probe makes, answered as an H100 would

@@ -151,7 +151,7 @@ class IngestProcess:
         returncode = self.proc.wait(timeout=timeout_s)
         self._reader.join(timeout=5)
         assert returncode == -signal.SIGKILL, f"the job was not killed ({returncode}):\n{''.join(self.stderr[-40:])}"
-        reap_session(self.proc.pid)
+        reap_session(self.proc.pid, grace_s=2.0)  # what it left is stopped, not waited for
 
     def ended(self, timeout_s: float = 300) -> int:
         self.proc.wait(timeout=timeout_s)

@@ -54,7 +54,6 @@ def run_ingest(settings: Settings, executor: Executor | None = None) -> RunResul
             start = start_run(settings, executor, store)
             with ExitStack() as engines:
                 fleet = engines.enter_context(executor.engines(start.plan, settings, start.cluster, run_id))
-                fault_point("start.planned")
                 tokenizer = start.tokenizer()  # a refused tokenizer ends the run here, before it is recorded
                 record = started_record(run_id, clock.started_at, settings, start.plan)
                 with RunLog(store).recorded(record) as row:

@@ -19,7 +19,6 @@ from pathlib import Path
 FAULTS_ENV = "EMBEDPIPE_FAULTS"
 FAULTS_DIR_ENV = "EMBEDPIPE_FAULTS_DIR"
 POINTS = {
-    "start.planned": "the driver, once the run is planned and its engines are placed, before its row is recorded",
     "store.read": "the driver, once the store is opened for the run's workers",
     "commit.after_group": "the driver, right after a group's commit, before the next",
     "write.after_fragments": "a write task, after writing its group's fragments, before sending its record",

@@ -1,7 +1,7 @@
 """Nothing lost, nothing twice, on real Ray with the stand-in engine: real driver processes that kill themselves at
 named points of the run (deterministic faults: pipeline/runtime/faults.py), a write task and an engine actor
-killed at their Nth call, a second job on a store another holds, an engine that cannot start, and SIGTERM to the
-driver; each store checked against a clean run. The same kill and resume with the real engine:
+killed at their Nth call, a second job on a store another holds, SIGTERM to the driver, and an engine that cannot
+start; each store checked against a clean run. The same kill and resume with the real engine:
 tests/engine/test_kill_and_resume.py."""
 
 from __future__ import annotations
@@ -80,13 +80,12 @@ def assert_same_as_clean(db: Path, clean: pa.Table) -> None:
     assert max(max(abs(a - b) for a, b in zip(got[k], want[k], strict=True)) for k in want) < 1e-6
 
 
-def test_a_driver_killed_at_each_point_of_the_run_then_rerun_equals_one_clean_run(
+def test_a_driver_killed_before_its_first_commit_and_after_its_third_then_rerun_equals_one_clean_run(
     tiny_model_path, corpus, clean, tmp_path
 ):
     db = tmp_path / "db"
-    for n, point in enumerate(("start.planned", "store.read", "commit.after_group")):
-        at = 3 if point == "commit.after_group" else 1
-        stand_in_job(tiny_model_path, corpus, db, faults=f"{point}=kill@{at}", faults_dir=tmp_path / f"f{n}").died()
+    for n, fault in enumerate(("store.read=kill@1", "commit.after_group=kill@3")):
+        stand_in_job(tiny_model_path, corpus, db, faults=fault, faults_dir=tmp_path / f"f{n}").died()
     stored = chunks(db)
     assert stored.num_rows > 0, "the last kill came after three commits"
     # Documents whose every chunk landed before the crash; a group may also hold only part of a document.
@@ -94,7 +93,7 @@ def test_a_driver_killed_at_each_point_of_the_run_then_rerun_equals_one_clean_ru
     out = stand_in_job(tiny_model_path, corpus, db).finish()
     assert_same_as_clean(db, clean)
     history = runs(db)
-    # killed before its row was recorded, then after: two rows left running, marked interrupted by the next run
+    # both killed runs had recorded their rows, left running until the next run marked them interrupted
     assert [r["status"] for r in history] == ["interrupted", "interrupted", "succeeded"]
     last = history[-1]
     assert last["skipped"] == whole_before, "documents committed before the crash were embedded again"
@@ -102,41 +101,21 @@ def test_a_driver_killed_at_each_point_of_the_run_then_rerun_equals_one_clean_ru
     assert "unchanged" in out
 
 
-def test_a_killed_engine_actor_is_restarted_and_every_chunk_lands_once(tiny_model_path, corpus, clean, tmp_path):
-    db = tmp_path / "db"
-    job = stand_in_job(tiny_model_path, corpus, db, faults="engine.before_embed=kill@4", faults_dir=tmp_path / "f")
-    job.finish()
-    assert_same_as_clean(db, clean)
-    [run] = runs(db)
-    assert run["status"] == "succeeded" and run["engine_restarts"] == 1
-
-
-def test_a_write_task_killed_after_writing_is_retried_and_every_chunk_lands_once(
+def test_a_killed_engine_actor_and_a_write_task_killed_after_writing_cost_nothing_twice(
     tiny_model_path, corpus, clean, tmp_path
 ):
-    """The second write task dies after writing its fragments and before sending its record: Ray retries the task,
-    the retry's fragments are committed, the dead attempt's files stay orphans for maintenance."""
-    db = tmp_path / "db"
-    faults = tmp_path / "f"
-    stand_in_job(tiny_model_path, corpus, db, faults="write.after_fragments=kill@2", faults_dir=faults).finish()
-    assert len(list(faults.glob("write.after_fragments.*"))) > 2, "the killed task was not retried"
+    """The engine's process dies at its fourth call (Ray restarts it, the feeder hands its batch on), and the second
+    write task dies after writing its fragments and before sending its record (Ray retries the task, the retry's
+    fragments are committed, the dead attempt's files stay orphans for maintenance)."""
+    db, faults = tmp_path / "db", tmp_path / "f"
+    killing = "engine.before_embed=kill@4,write.after_fragments=kill@2"
+    stand_in_job(tiny_model_path, corpus, db, faults=killing, faults_dir=faults).finish()
+    assert len(list(faults.glob("write.after_fragments.*"))) > 2, "the killed write task was not retried"
     assert_same_as_clean(db, clean)
     [run] = runs(db)
-    assert run["status"] == "succeeded" and run["docs_in"] == DOCS
+    assert run["status"] == "succeeded" and run["docs_in"] == DOCS and run["engine_restarts"] == 1
     written = list((db / "chunks.lance" / "data").iterdir())
     assert len(written) > run["groups"], "the dead attempt's fragments were not written"
-
-
-def test_a_second_job_on_the_same_store_is_refused_while_the_first_runs(tiny_model_path, corpus, clean, tmp_path):
-    db = tmp_path / "db"
-    first = stand_in_job(tiny_model_path, corpus, db, faults="commit.after_group=wait@1", faults_dir=tmp_path / "f")
-    first.held_at("commit.after_group")
-    second = stand_in_job(tiny_model_path, corpus, db)
-    assert second.ended(timeout_s=120) == 2
-    assert "another ingestion run" in "".join(second.stderr)
-    first.release("commit.after_group")
-    first.finish()
-    assert_same_as_clean(db, clean)
 
 
 def test_an_engine_that_cannot_start_fails_the_job_with_what_the_engine_said(tiny_model_path, corpus, tmp_path):
@@ -150,13 +129,18 @@ def test_an_engine_that_cannot_start_fails_the_job_with_what_the_engine_said(tin
     assert run["status"] == "failed" and "EngineError" in run["error"] and BrokenEngine.MESSAGE in run["error"]
 
 
-def test_sigterm_ends_the_run_interrupted_and_the_next_run_starts_at_once(tiny_model_path, corpus, clean, tmp_path):
-    """A spot instance's notice or Kubernetes deleting the pod: SIGTERM to the driver, here held right after its
-    third commit. It stops within the grace period (30 s, Kubernetes' default), records why, releases the store's
-    lock, and the next run completes it."""
+def test_a_second_job_is_refused_while_the_first_runs_and_sigterm_ends_the_first_interrupted(
+    tiny_model_path, corpus, clean, tmp_path
+):
+    """The first job is held right after its third commit. A second job on its store is refused. Then SIGTERM, as a
+    spot instance's notice or Kubernetes deleting the pod sends it: the first stops within the grace period (30 s,
+    Kubernetes' default), records why, releases the store's lock, and the next run starts at once and completes it."""
     db = tmp_path / "db"
     job = stand_in_job(tiny_model_path, corpus, db, faults="commit.after_group=wait@3", faults_dir=tmp_path / "f")
     job.held_at("commit.after_group", 3)
+    second = stand_in_job(tiny_model_path, corpus, db)
+    assert second.ended(timeout_s=120) == 2
+    assert "another ingestion run" in "".join(second.stderr)
     signalled = time.monotonic()
     job.proc.send_signal(signal.SIGTERM)
     assert job.ended(timeout_s=60) == 1

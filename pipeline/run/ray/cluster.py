@@ -84,7 +84,7 @@ def stop_ray() -> None:
     ray.shutdown()
     killed = stop_leftovers(processes, LEFTOVER_GRACE_S)
     if killed:
-        log.info("local_ray_leftovers_stopped", processes=killed)
+        log.debug("local_ray_leftovers_stopped", processes=killed)  # at exit: the job's last line stays its own
 
 
 def quiet_console() -> None:

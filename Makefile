@@ -1,5 +1,6 @@
 # make demo: set up .venv and ingest the sample corpus into ./lancedb on the CPU engine
-# make test: set up .venv and run the tests
+# make test: set up .venv and run the tests of the unit, Ray and real-engine tiers (TEST_WORKERS at a time)
+# make test-all: every tier, the slow one too (the benchmark job, the compile cache): what CI runs
 # make query Q="...", make retrieval-check: search ./lancedb after make demo
 # make bench: set up .venv, write the benchmark corpus and run the benchmark job (report in bench_out/)
 # make bench-scale: per-run costs as the store and the corpus grow (report in bench_out/scale/)
@@ -8,7 +9,10 @@ ENGINE ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint verify query index retrieval-check bench bench-scale clean
+TEST_WORKERS ?= 3
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+
+.PHONY: setup demo test test-all test-unit lint verify query index retrieval-check bench bench-scale clean
 setup:
 	bash scripts/setup.sh $(ENGINE)
 
@@ -42,7 +46,14 @@ retrieval-check:
 
 test: setup
 	bash scripts/system_deps.sh
-	$(PY) -m pytest
+	$(PYTEST) -m "unit or ray or engine"
+
+test-all: setup
+	bash scripts/system_deps.sh
+	$(PYTEST)
+
+test-unit: setup
+	$(PY) -m pytest -m unit
 
 clean:
 	rm -rf lancedb data/sample data/bench bench_out

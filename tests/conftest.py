@@ -15,15 +15,22 @@ TIERS = {"unit": 120, "ray": 600, "engine": 900, "slow": 1800}
 first test); a test may ask for more with @pytest.mark.timeout."""
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Every test is in exactly one tier; a test in none, or in two, fails the collection."""
+    """Every test is in exactly one tier; a test in none, or in two, fails the collection. Under pytest-xdist
+    (`--dist loadgroup`) a module's tests run in one worker, sharing its fixtures, and the real engine's modules
+    all in one worker, one after another: each engine takes every core."""
     wrong = []
     for item in items:
         tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
         if len(tiers) != 1:
             wrong.append(f"{item.nodeid}: {tiers or 'no tier'}")
-        elif item.get_closest_marker("timeout") is None:
+            continue
+        if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIERS[tiers[0]]))
+        if item.get_closest_marker("xdist_group") is None:
+            group = "real-engine" if tiers[0] in ("engine", "slow") else item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
     if wrong:
         lines = "\n  ".join(wrong)
         raise pytest.UsageError(f"each test needs exactly one tier marker of {list(TIERS)}:\n  {lines}")

@@ -70,3 +70,29 @@ def test_the_reject_reasons_documented_are_the_codes():
     [row] = [line for line in text.splitlines() if line.startswith("| `rejects` |")]
     documented = set(re.findall(r"`([a-z_0-9]+)`", row.split("`reason` (")[1].split(")")[0]))
     assert documented == {r.value for r in s.RejectReason}
+
+
+def test_the_layout_table_names_every_module_of_the_library_and_no_other():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Layout: the packages and their order")[1].split("\n## ")[0]
+    named = []
+    for line in section.splitlines():
+        if line.startswith("| ") and "`pipeline/" in line:
+            cell = line.split("|")[2]
+            for package, modules in re.findall(r"`(pipeline/(?:[a-z_]+/)*)`: ((?:`[a-z_]+`(?:, )?)+)", cell):
+                named += [f"{package}{module}.py" for module in re.findall(r"`([a-z_]+)`", modules)]
+    tree = {p.relative_to(REPO).as_posix() for p in (REPO / "pipeline").rglob("*.py") if p.name != "__init__.py"}
+    assert len(named) == len(set(named)), "a module is named twice"
+    assert sorted(set(named) - tree) == [], "named in the layout table, not in the tree"
+    assert sorted(tree - set(named)) == [], "in the tree, not in the layout table"
+
+
+def test_every_source_file_the_docs_name_exists():
+    """A path such as `store/group_commit.py` or `tests/ray/test_reliability.py` in a doc names a file of the tree
+    (relative to the repository or to pipeline/)."""
+    missing = []
+    for doc in DOCS:
+        for path in set(re.findall(r"`((?:[a-z_]+/)+[a-z_]+\.py)", doc.read_text())):
+            if not ((REPO / path).exists() or (REPO / "pipeline" / path).exists()):
+                missing.append(f"{doc.relative_to(REPO)}: {path}")
+    assert missing == []

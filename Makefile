@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 TEST_WORKERS ?= 3
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 .PHONY: setup demo test test-all test-unit lint verify query index retrieval-check bench bench-scale clean
 setup:

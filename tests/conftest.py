@@ -15,25 +15,33 @@ TIERS = {"unit": 120, "ray": 600, "engine": 900, "slow": 1800}
 first test); a test may ask for more with @pytest.mark.timeout."""
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Every test is in exactly one tier; a test in none, or in two, fails the collection. Under pytest-xdist
-    (`--dist loadgroup`) a module's tests run in one worker, sharing its fixtures, and the real engine's modules
-    all in one worker, one after another: each engine takes every core."""
+    """Every test is in exactly one tier, and in that tier's folder (tests/<tier>/); one in none, in two, or in
+    another tier's folder fails the collection."""
     wrong = []
     for item in items:
         tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
-        if len(tiers) != 1:
-            wrong.append(f"{item.nodeid}: {tiers or 'no tier'}")
-            continue
-        if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(TIERS[tiers[0]]))
-        if item.get_closest_marker("xdist_group") is None:
-            group = "real-engine" if tiers[0] in ("engine", "slow") else item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
+        folder = Path(item.path).relative_to(Path(__file__).parent).parts[0]
+        if tiers != [folder]:
+            wrong.append(f"{item.nodeid}: {tiers or 'no tier'} in tests/{folder}/")
+        elif item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIERS[folder]))
     if wrong:
         lines = "\n  ".join(wrong)
-        raise pytest.UsageError(f"each test needs exactly one tier marker of {list(TIERS)}:\n  {lines}")
+        raise pytest.UsageError(f"each test needs exactly one tier marker of {list(TIERS)}, its folder's:\n  {lines}")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist a module's tests run in one worker, sharing its fixtures, and the real engine's modules
+    (tests/engine/, tests/slow/) all in one worker, one after another: each engine takes every core."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "real engine" if module.startswith(("tests/engine/", "tests/slow/")) else module
+
+    return TierScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -88,3 +88,13 @@ def ray_local():
     ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test():
+    """Every ingest job a test started (tests/job_process.py: IngestProcess) is stopped when the test ends, however
+    it ended, with what its local Ray left."""
+    yield
+    from tests.job_process import stop_started_jobs
+
+    stop_started_jobs()

@@ -82,8 +82,8 @@ def stand_in_ingest(model: Path, corpus: Path, db: Path, *extra: str, status: in
 
 
 STARTED: list[IngestProcess] = []
-"""Every ingest job a test started, stopped with its Ray's processes when the test ends, however it ended (the
-`no_job_outlives_its_test` fixture of the tests that start them)."""
+"""Every ingest job a test started, stopped with its Ray's processes when the test ends, however it ended
+(tests/conftest.py: `no_job_outlives_its_test`)."""
 
 
 class IngestProcess:

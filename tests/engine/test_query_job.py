@@ -1,5 +1,5 @@
 """The vector store as a user meets it after ingestion: indexes built by the run, plain-English and hybrid
-queries, a refused model, the retrieval check and a later run folding its rows into the indexes. Real
+queries, a refused model, the retrieval check, the index job and verify. Real
 driver processes, local Ray, the real vLLM engine (CPU build) on the packaged MiniLM, a LanceDB directory."""
 
 from __future__ import annotations
@@ -156,21 +156,17 @@ def test_retrieval_check_finds_each_chunk_by_its_own_text(store):
     assert report["span_checked"] >= 20 and spans["at_k"] >= 0.5 and spans["at_1"] <= spans["at_k"]
 
 
-def test_a_later_run_folds_its_rows_into_the_indexes(store):
-    inputs, db, _ = store
-    (inputs / "modules" / "extra.md").write_text("# Extra\n\n" + "A new page about vector indexes. " * 60)
-    ingest(inputs, db)
-    table = lancedb.connect(str(db)).open_table("chunks")
-    assert table.index_stats("vector_idx").num_unindexed_rows == 0
-    actions = {a["column"]: a["action"] for a in json.loads(latest_run(db)["maintenance"])["indexes"]}
-    assert actions == dict.fromkeys(actions, "update")
-
+def test_the_index_job_updates_the_indexes_and_records_a_run_of_its_own(store):
+    """jobs.index on the store the run left (a later run's rows folded into the indexes: tests/unit/store/
+    test_store_search.py)."""
+    _, db, _ = store
     proc = job("jobs.index", db=db)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "index ann on vector: update" in proc.stdout
+    assert lancedb.connect(str(db)).open_table("chunks").index_stats("vector_idx").num_unindexed_rows == 0
     index_run = latest_run(db, kind="index")
     assert index_run["status"] == "succeeded" and json.loads(index_run["maintenance"])["tables"]["chunks"]
-    assert RunLog(LanceStore(str(db))).latest()["run_id"] == latest_run(db)["run_id"]  # index runs are not ingestion
+    assert RunLog(LanceStore(str(db))).latest().run_id == latest_run(db)["run_id"]  # index runs are not ingestion
 
 
 def test_a_query_longer_than_the_engine_takes_is_refused(store):

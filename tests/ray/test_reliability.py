@@ -19,16 +19,10 @@ from pipeline import schema as s
 from pipeline.schema import KEY_COLUMNS
 from pipeline.stages.fates import complete_documents
 from tests.fakes import BrokenEngine
-from tests.job_process import IngestProcess, stop_started_jobs
+from tests.job_process import IngestProcess
 
 pytestmark = pytest.mark.ray
 DOCS = 120
-
-
-@pytest.fixture(autouse=True)
-def no_job_outlives_its_test():
-    yield
-    stop_started_jobs()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ ENGINE ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 .PHONY: setup demo test test-all test-unit lint verify query index retrieval-check bench bench-scale clean

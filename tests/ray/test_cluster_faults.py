@@ -173,7 +173,7 @@ def test_losing_the_second_node_after_the_first_commit_leaves_the_head_to_finish
 def local_job(env_extra: dict, corpus: Path, db: Path, records: Path, *extra: str) -> Job:
     env = job_env(**SMALL_RAY, **env_extra, **{RECORDS_ENV: str(records)})
     flags = ["--model.embedder", "tests.fakes:HangingEngine", "--run.engine-call-timeout-s", "5"]
-    return Job(env, corpus, db, *flags, "--run.engine-start-timeout-s", "30", *SMALL_GROUPS, *extra)
+    return Job(env, corpus, db, *flags, "--run.engine-start-timeout-s", "15", *SMALL_GROUPS, *extra)
 
 
 def test_an_engine_that_stops_answering_is_restarted_and_the_run_finishes(corpus, clean_ids, tmp_path):

@@ -16,10 +16,13 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
+from pipeline.run.in_process import InProcessExecutor
+from pipeline.run.ingest import run_ingest
 from pipeline.schema import KEY_COLUMNS
+from pipeline.settings import load_settings
 from pipeline.stages.fates import complete_documents
-from tests.fakes import BrokenEngine
-from tests.job_process import IngestProcess
+from tests.fakes import BrokenEngine, FakeEmbedder
+from tests.job_process import REPO, IngestProcess
 
 pytestmark = pytest.mark.ray
 DOCS = 120
@@ -38,13 +41,16 @@ def corpus(tmp_path_factory, sample_texts) -> Path:
     return root
 
 
-def stand_in_job(model: Path, corpus: Path, db: Path, *extra: str, engine: str = "StandInEngine", **faults):
-    args = [
+def job_flags(model: Path, corpus: Path, db: Path, engine: str = "StandInEngine") -> list[str]:
+    return [
         *("--model-path", str(model), "--model.name", "tiny", "--model.embedder", f"tests.fakes:{engine}"),
         *("--chunk-tokens", "128", "--inputs", str(corpus), "--db", str(db), "--no-index.after-run"),
-        *("--run.commit-rows", "16", "--run.batch-rows", "8", *extra),
+        *("--run.commit-rows", "16", "--run.batch-rows", "8"),
     ]
-    return IngestProcess(args, **faults)
+
+
+def stand_in_job(model: Path, corpus: Path, db: Path, engine: str = "StandInEngine", **faults) -> IngestProcess:
+    return IngestProcess(job_flags(model, corpus, db, engine), **faults)
 
 
 def chunks(db: Path) -> pa.Table:
@@ -57,8 +63,13 @@ def runs(db: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def clean(tiny_model_path, corpus, tmp_path_factory) -> pa.Table:
+    """The store a clean run leaves: the job's own settings run in this process, with the stand-in engine's vectors
+    (the fake engine at the model's width). Each Ray job's store below is compared with it, so the Ray executor is
+    also held to the in-process one."""
     db = tmp_path_factory.mktemp("clean") / "db"
-    stand_in_job(tiny_model_path, corpus, db).finish()
+    settings = load_settings(REPO / "conf/local.toml", job_flags(tiny_model_path, corpus, db))
+    width = json.loads((tiny_model_path / "config.json").read_text())["hidden_size"]
+    run_ingest(settings, InProcessExecutor(FakeEmbedder(dim=width)))
     table = chunks(db)
     assert table.num_rows > 3 * DOCS
     return table

@@ -126,6 +126,8 @@ def test_every_document_is_ingested_or_rejected_and_counts_agree(run, corpus):
     assert runrow["vllm_version"] and runrow["ray_version"] and runrow["lancedb_version"]
     assert len(chunks.column(s.CHUNK_ID).unique()) == chunks.num_rows
     assert batches.num_rows >= 2 and min(batches.column("tokens_per_s").to_pylist()) > 0
+    [engine_label] = set(batches.column("actor").to_pylist())
+    assert "cores" not in engine_label  # alone on its node: every core, no cores in its name
     # each document's chunks are complete and in order
     per_doc = {}
     for d, i, n in zip(*(chunks.column(c).to_pylist() for c in (s.DOC_ID, s.CHUNK_INDEX, s.DOC_CHUNKS)), strict=False):

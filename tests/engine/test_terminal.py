@@ -17,8 +17,8 @@ import pytest
 from tests.job_process import REPO, job_command, job_env
 
 pytestmark = pytest.mark.engine
-DOCS = 80
-"""Enough tokens (about 90 k) for the engine to work through several batches while the display ticks."""
+DOCS = 40
+"""Enough tokens (about 45 k) for the engine to work through several batches while the display ticks."""
 
 
 def run_on_a_terminal(args: list[str], env: dict, timeout_s: float = 600) -> tuple[int, str]:

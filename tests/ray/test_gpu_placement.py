@@ -265,7 +265,7 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         proc, seconds, _ = ingest(
-            cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "20"
+            cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "10"
         )
         watcher.join(timeout=5)
         after = ray_status_once(cpu_only, "From request_resources:\n (none)", within_s=30)
@@ -275,7 +275,7 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
     assert proc.returncode == 2, proc.stderr[-4000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert "no node of the cluster has a GPU" in error and "asked Ray's autoscaler for 1 bundles" in error, error
-    assert "waited 20 s" in error and seconds < 20 + 60
+    assert "waited 10 s" in error and seconds < 10 + 60
     asked = re.compile(r"From request_resources:\n \{[^}]*'GPU': 1(\.0)?[,}][^\n]*: 1 from request_resources\(\)")
     assert any(asked.search(s) for s in status), status[-1:]
     assert "From request_resources:\n (none)" in after  # not left to keep GPU nodes up

@@ -20,7 +20,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Embed document shards into LanceDB. Any setting can be overridden as --section.field VALUE "
         "(e.g. --model.max-model-len 2024, --chunk-tokens 2000, --inputs 'data/*.jsonl', --db /tmp/lancedb).",
     )
-    parser.add_argument("--dry-run", action="store_true", help="resolve settings and list shards, then exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the settings, list the shards and plan the engines and their memory on the cluster RAY_ADDRESS "
+        "names (else this machine), starting nothing; then exit",
+    )
     parser.add_argument(
         "--estimate",
         action="store_true",

@@ -1,1 +1,2 @@
-"""What runs around the stages: CPU priority of the helper processes, process roles, progress and its display."""
+"""What the run and the benchmarks share around the stages: GPUs read without CUDA, what each process is, stopping
+what a library left running, and the faults tests inject."""

@@ -60,7 +60,7 @@ def runtime_env_file(cluster, tmp_path: Path, **env_vars: str) -> Path:
 
 def submit_args(cluster, runtime_env: Path, *flags: str) -> list[str]:
     ingest = ["python", "-m", "jobs.ingest", "--config", "conf/cluster-cpu.toml"]
-    ingest += ["--model.embedder", "tests.fakes:StandInEngine", "--run.batch-rows", "4", "--run.commit-rows", "12"]
+    ingest += ["--model.embedder", "tests.fakes:StandInEngine", "--run.batch-rows", "4", "--run.commit-rows", "4"]
     return ["job", "submit", "--address", cluster["address"], "--runtime-env", str(runtime_env), *flags, "--", *ingest]
 
 

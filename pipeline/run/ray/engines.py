@@ -85,7 +85,9 @@ class EngineActor:
         if self.board is not None:
             self.board.add.remote({"engines_ready": 1})
 
+    @ray.method(concurrency_group="control")
     def start_failure(self) -> PipelineError | None:
+        """Why this engine could not start (None if it did), answered while an embed call runs or hangs."""
         return self.failure
 
     @ray.method(concurrency_group="control")
@@ -175,10 +177,15 @@ class Engines:
         }
 
     def start_failure(self) -> PipelineError | None:
-        """What stopped an engine from starting, if one did: Ray Data reports a failed call by its own message."""
-        for actor in self.actors:
+        """What stopped an engine from starting, if one did (Ray Data reports a failed call by its own message):
+        every engine asked at once, on its control thread, and waited for at most CONTROL_TIMEOUT_S in all."""
+        asked = [actor.start_failure.remote() for actor in self.actors]
+        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=CONTROL_TIMEOUT_S)
+        for ref in asked:
+            if ref not in answered:
+                continue
             try:
-                failure = ray.get(actor.start_failure.remote(), timeout=30)
+                failure = ray.get(ref)
             except RayError:
                 continue
             if failure is not None:

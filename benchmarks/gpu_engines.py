@@ -134,14 +134,14 @@ def _wait_ready(ready, proc) -> None:
 def plan_figures(spec, model_dir: Path) -> dict:
     from pipeline.plan.memory import GIB, PlanRequest, load_config, plan_memory
 
-    config, _ = load_config(model_dir)
+    config, checkpoint = load_config(model_dir)
     request = PlanRequest(
         dtype=spec.dtype,
         max_model_len=spec.max_model_len,
         max_num_batched_tokens=spec.max_num_batched_tokens,
         device=spec.device,
     )
-    plan = plan_memory(config, request, model_dir)
+    plan = plan_memory(config, request, checkpoint)
     return {k: (v / GIB if isinstance(v, int) else v) for k, v in plan.per_rank.items() if k != "fits"}
 
 

@@ -61,14 +61,14 @@ def main() -> None:
         "(MiB; plan all = weights + activation + engine overhead; ratio = measured / plan)"
     )
     for name, model, max_len in (("MiniLM", minilm_dir(), 512), ("tiny-4k", tiny, 2001)):
-        config, model_dir = load_config(model)
+        config, checkpoint = load_config(model)
         for budget in budgets:
             if budget < max_len:
                 continue
             plan = plan_memory(
                 config,
                 PlanRequest(dtype="float32", max_model_len=max_len, max_num_batched_tokens=budget, device="cpu"),
-                model_dir,
+                checkpoint,
             )
             proc = subprocess.run(
                 [sys.executable, "-c", MEASURE, str(model), str(max_len), str(budget)],

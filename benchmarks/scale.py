@@ -218,8 +218,8 @@ def edited(docs: list[dict], seed: int = 1) -> tuple[list[dict], dict[str, int]]
 def commit_latency(stores: dict[int, Path], dim: int, model: str, chunking: str, groups: int = 40, rows: int = 64):
     """Seconds to write one group's fragments (worker side) and to commit it (driver side), per store size: the
     same groups of new chunks, alternating between the stores so the machine's drift hits all alike."""
+    from pipeline.store.group_commit import GroupCommitter
     from pipeline.store.lance_store import LanceStore
-    from pipeline.store.run_commit import RunCommitter
 
     rng = np.random.default_rng(1)
     sides = {}
@@ -229,7 +229,7 @@ def commit_latency(stores: dict[int, Path], dim: int, model: str, chunking: str,
         run_id = f"latency-{size}"
         sides[size] = (
             store.chunk_writer(run_id, model, chunking, {"model": model}),
-            RunCommitter(store, run_id, {"model": model}),
+            GroupCommitter(store, run_id, {"model": model}),
         )
     timings: dict[int, dict[str, list[float]]] = {size: {"write": [], "commit": []} for size in stores}
     for g in range(groups):

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    config, model_dir = load_config(args.model)
+    config, checkpoint = load_config(args.model)
     memory = args.device_memory_gib * GIB if args.device_memory_gib else detect_device_memory(args.device)
     request = PlanRequest(
         dtype=args.dtype,
@@ -60,7 +60,7 @@ def _plan(args: argparse.Namespace) -> int:
         chunk_tokens=args.chunk_tokens,
         batch_rows=args.batch_rows,
     )
-    plan = plan_memory(config, request, model_dir)
+    plan = plan_memory(config, request, checkpoint)
     print(plan.to_json() if args.json else render_table(plan))
     return 0
 

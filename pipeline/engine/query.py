@@ -92,7 +92,7 @@ def _query_sized(settings: ModelSettings, model: ModelDir, max_model_len: int, n
         device=settings.device,
         device_memory_bytes=memory,
     )
-    share = query_memory_share(model.config, request, model.path)
+    share = query_memory_share(model.config, request, model.checkpoint)
     if share is None:
         notes.append(
             f"device memory unknown here: the engine takes {settings.gpu_memory_utilization} of it, as the run did"

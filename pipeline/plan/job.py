@@ -169,7 +169,7 @@ def _device_share(
     fitting = forward = None
     if device == "cuda" and memory:
         request = _memory_request(settings, lengths.max_model_len, device, memory)
-        fitting = engines_that_fit(lengths.model.config, request, lengths.model.path)
+        fitting = engines_that_fit(lengths.model.config, request, lengths.model.checkpoint)
         gpu = cluster.smallest_gpu()
         dtype = resolve_dtype(m.dtype, lengths.model.shape)
         peak, _ = peak_tflops(gpu.gpu_name if gpu else None, dtype)
@@ -305,7 +305,7 @@ def check_memory(settings: Settings, plan: RunPlan) -> MemoryPlan:
         chunk_tokens=plan.chunk.max_tokens,
         batch_rows=settings.run.batch_rows,
     )
-    memory = plan_memory(plan.model.config, request, plan.model.path)
+    memory = plan_memory(plan.model.config, request, plan.model.checkpoint)
     if memory.fits is False:
         needed, budget = memory.per_rank["needed"] / GIB, memory.per_rank["budget"] / GIB
         msg = (

@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.plan.model_params import (
     DTYPE_BYTES,
+    CheckpointParams,
     ModelShape,
     params_from_safetensors,
     params_from_shape,
@@ -85,14 +86,14 @@ class MemoryPlan:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def load_config(path: str | Path) -> tuple[dict, Path | None]:
-    """A model directory or a config.json file; returns the config and the directory if weights may be there."""
+def load_config(path: str | Path) -> tuple[dict, CheckpointParams | None]:
+    """A model directory or a config.json file: its config, and its weights' counts when a directory has them."""
     p = Path(path)
     config_file = p / "config.json" if p.is_dir() else p
     if not config_file.is_file():
         msg = f"no config.json at {path}; give a model directory or a config.json file"
         raise ConfigError(msg)
-    return json.loads(config_file.read_text()), (p if p.is_dir() else None)
+    return json.loads(config_file.read_text()), (params_from_safetensors(p) if p.is_dir() else None)
 
 
 def detect_device_memory(device: str) -> int | None:
@@ -132,11 +133,12 @@ def activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) -> dict[s
     return out
 
 
-def plan_memory(config: dict, request: PlanRequest, model_dir: Path | None = None) -> MemoryPlan:
+def plan_memory(config: dict, request: PlanRequest, checkpoint: CheckpointParams | None = None) -> MemoryPlan:
+    """`checkpoint`: the weights' own counts (ModelDir.checkpoint, params_from_safetensors), checked against the
+    config's arithmetic and used where given."""
     shape = shape_from_config(config)
     dtype = resolve_dtype(request.dtype, shape)
     b = DTYPE_BYTES[dtype]
-    checkpoint = params_from_safetensors(model_dir) if model_dir else None
     has_lm_head = bool(checkpoint and checkpoint.counts["heads"] > shape.hidden_size * (shape.hidden_size + 1))
     arithmetic = params_from_shape(shape, lm_head=has_lm_head)
     mismatches = []
@@ -174,23 +176,23 @@ def plan_memory(config: dict, request: PlanRequest, model_dir: Path | None = Non
     return plan
 
 
-def engines_that_fit(config: dict, request: PlanRequest, model_dir: Path | None = None) -> int | None:
+def engines_that_fit(config: dict, request: PlanRequest, checkpoint: CheckpointParams | None = None) -> int | None:
     """How many engines one device holds at these settings (0: not even one); None when its memory is unknown."""
     if not request.device_memory_bytes:
         return None
     shape = shape_from_config(config)
-    weights = plan_memory(config, request, model_dir).weight_bytes
+    weights = plan_memory(config, request, checkpoint).weight_bytes
     return _largest(lambda n: _fits(weights, shape, request, engines_per_device=n), 1, 64, 1) or 0
 
 
-def query_memory_share(config: dict, request: PlanRequest, model_dir: Path | None = None) -> float | None:
+def query_memory_share(config: dict, request: PlanRequest, checkpoint: CheckpointParams | None = None) -> float | None:
     """gpu_memory_utilization for a query engine: what one engine of `request` needs (weights, one forward pass at
     its budget, KV for it, the runtime; on CPU the process itself), with a quarter more, as a share of the device
     (None when its memory is unknown). A query embeds a few short texts: the run's share, sized to fill a GPU
     with cache, would reserve most of a laptop's memory."""
     if not request.device_memory_bytes:
         return None
-    needed = plan_memory(config, request, model_dir).per_rank["needed"]
+    needed = plan_memory(config, request, checkpoint).per_rank["needed"]
     if request.device == "cpu":
         needed += CPU_ENGINE_PROCESS
     share = QUERY_SHARE_SLACK * needed / request.device_memory_bytes

@@ -10,7 +10,14 @@ from functools import cached_property
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.plan.model_params import ModelShape, shape_from_config, text_config, usable_positions
+from pipeline.plan.model_params import (
+    CheckpointParams,
+    ModelShape,
+    params_from_safetensors,
+    shape_from_config,
+    text_config,
+    usable_positions,
+)
 
 PACKAGE_PREFIX = "package:"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "spiece.model")
@@ -109,6 +116,8 @@ class ModelDir:
     weight files (hashing gigabytes of weights would take longer than embedding a query)."""
     ships_code: bool
     """config.json maps its classes to code in the directory (auto_map)."""
+    checkpoint: CheckpointParams | None = None
+    """The weights' counts from their safetensors headers (None: no safetensors files)."""
 
     @classmethod
     def read(cls, path_spec: str, name: str | None = None) -> ModelDir:
@@ -125,6 +134,7 @@ class ModelDir:
             similarity=_similarity(path),
             fingerprint=_fingerprint(path),
             ships_code=bool(config.get("auto_map")),
+            checkpoint=params_from_safetensors(path),
         )
 
     @property

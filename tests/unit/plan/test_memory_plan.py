@@ -122,8 +122,8 @@ def test_activation_grows_linearly_with_the_budget():
 
 def test_headers_agree_with_arithmetic_on_real_checkpoints(minilm_path, tiny_model_path):
     for model in (minilm_path, tiny_model_path):
-        config, model_dir = load_config(model)
-        plan = plan_memory(config, PlanRequest(device="cpu"), model_dir)
+        config, checkpoint = load_config(model)
+        plan = plan_memory(config, PlanRequest(device="cpu"), checkpoint)
         assert plan.params_source == "safetensors headers" and plan.mismatches == []
         assert plan.params == params_from_shape(shape_from_config(config))
     assert sum(params_from_safetensors(minilm_path).counts.values()) == 22_713_216  # all-MiniLM-L6-v2
@@ -135,8 +135,8 @@ def test_a_config_that_disagrees_with_the_weights_is_reported(tiny_model_path, t
     config = json.loads((model / "config.json").read_text())
     config["num_hidden_layers"] = 3  # the checkpoint has 2
     (model / "config.json").write_text(json.dumps(config))
-    config, model_dir = load_config(model)
-    plan = plan_memory(config, PlanRequest(device="cpu"), model_dir)
+    config, checkpoint = load_config(model)
+    plan = plan_memory(config, PlanRequest(device="cpu"), checkpoint)
     assert any(m.startswith("attention: config arithmetic") for m in plan.mismatches)
     assert any("disagree" in w for w in plan.warnings)
 

@@ -13,6 +13,11 @@ class ConfigError(Refusal):
     """Settings, paths or the model cannot work together; raised before any work starts."""
 
 
+class ModelNotHere(ConfigError):
+    """The model directory is not on this node; on a cluster, another node may have it (a RayJob's driver runs on
+    the head, which mounts no model volume)."""
+
+
 class ChunkBudgetError(PipelineError):
     """A chunk would exceed the engine's per-sequence limit."""
 

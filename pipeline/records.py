@@ -136,6 +136,8 @@ class RunRecord:
     engine_restarts: int | None = None
     engines_hung: int | None = None
     lost_nodes: str | None = None
+    engine_failures: str | None = None
+    """JSON: what the engines' failures said, and how often (each failed engine exited and Ray restarted it)."""
     # what it cost
     engine_s: float | None = None
     engine_busy: float | None = None

@@ -259,6 +259,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("engine_restarts", pa.int64()),
         pa.field("engines_hung", pa.int64()),
         pa.field("lost_nodes", pa.string()),
+        pa.field("engine_failures", pa.string()),
         pa.field("engine_s", pa.float64()),
         pa.field("engine_busy", pa.float64()),
         pa.field("tokens_per_engine_s", pa.float64()),

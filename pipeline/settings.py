@@ -160,6 +160,10 @@ class RunSettings(Section):
     batch goes to another engine; one that hangs again past run.engine_hangs fails the run."""
     engine_hangs: int = Field(default=2, ge=0)
     """Restarts for hanging a run allows one engine; the next hang fails the run with the engine's last log lines."""
+    min_engines: int = Field(default=1, ge=1)
+    """Engines the run needs left to go on. An engine whose vLLM engine fails (a CUDA error, a dead tensor-parallel
+    worker, a failed start) exits so that Ray restarts it, and its batch goes to another engine; one that cannot
+    (re)start is lost. The run ends, with the first failure's message, only when fewer than this are left."""
     chunk_actors: int = Field(default=1, ge=1)
     """Actors that parse and tokenize shards."""
     batch_rows: int = Field(default=64, ge=1)

@@ -77,6 +77,72 @@ class BrokenEngine:
         raise ValueError(self.MESSAGE.removeprefix("ValueError: "))
 
 
+SICK_RESOURCE = "sick_gpu"
+"""A custom resource a test node is started with (`ray start --resources '{"sick_gpu": 1}'`): its GPU is bad."""
+
+
+def on_sick_node() -> bool:
+    """Whether this process runs on the node a test started with SICK_RESOURCE."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return any(n["NodeID"] == here and SICK_RESOURCE in n.get("Resources", {}) for n in ray.nodes() if n["Alive"])
+
+
+class SickGpuEngine(StandInEngine):
+    """A stand-in engine (model.embedder = "tests.fakes:SickGpuEngine") that, on the sick node, starts and then
+    raises on every call what PyTorch raises on a GPU whose memory fails (an ECC error, Xid 48), restarts included."""
+
+    MESSAGE = "RuntimeError: CUDA error: uncorrectable ECC error encountered"
+
+    def __init__(self, spec, slot: int | None = None):
+        super().__init__(spec, slot)
+        self.sick = on_sick_node()
+
+    def embed(self, token_ids):
+        if self.sick:
+            raise RuntimeError(self.MESSAGE.removeprefix("RuntimeError: "))
+        return super().embed(token_ids)
+
+
+class NoStartEngine(StandInEngine):
+    """On the sick node, cannot start, as vLLM says when the GPU's memory is gone (BrokenEngine's message), on every
+    try (model.embedder = "tests.fakes:NoStartEngine")."""
+
+    def __init__(self, spec, slot: int | None = None):
+        if on_sick_node():
+            raise ValueError(BrokenEngine.MESSAGE.removeprefix("ValueError: "))
+        super().__init__(spec, slot)
+
+
+class RestartFailsEngine(StandInEngine):
+    """On the sick node, starts, then every call raises what vLLM raises once a tensor-parallel worker died, and its
+    restart cannot start (model.embedder = "tests.fakes:RestartFailsEngine")."""
+
+    MESSAGE = "RuntimeError: Executor failed."
+    RESTART_MESSAGE = "RuntimeError: CUDA error: CUDA-capable device(s) is/are busy or unavailable"
+
+    def __init__(self, spec, slot: int | None = None):
+        import ray
+
+        self.sick = on_sick_node()
+        if self.sick and ray.get_runtime_context().was_current_actor_reconstructed:
+            raise RuntimeError(self.RESTART_MESSAGE.removeprefix("RuntimeError: "))
+        super().__init__(spec, slot)
+
+    def embed(self, token_ids):
+        if self.sick:
+            raise RuntimeError(self.MESSAGE.removeprefix("RuntimeError: "))
+        return super().embed(token_ids)
+
+
+NVIDIA_SMI = """#!/bin/sh
+# stands in for nvidia-smi on a node of logical GPUs: the query the planner's probe makes, answered as an H100 would
+echo "NVIDIA H100 80GB HBM3, 81559"
+"""
+H100_MIB = 81559
+
+
 RECORDS_ENV = "EMBEDPIPE_TEST_ENGINE_RECORDS"
 """Directory where RecordingEngine writes one JSON file per engine start (set on the cluster's nodes)."""
 

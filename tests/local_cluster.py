@@ -6,6 +6,7 @@ pattern: other Ray instances on the machine are not ours)."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,10 +49,16 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def ray_cli(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+def ray_cli(*args: str, env: dict, timeout: float = 180, wrap: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`ray *args`, run under `wrap` (a command that execs its arguments) when given."""
     for _ in range(12):  # right after `ray start` the job agent may not be registered yet
         proc = subprocess.run(
-            [str(BIN / "ray"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+            [*(wrap or []), str(BIN / "ray"), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
             break
@@ -139,6 +146,14 @@ def node_ports(metrics_ports: list[int]) -> list[str]:
     ]
 
 
+def hiding(directories: tuple[Path, ...], empty: Path) -> list[str]:
+    """A command prefix that runs its command in a mount namespace of its own where each of `directories` is an
+    empty directory (needs root: `unshare -m`); the machine's own view is untouched."""
+    empty.mkdir(parents=True, exist_ok=True)
+    mounts = " && ".join(f"mount --bind {shlex.quote(str(empty))} {shlex.quote(str(d))}" for d in directories)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", f'{mounts} && exec "$@"', "sh"]
+
+
 class LocalCluster:
     """A head node, then more nodes joining it; `env` is what its nodes and the jobs talking to it run with."""
 
@@ -162,7 +177,10 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def add_node(self, cpus: int, gpus: int = 0, resources: str | None = None) -> None:
+    def add_node(self, cpus: int, gpus: int = 0, resources: str | None = None, hidden: tuple[Path, ...] = ()) -> None:
+        """A node with `cpus` and `gpus` (logical); its processes see each directory of `hidden` empty (a mount
+        namespace of their own, as a pod that does not mount a volume sees it)."""
+        wrap = hiding(hidden, self.temp_dir / f"empty-{self.nodes}") if hidden else None
         common = ["--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(256 * 2**20)]
         common += ["--temp-dir", str(self.temp_dir), *(["--resources", resources] if resources else [])]
         common += node_ports(self.metrics_ports)
@@ -174,9 +192,9 @@ class LocalCluster:
                 head += ["--include-dashboard", "true"]
             else:
                 head += ["--include-dashboard", "false"]
-            ray_cli("start", *head, *common, env=self.env)
+            ray_cli("start", *head, *common, env=self.env, wrap=wrap)
         else:
-            ray_cli("start", "--address", self.address, *common, env=self.env)
+            ray_cli("start", "--address", self.address, *common, env=self.env, wrap=wrap)
         self.nodes += 1
 
     def job_env(self, **extra: str) -> dict[str, str]:

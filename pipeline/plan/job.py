@@ -68,11 +68,12 @@ def plan_run(settings: Settings, cluster: Cluster, lengths: LengthPlan | None = 
     return replace(plan, memory=check_memory(settings, plan))
 
 
-def plan_lengths(settings: Settings) -> LengthPlan:
-    """max_model_len and chunk size against the model's own limits; needs no cluster and no tokenizer (the
-    engines are placed from it while the tokenizer loads; `check_chunk_room` follows once it has)."""
+def plan_lengths(settings: Settings, model: ModelDir | None = None) -> LengthPlan:
+    """max_model_len and chunk size against the model's own limits (`model`: read already, perhaps on another
+    node; else read here); needs no cluster and no tokenizer (the engines are placed from it while the tokenizer
+    loads; `check_chunk_room` follows once it has)."""
     m = settings.model
-    model = ModelDir.read(m.path, m.name)
+    model = model or ModelDir.read(m.path, m.name)
     check_remote_code(model, m.trust_remote_code)
     notes: list[str] = []
     max_model_len = _max_model_len(settings, model.limits, notes)
@@ -117,6 +118,12 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
     placement = lay_out(cluster, device, m.tensor_parallel_size, per_device, r.actors)
     notes = [*lengths.notes, *placement.notes]
     placement = _leave_stage_room(cluster, placement, device, r, notes)
+    if r.min_engines > placement.actors:
+        msg = (
+            f"run.min_engines={r.min_engines} is more than the {placement.actors} engines the plan places on this "
+            f"cluster; lower run.min_engines to at most {placement.actors}"
+        )
+        raise ConfigError(msg)
     if m.enforce_eager is None and device == "cpu":
         notes.append(
             "enforce_eager on: on the CPU backend the engine starts about twice as fast without torch.compile and "

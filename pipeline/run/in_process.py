@@ -14,10 +14,11 @@ import pyarrow as pa
 
 from pipeline import schema as s
 from pipeline.engine.factory import make_embedder
-from pipeline.errors import ConfigError, EngineError, PipelineError
+from pipeline.errors import ConfigError, EngineError, ModelNotHere, PipelineError
 from pipeline.plan.engine_spec import EngineSpec
 from pipeline.plan.estimate import Sample, SampledTally, Tally
 from pipeline.plan.job import RunPlan
+from pipeline.plan.model_dir import ModelDir
 from pipeline.plan.placement import Cluster
 from pipeline.records import GroupRecord
 from pipeline.run.executor import FleetReport
@@ -113,7 +114,7 @@ class InProcessFleet:
         return out
 
     def report(self) -> FleetReport:
-        return FleetReport(engines_lost=0, engine_restarts=0, engines_hung=0, lost_nodes=[])
+        return FleetReport(engines_lost=0, engine_restarts=0, engines_hung=0, lost_nodes=[], engine_failures={})
 
 
 class InProcessExecutor:
@@ -152,6 +153,9 @@ class InProcessExecutor:
 
     def logs_dir(self) -> str | None:
         return None
+
+    def read_model(self, settings: Settings, cluster: Cluster, here: ModelNotHere) -> tuple[ModelDir, FastTokenizer]:
+        raise here  # this process is the only node
 
     @contextmanager
     def engines(self, plan: RunPlan, settings: Settings, cluster: Cluster, run_id: str) -> Iterator[InProcessFleet]:

@@ -165,6 +165,16 @@ class Execution:
     def _announce(self, record: RunRecord) -> None:
         """The row is written: the log line, the live status and the pushed figures say the same."""
         result = self.final
+        fleet = self.fleet
+        if fleet is not None and (fleet.engines_lost or fleet.engine_failures or fleet.lost_nodes):
+            log.warning(
+                "engines_lost_during_run",
+                engines_lost=fleet.engines_lost,
+                engine_restarts=fleet.engine_restarts,
+                failures=fleet.engine_failures,
+                nodes_lost=fleet.lost_nodes,
+                engines=self.start.plan.actors,
+            )
         log.info(
             "run_finished",
             status=str(record.status),
@@ -187,10 +197,10 @@ class Execution:
 def with_losses(exc: PipelineError, fleet: FleetReport, kept: str) -> PipelineError:
     """A run's failure with what the cluster lost while it ran, and what it kept."""
     lost, restarts = fleet.lost_nodes or [], fleet.engine_restarts or 0
-    if not lost and not restarts:
+    if not lost and not restarts and not fleet.engines_lost:
         return exc
     on_them = fleet.engines_lost if fleet.engines_lost is not None else "?"
-    losses = f"nodes lost: {', '.join(lost)} (engines on them: {on_them}); " if lost else ""
+    losses = f"nodes lost: {', '.join(lost)} (engines lost: {on_them}); " if lost else f"engines lost: {on_them}; "
     return type(exc)(f"{exc}. {losses}engine restarts: {restarts}; {kept}")
 
 

@@ -85,6 +85,7 @@ def ended_record(record: RunRecord, result: RunResult, engine: dict | None, flee
         engine_restarts=fleet.engine_restarts,
         engines_hung=fleet.engines_hung,
         lost_nodes=json.dumps(fleet.lost_nodes) if fleet.lost_nodes is not None else None,
+        engine_failures=json.dumps(fleet.engine_failures) if fleet.engine_failures is not None else None,
         **o.stages,
     )
     if result.cost is not None:

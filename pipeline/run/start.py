@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from pipeline.plan.job import RunPlan, plan_lengths, plan_run
+from pipeline.errors import ConfigError, ModelNotHere
+from pipeline.plan.job import LengthPlan, RunPlan, check_chunk_room, plan_lengths, plan_run
 from pipeline.plan.placement import Cluster, engine_bundle
 from pipeline.run.executor import Executor
 from pipeline.run.projection import RateHistory
@@ -42,20 +43,42 @@ class RunStart:
 
 
 def start_run(settings: Settings, executor: Executor, store: LanceStore) -> RunStart:
-    """Plan on the executor's cluster; ConfigError, with the fix, for whatever cannot work."""
-    lengths = plan_lengths(settings)
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
-    loading = loader.submit(checked_tokenizer, settings, lengths)
-    loader.shutdown(wait=False)
-    executor.start(settings.run, loading)
-    cluster = executor.inventory()
-    m = settings.model
-    if m.device == "cuda" and cluster.gpus == 0:  # an autoscaling cluster may add GPU nodes; others refuse
-        bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
-        cluster = executor.wait_for_gpus(cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s)
+    """Plan on the executor's cluster; ConfigError, with the fix, for whatever cannot work. The model is read here
+    when this node has it (its lengths planned before the cluster starts, its tokenizer loading beside the start),
+    else on a node of the cluster that has it (a RayJob's driver runs on a head with no model volume)."""
+    try:
+        lengths: LengthPlan | None = plan_lengths(settings)
+    except ModelNotHere as here:
+        executor.start(settings.run)
+        cluster = _with_gpus(settings, executor)
+        model, tokenizer = executor.read_model(settings, cluster, here)
+        lengths = plan_lengths(settings, model)
+        loading: Future = Future()
+        try:
+            check_chunk_room(settings, lengths.chunk, tokenizer.num_special_tokens)
+            loading.set_result(tokenizer)
+        except ConfigError as exc:
+            loading.set_exception(exc)
+    else:
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+        loading = loader.submit(checked_tokenizer, settings, lengths)
+        loader.shutdown(wait=False)
+        executor.start(settings.run, loading)
+        cluster = _with_gpus(settings, executor)
     plan = plan_run(settings, cluster, lengths)
     _log_plan(settings, plan, cluster, executor.logs_dir())
     return RunStart(plan, cluster, loading, store.check_chunks_table(plan.model_id), RateHistory.read(store))
+
+
+def _with_gpus(settings: Settings, executor: Executor) -> Cluster:
+    """The executor's cluster; for GPU engines on a cluster with none yet, once GPU nodes joined (an autoscaling
+    cluster may add them; others refuse)."""
+    cluster = executor.inventory()
+    m = settings.model
+    if m.device == "cuda" and cluster.gpus == 0:
+        bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
+        cluster = executor.wait_for_gpus(cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s)
+    return cluster
 
 
 def _log_plan(settings: Settings, plan: RunPlan, cluster: Cluster, logs: str | None) -> None:

@@ -23,6 +23,7 @@ POINTS = {
     "commit.after_group": "the driver, right after a group's commit, before the next",
     "write.after_fragments": "a write task, after writing its group's fragments, before sending its record",
     "engine.before_embed": "an engine actor, as a batch arrives, before its engine embeds it",
+    "engine.start": "an engine actor, as it starts its engine",
 }
 """Where a fault can be injected, and which process reaches the point."""
 ACTIONS = ("kill", "raise", "wait")

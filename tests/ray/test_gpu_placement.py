@@ -20,16 +20,11 @@ from pathlib import Path
 import lancedb
 import pytest
 
-from tests.fakes import RECORDS_ENV
+from tests.fakes import H100_MIB, NVIDIA_SMI, RECORDS_ENV
 from tests.job_process import REPO, job_command
 from tests.local_cluster import BIN, LocalCluster
 
 pytestmark = pytest.mark.ray
-H100_MIB = 81559
-NVIDIA_SMI = f"""#!/bin/sh
-# stands in for nvidia-smi on a node of logical GPUs: the query the planner's probe makes, answered as an H100 would
-echo "NVIDIA H100 80GB HBM3, {H100_MIB}"
-"""
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,7 @@ def test_an_engine_that_cannot_start_fails_the_job_with_what_the_engine_said(tin
     # what the engine said, not Ray Data's "failed after retries"
     said = job.stderr[-1]
     assert said.startswith("error: an engine could not start: ") and BrokenEngine.MESSAGE in said
+    assert "1 of 1 engines lost, 0 left, run.min_engines=1" in said  # after Ray's restarts, each a fresh start
     [run] = runs(db)
     assert run["status"] == "failed" and "EngineError" in run["error"] and BrokenEngine.MESSAGE in run["error"]
 

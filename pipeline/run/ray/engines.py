@@ -59,8 +59,8 @@ class EngineActor:
     def __init__(self, index: int, logs: LoggingSettings, spec: EngineSpec, run: EngineRun):
         configure_logging(logs.level, logs.json_format)
         self.last_lines = _capture_log_lines()
-        self.board = run.board
-        self.failure: PipelineError | None = None
+        self.index, self.board, self.supervisor = index, run.board, run.supervisor
+        failure: PipelineError | None = None
         context = ray.get_runtime_context()
         slot = os.environ.get(SLOT_ENV)
         device_key = f"{context.get_node_id()}:{','.join(context.get_accelerator_ids().get('GPU', []))}"
@@ -68,17 +68,17 @@ class EngineActor:
         if run.supervisor is not None:  # its start counts from here, not from its wait at the gate
             run.supervisor.starting.remote(index, context.was_current_actor_reconstructed, context.get_node_id())
         try:
+            fault_point("engine.start")
             embedder = make_embedder(spec, int(slot) if slot else None)
-        except Exception as exc:  # noqa: BLE001 - raised by each call instead: an actor that fails to start dies
-            self.failure = _message_only(exc)  # with a message only, and the run's error would lose what it said
+        except Exception as exc:  # noqa: BLE001 - a failed start is reported with its message, then the process exits
+            failure = _message_only(exc)  # the original's frames would hold the half-built engine's memory
         finally:
             if entered:
                 run.gate.leave.remote(device_key)
+        if failure is not None:
+            self._exit(str(failure))
         if run.supervisor is not None:
             run.supervisor.started.remote(index)
-        if self.failure is not None:
-            _release_device_memory()
-            return
         self.step = EmbedStep(embedder, engine_label(context.get_node_id(), embedder.info()))
         if run.priority.niceness:
             mark_engines_ready(run.priority.engines_ready_flag)
@@ -86,23 +86,34 @@ class EngineActor:
             self.board.add.remote({"engines_ready": 1})
 
     @ray.method(concurrency_group="control")
-    def start_failure(self) -> PipelineError | None:
-        """Why this engine could not start (None if it did), answered while an embed call runs or hangs."""
-        return self.failure
-
-    @ray.method(concurrency_group="control")
     def last_words(self) -> list[str]:
         """The engine's last log lines (vLLM's and the stand-ins'), answered while an embed call runs."""
         return list(self.last_lines)
 
     def embed(self, batch: pa.Table) -> pa.Table:
-        if self.failure is not None:
-            raise type(self.failure)(str(self.failure))
         fault_point("engine.before_embed")
-        out = self.step(batch)
+        try:
+            out = self.step(batch)
+        except Exception as exc:  # noqa: BLE001 - EmbedStep keeps a rejected input as a reject row: this is the engine
+            self._exit(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PipelineError) else str(exc))
         if self.board is not None:
             self.board.add.remote(embedded_counts(batch))
         return out
+
+    def _exit(self, reason: str) -> None:
+        """The engine is broken (a CUDA error, a dead tensor-parallel worker, vLLM's "Executor failed", a failed
+        start): tell the supervisor why, then end this process, so that Ray restarts the actor on a fresh process
+        (its device context gone with it) and the feeder hands the batch to another engine. Once Ray's restarts are
+        spent the engine is lost; the run goes on while run.min_engines are left."""
+        reason = reason.strip().splitlines()[0][:500] if reason.strip() else "an engine failed"
+        log.error("engine_failed", engine=self.index, error=reason, action="exiting so that Ray restarts it")
+        if self.supervisor is not None:
+            try:
+                ray.get(self.supervisor.failed.remote(self.index, reason), timeout=CONTROL_TIMEOUT_S)
+            except RayError:
+                pass
+        _release_device_memory()
+        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ class Engines:
     supervisor: object = None
     bundle: dict = field(default_factory=dict)
     """What each engine's bundle holds."""
+    min_engines: int = 1
 
     def feeder_args(self) -> dict:
         index = next(self.feeders) % len(self.actors)
@@ -176,21 +188,16 @@ class Engines:
             "runtime_env": {"env_vars": {ENGINE_ENV: str(index)}},
         }
 
-    def start_failure(self) -> PipelineError | None:
-        """What stopped an engine from starting, if one did (Ray Data reports a failed call by its own message):
-        every engine asked at once, on its control thread, and waited for at most CONTROL_TIMEOUT_S in all."""
-        asked = [actor.start_failure.remote() for actor in self.actors]
-        answered, _ = ray.wait(asked, num_returns=len(asked), timeout=CONTROL_TIMEOUT_S)
-        for ref in asked:
-            if ref not in answered:
-                continue
-            try:
-                failure = ray.get(ref)
-            except RayError:
-                continue
-            if failure is not None:
-                return failure
-        return None
+    def failure(self) -> PipelineError | None:
+        """Why the engines cannot go on, when fewer than run.min_engines are left (the first failure's message; Ray
+        Data reports a failed call by its own), else None."""
+        if self.supervisor is None:
+            return None
+        try:
+            why = ray.get(self.supervisor.verdict.remote(self.min_engines), timeout=NODE_VERDICT_S)
+        except RayError:
+            return None
+        return EngineError(why) if why else None
 
     def report(self) -> dict:
         """Restarts and hangs of the run's engines, as the supervisor counted them (empty if it cannot say)."""
@@ -247,7 +254,7 @@ def engine_actors(
     ]
     shared.supervisor.attach.remote(actors, node_of)
     try:
-        yield Engines(actors, node_of, itertools.count(), shared.supervisor, plan.placement.bundle)
+        yield Engines(actors, node_of, itertools.count(), shared.supervisor, plan.placement.bundle, run.min_engines)
     finally:
         for actor in actors:
             ray.kill(actor)

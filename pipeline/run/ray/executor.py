@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import ray
 import structlog
 
+from pipeline.errors import ModelNotHere
 from pipeline.plan.estimate import Sample, SampledTally
-from pipeline.plan.job import RunPlan
+from pipeline.plan.job import RunPlan, resolve_device
+from pipeline.plan.model_dir import ModelDir
 from pipeline.plan.placement import Cluster
 from pipeline.records import GroupRecord
 from pipeline.run.executor import FleetReport
@@ -23,6 +25,7 @@ from pipeline.run.ray.cpu_priority import HelperPriority, PriorityKeeper, engine
 from pipeline.run.ray.engines import Engines, engine_actors
 from pipeline.run.ray.group_records import iter_records
 from pipeline.run.ray.metrics import ray_series
+from pipeline.run.ray.model_reader import read_model_on_cluster
 from pipeline.run.ray.progress_board import board_reader, progress_board
 from pipeline.run.ray.stages import build_dataset
 from pipeline.run.ray.tally import tally_chunks
@@ -55,7 +58,13 @@ class RayFleet:
         except Exception as exc:  # noqa: BLE001 - a cluster too broken to say is recorded as such
             log.warning("fleet_unknown", error=f"{type(exc).__name__}: {exc}"[:500])
             return FleetReport()
-        return FleetReport(told.get("engines_lost"), told.get("engine_restarts"), told.get("engines_hung"), lost)
+        return FleetReport(
+            told.get("engines_lost"),
+            told.get("engine_restarts"),
+            told.get("engines_hung"),
+            lost,
+            told.get("engine_failures"),
+        )
 
 
 class RayExecutor:
@@ -74,6 +83,10 @@ class RayExecutor:
 
     def logs_dir(self) -> str | None:
         return ray_cluster.logs_dir()
+
+    def read_model(self, settings: Settings, cluster: Cluster, here: ModelNotHere) -> tuple[ModelDir, FastTokenizer]:
+        device = resolve_device(settings.model.device, cluster.gpus)
+        return read_model_on_cluster(settings.model, cluster, here, device)
 
     @contextmanager
     def engines(self, plan: RunPlan, settings: Settings, cluster: Cluster, run_id: str) -> Iterator[RayFleet]:

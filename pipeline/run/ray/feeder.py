@@ -37,6 +37,7 @@ class EngineFeeder:
         self.engines = engines
         self.dim = dim
         self.supervisor = supervisor
+        self.min_engines = run.min_engines
         first = int(os.environ.get(ENGINE_ENV, "0")) % len(engines)
         self.roster = EngineRoster(len(engines), first, run.engine_call_timeout_s, run.engine_start_timeout_s)
         self.hope = time.monotonic()
@@ -56,9 +57,8 @@ class EngineFeeder:
                 out = self._try(index, batch, tokens)
                 if out is not None:
                     return out
-            if self.roster.all_gone:
-                msg = f"every engine is lost ({self.roster.engines}: their nodes died or Ray gave up restarting them)"
-                raise EngineError(msg)
+            if len(self.roster.gone) > self.roster.engines - self.min_engines:
+                raise EngineError(self._why_too_few())
             if time.monotonic() - self.hope > patience:
                 msg = (
                     f"no engine answered or started for {patience:g} s (run.engine_start_timeout_s + "
@@ -91,11 +91,9 @@ class EngineFeeder:
                     self._leave(index, verdict)
                     return None
                 self.hope, wait_s = time.monotonic(), self.roster.bound_s(index, tokens)
-            except ActorDiedError:
-                self.roster.lost(index)
-                return None
-            except RayActorError:  # unavailable: restarting, or its node lost
-                self._leave(index, "lost" if self._ask("lost", index, default=False) else "unavailable")
+            except RayActorError as exc:  # its process died (a failed engine exits), restarting, or its node lost
+                gone = self._ask("lost", index, default=isinstance(exc, ActorDiedError))
+                self._leave(index, "lost" if gone else "unavailable")
                 return None
         self.roster.answered(index, tokens, time.monotonic() - started)
         self.hope = time.monotonic()
@@ -117,6 +115,19 @@ class EngineFeeder:
             self.hope = time.monotonic()
         else:
             self.roster.unavailable(index, time.monotonic())
+
+    def _why_too_few(self) -> str:
+        """The supervisor's verdict (the first failure's message and what was lost), or what this feeder saw."""
+        told = None
+        if self.supervisor is not None:
+            try:
+                told = ray.get(self.supervisor.verdict.remote(self.min_engines), timeout=CONTROL_TIMEOUT_S * 6)
+            except RayError:
+                told = None
+        return told or (
+            f"{len(self.roster.gone)} of {self.roster.engines} engines lost (their nodes died or Ray gave up "
+            f"restarting them; run.min_engines={self.min_engines}): {sorted(self.roster.gone)}"
+        )
 
     def _ask(self, question: str, index: int, default):
         """The supervisor's answer about engine `index` (`default` when there is none or it cannot say)."""

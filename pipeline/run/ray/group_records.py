@@ -18,8 +18,8 @@ from pipeline.run.ray.stages import RECORD
 
 
 def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[GroupRecord]:
-    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, an engine's
-    failure to start as what the engine said."""
+    """The write stage's group records; a worker's failure surfaces as the PipelineError it raised, the engines'
+    end (fewer than run.min_engines left) as what the first failed engine said."""
     reserve = EngineReserve(dataset.context.execution_options, engines) if engines is not None else None
     try:
         if reserve is not None:
@@ -28,7 +28,7 @@ def iter_records(dataset: Dataset, engines: Engines | None = None) -> Iterator[G
             for payload in batch.column(RECORD).to_pylist():
                 yield GroupRecord.from_json(payload)
     except RayError as exc:
-        raise (engines and engines.start_failure()) or pipeline_error(exc) from exc
+        raise (engines and engines.failure()) or pipeline_error(exc) from exc
     finally:
         if reserve is not None:
             reserve.stop.set()

@@ -10,7 +10,6 @@ import pyarrow.fs as pafs
 import ray
 import structlog
 from ray.data import ActorPoolStrategy, DataContext, Dataset, ExecutionResources
-from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
 
 from pipeline import schema as s
 from pipeline.log import configure_logging
@@ -22,6 +21,7 @@ from pipeline.run.ray.cluster import cluster_cpus
 from pipeline.run.ray.cpu_priority import HelperPriority
 from pipeline.run.ray.engines import NO_DEMOTION, Engines
 from pipeline.run.ray.feeder import EngineFeeder
+from pipeline.run.ray.shuffle import ask_shuffle_cpus
 from pipeline.settings import InputSettings, LoggingSettings, RunSettings, Settings
 from pipeline.stages.chunk_step import DOCS_PER_BATCH, ChunkStep
 from pipeline.stages.chunking import Chunker
@@ -223,11 +223,7 @@ def _tell_ray_data(plan: RunPlan, run: RunSettings) -> None:
         cpu=bundle["CPU"] * plan.actors, gpu=bundle.get("GPU", 0) * plan.actors
     )
     context.execution_no_progress_timeout_s = no_progress_timeout_s(run)
-    # Ray Data 2.60 fixes its hash shuffle's tasks at a whole CPU (a class constant, no setting). Seen on a
-    # two-node cluster with an engine on each: the shuffle stuck at its first map task, no demand pending, while
-    # read tasks held the fractions of CPU it needed waiting for it to take their blocks. A shuffle task hashes a
-    # block: it needs no whole CPU.
-    HashShufflingOperatorBase._DEFAULT_SHUFFLE_BLOCK_NUM_CPUS = STAGE_CPUS.shuffle  # noqa: SLF001
+    ask_shuffle_cpus(STAGE_CPUS.shuffle)
 
 
 def no_progress_timeout_s(run: RunSettings) -> float:

@@ -8,7 +8,10 @@ import time
 from collections import Counter, defaultdict
 
 import ray
+import structlog
 from ray.exceptions import RayError
+
+log = structlog.get_logger(__name__)
 
 ENGINE_ENV = "EMBEDPIPE_ENGINE_INDEX"
 """Environment variable naming the engine actor an embed-stage feeder sends its batches to first."""
@@ -43,6 +46,9 @@ class EngineSupervisor:
         self.judging: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.ended: dict[int, str] = {}
         """Engines that hung past run.engine_hangs, and why the run ends."""
+        self.failures: list[tuple[int, str]] = []
+        """Each failure an engine reported before exiting (engine index, what its engine raised), in order."""
+        self.dead: set[int] = set()
 
     async def attach(self, engines: list, nodes: list[str]) -> None:
         self.engines, self.nodes = engines, nodes
@@ -56,16 +62,43 @@ class EngineSupervisor:
     async def started(self, index: int) -> None:
         self.since[index] = ("ready", time.time())
 
+    async def failed(self, index: int, reason: str) -> None:
+        """Engine `index`'s engine raised `reason` (at its start or on a call); its process exits next and Ray
+        restarts it, up to its restarts."""
+        self.failures.append((index, reason))
+        self.since[index] = ("failed", time.time())
+
     async def lost(self, index: int) -> bool:
-        """Whether engine `index`'s node is gone."""
-        return self.nodes[index] not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        """Whether engine `index` is gone for good: its node is gone, or Ray gave up restarting its actor."""
+        if index in self.dead:
+            return True
+        if self.nodes[index] not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}:
+            return True
+        if _actor_dead(self.engines[index]):
+            self.dead.add(index)
+            log.warning("engine_lost", engine=index, failures=sum(i == index for i, _ in self.failures))
+            return True
+        return False
+
+    async def verdict(self, min_engines: int) -> str | None:
+        """Why the run must end, when fewer than `min_engines` engines are left: the first failure's message, and
+        what was lost. None while enough are left."""
+        lost = [i for i in range(len(self.engines)) if await self.lost(i)]
+        left = len(self.engines) - len(lost)
+        if left >= min_engines:
+            return None
+        first = self.failures[0][1] if self.failures else "engines lost with their nodes"
+        return (
+            f"{first} ({len(lost)} of {len(self.engines)} engines lost, {left} left, run.min_engines={min_engines}; "
+            f"failures: {_counted(self.failures)})"
+        )
 
     async def state(self, index: int) -> str:
         """'starting' (loading, or not yet begun: a call may wait for it), 'ready' (its process answers),
         'unavailable' (it does not answer: restarting, or its node is going), or 'lost' (its node is gone)."""
         if await self.lost(index):
             return "lost"
-        if self.since.get(index, ("starting",))[0] in ("starting", "killed"):
+        if self.since.get(index, ("starting",))[0] in ("starting", "killed", "failed"):
             return "starting"
         return "ready" if await self._answers(index) is not None else "unavailable"
 
@@ -114,10 +147,24 @@ class EngineSupervisor:
         for index in range(len(self.engines)):
             while await self.state(index) == "unavailable" and time.monotonic() < deadline:
                 await asyncio.sleep(2.0)
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        lost = [i for i in range(len(self.engines)) if await self.lost(i)]
         return {
-            "engines_lost": sum(node not in alive for node in self.nodes),
+            "engines_lost": len(lost),
             "engine_restarts": sum(self.restarts.values()),
             "engines_hung": sum(self.hangs.values()),
             "restarted_on": sorted(set(self.restart_nodes)),
+            "engine_failures": dict(Counter(reason for _, reason in self.failures)),
         }
+
+
+def _actor_dead(actor) -> bool:
+    """Whether Ray gave up on `actor` (its restarts spent). The GCS's actor table: the state API needs a
+    dashboard, which a local Ray does not start."""
+    try:
+        return ray._private.state.actors(actor._actor_id.hex()).get("State") == "DEAD"  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - a GCS that cannot say leaves the engine as it was
+        return False
+
+
+def _counted(failures: list[tuple[int, str]]) -> str:
+    return "; ".join(f"{n}x {reason}" for reason, n in Counter(r for _, r in failures).most_common())

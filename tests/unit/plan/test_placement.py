@@ -209,11 +209,17 @@ def test_engines_leave_the_other_stages_room_or_the_plan_says_so():
     with pytest.raises(ConfigError) as refused:
         check_stage_room(two, lay_out(two, "cpu", 1, 1, 4), "cpu", chunk_actors=1)
     assert "10.0.0.0: 2 CPUs, 2 engines (2 CPUs), 0 free" in str(refused.value)
-    assert "a node with 0.25 free CPU for the plan's shuffle" in str(refused.value)
+    assert "a node with 0.5 free CPU for its largest task (read 0.5)" in str(refused.value)
     one = nodes(0, cpus=2)  # one engine and the chunk actor on a 2-CPU node leave half a CPU: room for the shuffle
     check_stage_room(one, lay_out(one, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
     with pytest.raises(ConfigError, match="no room"):
         check_stage_room(one, lay_out(one, "cpu", 1, 1, 1), "cpu", chunk_actors=2)
+    # infra/kuberay's shape: a head with 0 CPUs takes no stage, however many the plan puts on the worker
+    kuberay = Cluster((Node("head", "10.0.0.1", 0, 0), Node("worker", "10.0.0.2", 2, 0)))
+    check_stage_room(kuberay, lay_out(kuberay, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
+    with pytest.raises(ConfigError) as refused:
+        check_stage_room(kuberay, lay_out(kuberay, "cpu", 1, 1, 1), "cpu", chunk_actors=2)
+    assert "10.0.0.1: 0 CPUs, 0 engines (0 CPUs), 0 free; 10.0.0.2: 2 CPUs, 1 engines" in str(refused.value)
     local = Cluster.one_node(0, 2)  # the same machine as the local Ray a job starts: one logical CPU more
     check_stage_room(local, lay_out(local, "cpu", 1, 1, 1), "cpu", chunk_actors=1)
     gpu_pods = nodes(8, 8, cpus=8)  # 8 GPUs and 8 CPUs a node: eight one-CPU engines would take every CPU
@@ -238,3 +244,9 @@ def test_a_lost_nodes_engines_hold_nothing_and_ray_data_may_use_the_rest():
     assert held_by_engines(bundle, ["a", "b", "b"], alive={"a", "b"}) == {"CPU": 3.0, "GPU": 1.5}
     assert held_by_engines(bundle, ["a", "b", "b"], alive={"a"}) == {"CPU": 1.0, "GPU": 0.5}
     assert held_by_engines({"CPU": 0.5}, ["a"], alive=set()) == {"CPU": 0.0, "GPU": 0.0}
+
+
+def test_min_engines_above_the_planned_engines_is_refused(tiny_model_path):
+    settings = Settings(model={"path": str(tiny_model_path), "device": "cpu"}, run={"actors": 2, "min_engines": 3})
+    with pytest.raises(ConfigError, match=r"run.min_engines=3 is more than the 2 engines"):
+        place_engines(settings, plan_lengths(settings), nodes(0, 0, cpus=4))

@@ -187,8 +187,8 @@ def test_a_failure_says_what_the_cluster_lost_and_what_the_run_kept():
     lost = FleetReport(engines_lost=2, engine_restarts=1, engines_hung=0, lost_nodes=["10.0.0.7 (ab12cd34)"])
     said = str(with_losses(EngineError("every engine is lost"), lost, kept))
     assert said == (
-        "every engine is lost. nodes lost: 10.0.0.7 (ab12cd34) (engines on them: 2); engine restarts: 1; " + kept
+        "every engine is lost. nodes lost: 10.0.0.7 (ab12cd34) (engines lost: 2); engine restarts: 1; " + kept
     )
     quiet = EngineError("no engine answered")
     assert with_losses(quiet, FleetReport(0, 0, 0, []), kept) is quiet
-    assert "(engines on them: ?)" in str(with_losses(quiet, FleetReport(lost_nodes=["n"]), kept))
+    assert "(engines lost: ?)" in str(with_losses(quiet, FleetReport(lost_nodes=["n"]), kept))

@@ -27,7 +27,8 @@ def test_the_chunk_actor_is_the_chunk_step_with_the_plans_chunking(plan, planned
 
 def test_ray_data_is_told_the_engines_reserve_the_stall_bound_and_the_shuffles_cpus(plan):
     from ray.data import DataContext
-    from ray.data._internal.execution.operators.hash_shuffle import HashShufflingOperatorBase
+    from ray.data._internal.execution.operators.shuffle_operators.shuffle_map_operator import ShuffleMapOp
+    from ray.data._internal.execution.operators.shuffle_operators.shuffle_reduce_operator import ShuffleReduceOp
 
     from pipeline.plan.placement import STAGE_CPUS
     from pipeline.run.ray.stages import _tell_ray_data, no_progress_timeout_s
@@ -38,5 +39,7 @@ def test_ray_data_is_told_the_engines_reserve_the_stall_bound_and_the_shuffles_c
     context = DataContext.get_current()
     assert context.execution_options.exclude_resources.cpu == plan.placement.bundle["CPU"] * plan.actors
     assert context.execution_no_progress_timeout_s == no_progress_timeout_s(plan_settings)
-    # a private constant of Ray Data 2.60: if Ray renames it, this fails instead of the stall coming back silently
-    assert HashShufflingOperatorBase._DEFAULT_SHUFFLE_BLOCK_NUM_CPUS == STAGE_CPUS.shuffle < 1
+    # private defaults of Ray Data 2.60 (the tasks' asks, as Ray schedules them, are read in tests/ray/
+    # test_kuberay_shape.py): a renamed one fails the run's start, not silently
+    assert ShuffleMapOp.__init__.__kwdefaults__["map_cpus"] == STAGE_CPUS.shuffle < 1
+    assert ShuffleReduceOp._DEFAULT_SHUFFLE_REDUCE_TASK_NUM_CPUS == STAGE_CPUS.shuffle

@@ -147,6 +147,14 @@ class RunSettings(Section):
     max_engines_per_device; with run.actors set, no more than the actors need; on CPUs one."""
     max_engines_per_device: int = Field(default=4, ge=1)
     """Cap on the engines per GPU that the planner chooses when engines_per_device is unset."""
+    gpus: int | None = Field(default=None, ge=1)
+    """GPUs the run asks an autoscaling cluster for when it finds none (its GPU worker group scaled to zero): it asks
+    Ray's autoscaler for engines' bundles covering them, waits for the first GPU node (run.placement_timeout_s),
+    then at most run.scale_settle_s for the rest, and plans on what joined. Set it to what the worker group is meant
+    to give a run (its maxReplicas x GPUs per worker). Unset: run.actors engines, else one engine."""
+    scale_settle_s: float = Field(default=300.0, ge=0)
+    """After the first GPU node joins a cluster scaling from zero, how long the run waits for the rest of run.gpus
+    before it plans on the GPUs it has."""
     placement_timeout_s: float = Field(default=600.0, gt=0)
     """Longest wait for Ray to place the engines (GPUs held by another job, nodes still joining, an autoscaler
     adding GPU nodes); past it the run ends, naming what could not be placed."""
@@ -164,8 +172,10 @@ class RunSettings(Section):
     """Engines the run needs left to go on. An engine whose vLLM engine fails (a CUDA error, a dead tensor-parallel
     worker, a failed start) exits so that Ray restarts it, and its batch goes to another engine; one that cannot
     (re)start is lost. The run ends, with the first failure's message, only when fewer than this are left."""
-    chunk_actors: int = Field(default=1, ge=1)
-    """Actors that parse and tokenize shards."""
+    chunk_actors: int | None = Field(default=None, ge=1)
+    """Actors that tokenize and cut the documents (each a CPU's work). Unset: as many as keep the engines fed at
+    their expected rate (on GPUs: the FLOP rule at 40% of the device's peak, over what one chunk actor does,
+    pipeline/plan/chunk_actors.py), capped by the CPUs the engines leave; one for engines on CPUs."""
     batch_rows: int = Field(default=64, ge=1)
     """Chunks handed to an engine per call; the engine batches them by max_num_batched_tokens."""
     commit_rows: int = Field(default=20_000, ge=1)

@@ -138,7 +138,7 @@ class RestartFailsEngine(StandInEngine):
 
 NVIDIA_SMI = """#!/bin/sh
 # stands in for nvidia-smi on a node of logical GPUs: the query the planner's probe makes, answered as an H100 would
-echo "NVIDIA H100 80GB HBM3, 81559"
+echo "NVIDIA H100 80GB HBM3, 81559, 580.65.06"
 """
 H100_MIB = 81559
 

@@ -21,8 +21,16 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": spec.engine_log_level,
+        "VLLM_NO_USAGE_STATS": "1",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # Inductor starts one compile process per core it counts, and in a pod it counts the node's (32 per engine
+        # on a 32-core node, whatever the pod's limit): as many as the engine's CPU share.
+        "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, spec.cpu_threads // max(1, spec.tensor_parallel_size))),
+        # vLLM 0.32's AOT compile artifacts fail to load on the CPU build ("'function' object has no attribute
+        # 'finalize_loading'") and every start compiled again; the load path is the same Python on CUDA, so it is
+        # off there too. The older compile cache loads.
+        "VLLM_USE_AOT_COMPILE": "0",
     }
     if spec.allow_long_max_model_len:
         env["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
@@ -34,9 +42,6 @@ def engine_environment(spec: EngineSpec, slot: int | None = None) -> dict[str, s
         if spec.tensor_parallel_size > 1:  # each rank is a process of its own: the OS places their threads
             bind, threads = "nobind", max(1, spec.cpu_threads // spec.tensor_parallel_size)
         env |= {
-            # vLLM 0.32's AOT compile artifacts fail to load on the CPU build ("'function' object has no attribute
-            # 'finalize_loading'") and every start compiled again; the older compile cache loads.
-            "VLLM_USE_AOT_COMPILE": "0",
             "VLLM_CPU_OMP_THREADS_BIND": bind,
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "OMP_NUM_THREADS": str(threads),

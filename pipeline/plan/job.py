@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from pipeline.errors import ConfigError
+from pipeline.plan.chunk_actors import CHUNK_TOKENS_PER_S, EXPECTED_MFU, chunk_actors_for, engines_tokens_per_s
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.plan.compute import forward_ms, peak_tflops
 from pipeline.plan.engine_spec import EngineSpec
@@ -19,11 +20,12 @@ from pipeline.plan.placement import (
     DeviceShare,
     Placement,
     assign_nodes,
+    check_drivers,
     check_stage_room,
     choose_engines_per_device,
     lay_out,
 )
-from pipeline.settings import RunSettings, Settings
+from pipeline.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class RunPlan:
     """Memory of one engine's device, as the plan was fitted to (None: unknown)."""
     memory: MemoryPlan | None = None
     """The memory planner's verdict for one engine (None until check_memory ran)."""
+    chunk_actors: int = 1
+    """Chunk actors the run starts (run.chunk_actors, or as many as keep the engines fed that the CPUs allow)."""
 
     @property
     def model_id(self) -> str:
@@ -108,6 +112,8 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
     if device == "cpu" and m.tensor_parallel_size != 1:
         msg = f"model.tensor_parallel_size={m.tensor_parallel_size} needs GPUs; set it to 1 on the CPU backend"
         raise ConfigError(msg)
+    if device == "cuda":
+        check_drivers(cluster)
     memory = device_memory_bytes(settings, device, cluster)
     share = _device_share(settings, lengths, device, cluster, memory)
     per_device = share.engines_per_device
@@ -117,7 +123,8 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
         per_device = min(per_device, -(-r.actors // groups))
     placement = lay_out(cluster, device, m.tensor_parallel_size, per_device, r.actors)
     notes = [*lengths.notes, *placement.notes]
-    placement = _leave_stage_room(cluster, placement, device, r, notes)
+    placement = _leave_stage_room(cluster, placement, device, r.actors, r.chunk_actors or 1, notes)
+    chunk_actors = r.chunk_actors or _planned_chunk_actors(settings, lengths, cluster, placement, per_device, notes)
     if r.min_engines > placement.actors:
         msg = (
             f"run.min_engines={r.min_engines} is more than the {placement.actors} engines the plan places on this "
@@ -145,16 +152,20 @@ def place_engines(settings: Settings, lengths: LengthPlan, cluster: Cluster) -> 
         engines_per_device=per_device,
         language_model_only=lengths.model.multimodal,
     )
-    return RunPlan(lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory)
+    return RunPlan(
+        lengths.model, engine, lengths.chunk, placement.actors, notes, placement, memory, chunk_actors=chunk_actors
+    )
 
 
-def _leave_stage_room(cluster: Cluster, placement: Placement, device: str, run: RunSettings, notes: list) -> Placement:
+def _leave_stage_room(
+    cluster: Cluster, placement: Placement, device: str, actors: int | None, chunk_actors: int, notes: list
+) -> Placement:
     """The placement with room left for the other stages: fewer engines when run.actors is unset, else as set or
     refused (check_stage_room's message)."""
-    if run.actors is None:
+    if actors is None:
         while placement.actors > 1:
             try:
-                check_stage_room(cluster, placement, device, run.chunk_actors)
+                check_stage_room(cluster, placement, device, chunk_actors)
                 break
             except ConfigError:
                 placement = replace(placement, actors=placement.actors - 1)
@@ -163,8 +174,39 @@ def _leave_stage_room(cluster: Cluster, placement: Placement, device: str, run: 
                 f"{placement.actors} engines, not {sum(placement.per_node.values())}: the rest of the run needs "
                 f"CPUs beside them (set run.actors to choose)"
             )
-    check_stage_room(cluster, placement, device, run.chunk_actors)
+    check_stage_room(cluster, placement, device, chunk_actors)
     return replace(placement, nodes=tuple(assign_nodes(cluster, placement, device)))
+
+
+def _planned_chunk_actors(
+    settings: Settings, lengths: LengthPlan, cluster: Cluster, placement: Placement, per_device: int, notes: list
+) -> int:
+    """run.chunk_actors unset: as many chunk actors as keep the engines fed at their expected rate, as many as the
+    CPUs the engines leave allow (check_stage_room)."""
+    m = settings.model
+    device = resolve_device(m.device, cluster.gpus)
+    gpu = cluster.smallest_gpu() if device == "cuda" else None
+    if gpu is None or not gpu.gpu_name:  # CPU engines, or GPUs no probe read: the stage is not the bottleneck
+        return 1
+    peak, _ = peak_tflops(gpu.gpu_name, resolve_dtype(m.dtype, lengths.model.shape))
+    if not peak:
+        return 1
+    gpus = placement.actors * m.tensor_parallel_size / per_device
+    rate = engines_tokens_per_s(lengths.model.shape, lengths.chunk.max_tokens, gpus, peak)
+    wanted = chunk_actors_for(rate)
+    fitting = wanted
+    while fitting > 1:
+        try:
+            check_stage_room(cluster, placement, device, fitting)
+            break
+        except ConfigError:
+            fitting -= 1
+    notes.append(
+        f"chunk_actors {fitting}: the engines' expected {rate:,.0f} tokens/s ({gpus:g} GPUs at "
+        f"{EXPECTED_MFU:.0%} of {peak:g} TFLOP/s) over {CHUNK_TOKENS_PER_S:,.0f} tokens/s per chunk actor"
+        + (f" wants {wanted}; the CPUs beside the engines hold {fitting}" if fitting < wanted else "")
+    )
+    return fitting
 
 
 def _device_share(

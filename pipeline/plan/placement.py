@@ -32,6 +32,8 @@ class Node:
     gpu_memory_bytes: int | None = None
     """Memory of one of its GPUs (the smallest); None where no probe could read it."""
     host_memory_bytes: int | None = None
+    driver_version: str | None = None
+    """Its NVIDIA driver's version, where the probe read it."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,30 @@ def _unplaceable(cluster: Cluster, tp: int, bundle: dict[str, float]) -> str:
         f"no node can hold an engine: each needs {gpus_needed} (a bundle of {bundle_shape(bundle)}, "
         f"model.tensor_parallel_size={tp}), and the cluster's nodes have GPUs: {cluster.describe_gpus()}; {fix}"
     )
+
+
+MIN_NVIDIA_DRIVER = (580, 0)
+"""The oldest NVIDIA driver the GPU image runs on: vllm 0.32's torch 2.13 wheels carry CUDA 13.0, which needs driver
+580 or later (infra/docker/Dockerfile.gpu)."""
+
+
+def check_drivers(cluster: Cluster) -> None:
+    """ConfigError naming the GPU nodes whose NVIDIA driver is too old for the image's CUDA (where the probe read
+    it): every engine there would fail at its start, one after another."""
+    old = [n for n in cluster.gpu_nodes() if n.driver_version and _version(n.driver_version) < MIN_NVIDIA_DRIVER]
+    if not old:
+        return
+    need = ".".join(map(str, MIN_NVIDIA_DRIVER))
+    msg = (
+        f"GPU nodes run an NVIDIA driver older than {need}, which CUDA 13.0 (the GPU image's torch) needs: "
+        f"{', '.join(f'{n.address} driver {n.driver_version}' for n in old)}; upgrade their driver, or run on a "
+        f"node pool with driver {need} or later"
+    )
+    raise ConfigError(msg)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
 
 
 def bundle_shape(bundle: dict[str, float]) -> str:

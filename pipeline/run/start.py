@@ -74,10 +74,11 @@ def _with_gpus(settings: Settings, executor: Executor) -> Cluster:
     """The executor's cluster; for GPU engines on a cluster with none yet, once GPU nodes joined (an autoscaling
     cluster may add them; others refuse)."""
     cluster = executor.inventory()
-    m = settings.model
+    m, r = settings.model, settings.run
     if m.device == "cuda" and cluster.gpus == 0:
         bundle = engine_bundle("cuda", m.tensor_parallel_size, 1)
-        cluster = executor.wait_for_gpus(cluster, bundle, settings.run.actors or 1, settings.run.placement_timeout_s)
+        engines = max(1, r.gpus // m.tensor_parallel_size) if r.gpus else (r.actors or 1)
+        cluster = executor.wait_for_gpus(cluster, bundle, engines, r.placement_timeout_s)
     return cluster
 
 

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-NVIDIA_SMI_QUERY = ["--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
+NVIDIA_SMI_QUERY = ["--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
 MIB = 2**20
 
 
@@ -20,18 +20,22 @@ class NodeDevices:
     gpu_memory_bytes: int | None = None
     """The smallest GPU's memory: engines must fit there."""
     gpu_count: int = 0
+    driver_version: str | None = None
+    """The NVIDIA driver's version, as nvidia-smi says it (e.g. 580.65.06)."""
     note: str | None = None
     """Why the GPUs could not be read, when they could not."""
 
 
-def parse_nvidia_smi(text: str) -> list[tuple[str, int]]:
-    """(name, total memory in bytes) per GPU from `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,
-    nounits` (memory in MiB)."""
+def parse_nvidia_smi(text: str) -> list[tuple[str, int, str | None]]:
+    """(name, total memory in bytes, driver version) per GPU from `nvidia-smi --query-gpu=name,memory.total,
+    driver_version --format=csv,noheader,nounits` (memory in MiB; an older query without the driver gives None)."""
     gpus = []
     for line in text.strip().splitlines():
-        name, _, memory = line.rpartition(",")
-        if name.strip() and memory.strip().isdigit():
-            gpus.append((name.strip(), int(memory.strip()) * MIB))
+        fields = [f.strip() for f in line.split(",")]
+        driver = fields.pop() if len(fields) >= 3 and not fields[-1].isdigit() else None
+        name, memory = ",".join(fields[:-1]).strip(), fields[-1] if fields else ""
+        if name and memory.isdigit():
+            gpus.append((name, int(memory) * MIB, driver))
     return gpus
 
 
@@ -48,5 +52,5 @@ def read_node_devices(timeout_s: float = 20.0) -> NodeDevices:
     gpus = parse_nvidia_smi(out.stdout)
     if not gpus:
         return NodeDevices(host, note=f"nvidia-smi listed no GPU: {out.stdout.strip()[:200]!r}")
-    name, memory = min(gpus, key=lambda g: g[1])
-    return NodeDevices(host, name, memory, len(gpus))
+    name, memory, driver = min(gpus, key=lambda g: g[1])
+    return NodeDevices(host, name, memory, len(gpus), driver)

@@ -53,6 +53,12 @@ def fault_point(name: str) -> None:
     raise InjectedFault(f"fault injected at {name} (reach {nth})")
 
 
+def forwarded_env() -> dict[str, str]:
+    """The fault variables of this process, for the runtime environment of a job joining a cluster: its workers
+    start from their nodes' environment, not the driver's (empty unless a test set them)."""
+    return {k: os.environ[k] for k in (FAULTS_ENV, FAULTS_DIR_ENV) if os.environ.get(k)}
+
+
 def _wait(go: Path) -> None:
     deadline = time.monotonic() + WAIT_S
     while not go.exists():

@@ -20,6 +20,7 @@ from pathlib import Path
 import lancedb
 import pytest
 
+from pipeline.runtime.faults import FAULTS_DIR_ENV, FAULTS_ENV
 from tests.fakes import H100_MIB, NVIDIA_SMI, RECORDS_ENV
 from tests.job_process import REPO, job_command
 from tests.local_cluster import BIN, LocalCluster
@@ -53,7 +54,7 @@ def corpus(tmp_path_factory, sample_texts) -> Path:
     return path
 
 
-def ingest(cluster, corpus: Path, db: Path, model: Path, *extra: str, timeout: float = 600):
+def ingest(cluster, corpus: Path, db: Path, model: Path, *extra: str, timeout: float = 600, **env_vars: str):
     """The job on the GPU settings, joining the cluster; returns the process, its seconds and the engines' records."""
     for old in cluster.records.iterdir():
         old.unlink()
@@ -75,7 +76,7 @@ def ingest(cluster, corpus: Path, db: Path, model: Path, *extra: str, timeout: f
         *extra,
         config="conf/gpu.toml",
     )
-    env = cluster.job_env(PATH=f"{BIN}:{os.environ['PATH']}")  # the driver's PATH: no nvidia-smi
+    env = cluster.job_env(PATH=f"{BIN}:{os.environ['PATH']}", **env_vars)  # the driver's PATH: no nvidia-smi
     started = time.monotonic()
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     records = [json.loads(p.read_text()) for p in sorted(cluster.records.iterdir())]
@@ -114,6 +115,34 @@ def test_engines_share_each_gpu_as_the_probe_and_the_rule_decide_and_start_one_a
     assert (resolved["engines_per_device"], resolved["actors"], resolved["bundle"]) == (2, 4, {"CPU": 1, "GPU": 0.5})
     assert any("2 engines per GPU: a forward pass" in n for n in resolved["notes"])
     assert run["status"] == "succeeded" and db.open_table("chunks").count_rows() == run["chunks"] > 0
+
+
+def test_an_engine_killed_mid_start_gives_its_gpu_back_to_the_next_and_restarts(
+    cluster, corpus, tiny_model_path, tmp_path
+):
+    """The first engine to start is killed while it holds its GPU's start gate (a fault at engine.start): the gate
+    sees its holder restarting and lets its neighbour start at once, not after run.engine_start_timeout_s; the
+    restarted engine starts after it. No two starts on a GPU overlap."""
+    faults = {FAULTS_ENV: "engine.start=kill@1", FAULTS_DIR_ENV: str(tmp_path / "faults")}
+    proc, seconds, records = ingest(
+        cluster,
+        corpus,
+        tmp_path / "db",
+        tiny_model_path,
+        "--run.max-engines-per-device",
+        "2",
+        "--run.engine-start-timeout-s",
+        "240",
+        **faults,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(list((tmp_path / "faults").glob("engine.start.*"))) == 5  # four engines, one of them twice
+    assert len(records) == 4 and seconds < 180  # the neighbour did not wait out the 240 s start bound
+    for engines in by_gpu(records).values():
+        first, second = sorted(engines, key=lambda r: r["began"])
+        assert first["ended"] <= second["began"], "two engines on one GPU started at once"
+    [run] = lancedb.connect(str(tmp_path / "db")).open_table("runs").to_arrow().to_pylist()
+    assert run["status"] == "succeeded" and run["engine_restarts"] == 1
 
 
 def test_tensor_parallel_two_on_one_gpu_nodes_is_refused_within_a_minute(cluster, corpus, tiny_model_path, tmp_path):
@@ -242,8 +271,8 @@ print(f"default={default} ours={chosen}")
 
 
 def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(corpus, tiny_model_path, tmp_path):
-    """A cluster scaling from zero GPU workers: the job asks Ray's autoscaler for its engines' bundles (`ray status`
-    shows the request while it waits), withdraws the request, and refuses after its bound."""
+    """A cluster scaling from zero GPU workers: the job asks Ray's autoscaler for the engines' bundles that cover
+    run.gpus (`ray status` shows the request while it waits), withdraws the request, and refuses after its bound."""
     cpu_only = LocalCluster("nogpu", {})
     try:
         cpu_only.add_node(cpus=2)
@@ -253,14 +282,14 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
 
         def watch() -> None:
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not any("'GPU': 1" in s for s in status):
+            while time.monotonic() < deadline and not any("4 from request_resources" in s for s in status):
                 status.append(ray_status(cpu_only))
                 time.sleep(2)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         proc, seconds, _ = ingest(
-            cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "10"
+            cpu_only, corpus, tmp_path / "db", tiny_model_path, "--run.placement-timeout-s", "10", "--run.gpus", "4"
         )
         watcher.join(timeout=5)
         after = ray_status_once(cpu_only, "From request_resources:\n (none)", within_s=30)
@@ -269,9 +298,9 @@ def test_gpu_engines_on_a_cluster_without_gpus_ask_the_autoscaler_then_refuse(co
         shutil.rmtree(cpu_only.temp_dir, ignore_errors=True)
     assert proc.returncode == 2, proc.stderr[-4000:]
     error = proc.stderr.strip().splitlines()[-1]
-    assert "no node of the cluster has a GPU" in error and "asked Ray's autoscaler for 1 bundles" in error, error
+    assert "no node of the cluster has a GPU" in error and "asked Ray's autoscaler for 4 bundles" in error, error
     assert "waited 10 s" in error and seconds < 10 + 60
-    asked = re.compile(r"From request_resources:\n \{[^}]*'GPU': 1(\.0)?[,}][^\n]*: 1 from request_resources\(\)")
+    asked = re.compile(r"From request_resources:\n \{[^}]*'GPU': 1(\.0)?[,}][^\n]*: 4 from request_resources\(\)")
     assert any(asked.search(s) for s in status), status[-1:]
     assert "From request_resources:\n (none)" in after  # not left to keep GPU nodes up
 

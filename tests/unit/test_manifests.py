@@ -38,8 +38,10 @@ def _strict(schema):
     """The CRD's schema as kubeconform's --strict reads it: an object with listed properties takes no others."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get(
-            "x-kubernetes-preserve-unknown-fields"
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
         ):
             out["additionalProperties"] = False
         return out
@@ -78,7 +80,12 @@ def test_the_validator_catches_a_misspelled_field():
     assert list(jsonschema.Draft7Validator(CRDS["ray.io/v1:RayJob"]).iter_errors(job))
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"}, "spec": {"acessModes": []}},
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "x"},
+                "spec": {"acessModes": []},
+            },
             KUBERNETES,
             strict=True,
         )
@@ -143,7 +150,9 @@ def test_the_images_and_the_gpu_pods_set_what_the_engines_expect():
             [worker] = pod["containers"]
             env = {e["name"]: e.get("value") for e in worker.get("env", [])}
             assert env.get("VLLM_NO_USAGE_STATS") == "1", where
-            assert env["VLLM_CACHE_ROOT"].startswith("/cache/") and env["TORCHINDUCTOR_CACHE_DIR"].startswith("/cache/")
+            assert env["VLLM_CACHE_ROOT"].startswith("/cache/") and env["TORCHINDUCTOR_CACHE_DIR"].startswith(
+                "/cache/"
+            )
             assert any(m["mountPath"] == "/cache" for m in worker["volumeMounts"]), where
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"], where
 
@@ -154,6 +163,16 @@ def test_a_rayjob_cannot_hold_a_head_forever_and_a_scaling_cluster_has_an_autosc
             assert 0 < doc["spec"]["activeDeadlineSeconds"] <= 7 * 24 * 3600 and doc["spec"]["backoffLimit"] >= 0
         if doc["kind"] == "RayCluster" and any(g.get("minReplicas", 1) == 0 for g in doc["spec"]["workerGroupSpecs"]):
             assert doc["spec"]["enableInTreeAutoscaling"] is True, f"{where}: request_resources would talk to nobody"
+
+
+def test_a_run_scaling_from_zero_asks_for_what_the_worker_group_can_give():
+    settings = load_settings(REPO / "conf/cluster.toml")
+    [(where, cluster)] = [(w, d["spec"]) for w, d in documents() if d["kind"] == "RayCluster"]
+    most = sum(
+        g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in cluster["workerGroupSpecs"]
+    )
+    assert settings.run.gpus == most, f"conf/cluster.toml run.gpus vs {where}'s worker groups"
 
 
 def _cluster_specs() -> list[tuple[str, dict]]:

@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.errors import ConfigError
 from pipeline.plan.placement import LOCAL_CPU_HEADROOM, Cluster, Node, bundle_shape
 from pipeline.runtime.devices import NodeDevices, read_node_devices
+from pipeline.runtime.faults import forwarded_env
 from pipeline.runtime.process_tree import children, started_since, stop_leftovers, with_descendants
 from pipeline.settings import RunSettings
 
@@ -55,7 +56,8 @@ def start_ray(run: RunSettings) -> None:
     # A local Ray enables token authentication by itself and says so at every start.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        faults = forwarded_env()
+        ray.init(log_to_driver=True, **({"runtime_env": {"env_vars": faults}} if faults else {}))
         quiet_console()
         return
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
@@ -139,6 +141,7 @@ def cluster_inventory(timeout_s: float = PROBE_TIMEOUT_S) -> Cluster:
                 gpu_name=read.gpu_name if read and gpus else None,
                 gpu_memory_bytes=read.gpu_memory_bytes if read and gpus else None,
                 host_memory_bytes=read.host_memory_bytes if read else None,
+                driver_version=read.driver_version if read and gpus else None,
             )
         )
     return Cluster(tuple(found), cpu_headroom=LOCAL_CPU_HEADROOM if is_local() else 0)
@@ -183,10 +186,24 @@ def cluster_cpus() -> int:
     return max(1, cpus - LOCAL_CPU_HEADROOM) if is_local() else cpus
 
 
-def wait_for_gpu_nodes(cluster: Cluster, bundle: dict[str, float], engines: int, timeout_s: float) -> Cluster:
+def scale_settled(
+    wanted: float, got: float, waited_s: float, since_first_s: float | None, timeout_s: float, settle_s: float
+) -> bool:
+    """Whether a run scaling from zero GPUs stops waiting: every GPU it asked for joined; or some did and the rest
+    had `settle_s` since the first; or none did within `timeout_s`."""
+    if got >= wanted:
+        return True
+    if got > 0:
+        return since_first_s is not None and since_first_s >= settle_s
+    return waited_s >= timeout_s
+
+
+def wait_for_gpu_nodes(
+    cluster: Cluster, bundle: dict[str, float], engines: int, timeout_s: float, settle_s: float = 0.0
+) -> Cluster:
     """A cluster asked for GPU engines that has no GPU node yet: ask Ray's autoscaler for the engines' bundles and
-    wait for GPU nodes to join, at most `timeout_s`; refuse, saying what was asked, if none does. A local Ray has
-    no autoscaler and is refused at once."""
+    wait for GPU nodes to join: the first within `timeout_s` (else refuse, saying what was asked), the rest within
+    `settle_s` after it; the plan then uses what joined. A local Ray has no autoscaler and is refused at once."""
     if cluster.gpus > 0:
         return cluster
     if is_local():
@@ -198,16 +215,24 @@ def wait_for_gpu_nodes(cluster: Cluster, bundle: dict[str, float], engines: int,
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=[bundle] * engines)
-    log.warning("waiting_for_gpu_nodes", bundles=engines, bundle=bundle, timeout_s=timeout_s)
-    deadline = time.monotonic() + timeout_s
+    wanted = bundle.get("GPU", 1) * engines
+    log.warning("waiting_for_gpu_nodes", bundles=engines, bundle=bundle, gpus=wanted, timeout_s=timeout_s)
+    started = time.monotonic()
+    first_at: float | None = None
     try:
-        while time.monotonic() < deadline:
-            time.sleep(min(GPU_WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+        while True:
+            now = time.monotonic()
+            if scale_settled(wanted, cluster.gpus, now - started, first_at and now - first_at, timeout_s, settle_s):
+                break
+            time.sleep(GPU_WAIT_POLL_S)
             cluster = cluster_inventory()
-            if cluster.gpus > 0:
-                return cluster
+            if cluster.gpus > 0 and first_at is None:
+                first_at = time.monotonic()
     finally:
         request_resources(bundles=[])  # the request outlives the job otherwise, and keeps GPU nodes up
+    if cluster.gpus > 0:
+        log.info("gpu_nodes_joined", requested_gpus=wanted, got_gpus=cluster.gpus, waited_s=round(now - started))
+        return cluster
     msg = (
         f"model.device = cuda but no node of the cluster has a GPU ({cluster.describe_gpus()}); the job asked Ray's "
         f"autoscaler for {engines} bundles of {bundle_shape(bundle)} and waited {timeout_s:g} s "

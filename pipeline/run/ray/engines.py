@@ -64,7 +64,9 @@ class EngineActor:
         context = ray.get_runtime_context()
         slot = os.environ.get(SLOT_ENV)
         device_key = f"{context.get_node_id()}:{','.join(context.get_accelerator_ids().get('GPU', []))}"
-        entered = wait_turn(run.gate, device_key, run.start_timeout_s)
+        actor_id = context.get_actor_id()
+        # each engine before it on the GPU may take a whole start
+        entered = wait_turn(run.gate, device_key, actor_id, run.start_timeout_s * max(1, spec.engines_per_device))
         if run.supervisor is not None:  # its start counts from here, not from its wait at the gate
             run.supervisor.starting.remote(index, context.was_current_actor_reconstructed, context.get_node_id())
         try:
@@ -74,7 +76,7 @@ class EngineActor:
             failure = _message_only(exc)  # the original's frames would hold the half-built engine's memory
         finally:
             if entered:
-                run.gate.leave.remote(device_key)
+                run.gate.leave.remote(device_key, actor_id)
         if failure is not None:
             self._exit(str(failure))
         if run.supervisor is not None:
@@ -237,7 +239,7 @@ def engine_actors(
     shared = EngineRun(
         board=board,
         supervisor=EngineSupervisor.options(**on_driver_node()).remote(run.engine_hangs, run.engine_start_timeout_s),
-        gate=StartGate.options(**on_driver_node()).remote() if shares_gpus else None,
+        gate=StartGate.options(**on_driver_node()).remote(run.engine_start_timeout_s) if shares_gpus else None,
         priority=priority,
         start_timeout_s=run.engine_start_timeout_s,
     )

@@ -74,12 +74,14 @@ class RayExecutor:
             # directory; an import running beside it then fails (transformers resolves a path at import).
             pending.result()
         ray_cluster.start_ray(run)
+        self.settle_s = run.scale_settle_s
 
     def inventory(self) -> Cluster:
         return ray_cluster.cluster_inventory()
 
     def wait_for_gpus(self, cluster: Cluster, bundle: dict[str, float], engines: int, timeout_s: float) -> Cluster:
-        return ray_cluster.wait_for_gpu_nodes(cluster, bundle, engines, timeout_s)
+        settle_s = getattr(self, "settle_s", RunSettings().scale_settle_s)
+        return ray_cluster.wait_for_gpu_nodes(cluster, bundle, engines, timeout_s, settle_s)
 
     def logs_dir(self) -> str | None:
         return ray_cluster.logs_dir()

@@ -163,7 +163,7 @@ def chunk_documents(
         fn_constructor_kwargs={"logs": settings.logging, "chunk": plan.chunk, "tokenizer": tokenizer, "board": board},
         batch_size=DOCS_PER_BATCH,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=settings.run.chunk_actors),
+        compute=ActorPoolStrategy(size=plan.chunk_actors),
         num_cpus=0.5,
     )
     return chunks

@@ -1,14 +1,75 @@
-"""The start gate: the engines sharing one GPU start one after another."""
+"""The start gate: the engines sharing one GPU start one after another. Its bookkeeping (DeviceGates) is plain
+asyncio; the Ray actor around it asks Ray whether a holder is still alive."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import ray
 import structlog
-from ray.exceptions import GetTimeoutError
+from ray.exceptions import GetTimeoutError, RayError
 
 log = structlog.get_logger(__name__)
+CHECK_S = 2.0
+"""How often a waiter looks again at a holder that has not left: is it still alive, is its lease over."""
+REPLY_MARGIN_S = 30.0
+"""How much longer than its own wait an engine waits for the gate's answer before going ahead without it."""
+
+
+@dataclass
+class Holder:
+    actor: str
+    since: float
+
+
+class DeviceGates:
+    """One gate per device: held by one engine actor (by id) while it starts. The gate opens when its holder
+    leaves, when Ray says the holder is dead or restarting (a start that died gives its device back), or when the
+    holder has held it longer than `lease_s` (a start that hangs). A restarted holder re-enters the gate it holds;
+    a waiter gives up after its own timeout, inside the gate, so that no stale waiter takes the gate later."""
+
+    def __init__(self, lease_s: float, alive: Callable[[str], Awaitable[bool]], check_s: float = CHECK_S):
+        self.lease_s, self.alive, self.check_s = lease_s, alive, check_s
+        self.holders: dict[str, Holder] = {}
+        self.changed = asyncio.Condition()
+
+    async def enter(self, key: str, actor: str, timeout_s: float) -> bool:
+        """Wait for `key`'s gate and hold it for `actor`; False after `timeout_s` without it (the waiter goes ahead
+        unheld, and nothing of its wait stays queued)."""
+        deadline = time.monotonic() + timeout_s
+        async with self.changed:
+            while True:
+                holder = self.holders.get(key)
+                if holder is None or holder.actor == actor or await self._gone(key, holder):
+                    self.holders[key] = Holder(actor, time.monotonic())
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self.changed.wait(), timeout=min(self.check_s, left))
+                except asyncio.TimeoutError:
+                    pass
+
+    async def leave(self, key: str, actor: str) -> None:
+        async with self.changed:
+            holder = self.holders.get(key)
+            if holder is not None and holder.actor == actor:
+                del self.holders[key]
+                self.changed.notify_all()
+
+    async def _gone(self, key: str, holder: Holder) -> bool:
+        held_s = time.monotonic() - holder.since
+        if held_s > self.lease_s:
+            log.warning("start_gate_lease_over", device=key, holder=holder.actor, held_s=round(held_s))
+            return True
+        if not await self.alive(holder.actor):
+            log.warning("start_gate_holder_gone", device=key, holder=holder.actor)
+            return True
+        return False
 
 
 @ray.remote(num_cpus=0)
@@ -21,26 +82,35 @@ class StartGate:
     kv_cache_memory_bytes from the memory planner would also skip the delta sizing, but it overrides
     gpu_memory_utilization with an estimate no GPU has checked yet, and the profile runs would still overlap."""
 
-    def __init__(self):
-        self.locks: dict[str, asyncio.Lock] = {}
+    def __init__(self, lease_s: float):
+        self.gates = DeviceGates(lease_s, _alive)
 
-    async def enter(self, key: str) -> None:
-        await self.locks.setdefault(key, asyncio.Lock()).acquire()
+    async def enter(self, key: str, actor: str, timeout_s: float) -> bool:
+        return await self.gates.enter(key, actor, timeout_s)
 
-    async def leave(self, key: str) -> None:
-        lock = self.locks.get(key)
-        if lock is not None and lock.locked():
-            lock.release()
+    async def leave(self, key: str, actor: str) -> None:
+        await self.gates.leave(key, actor)
 
 
-def wait_turn(gate, key: str, timeout_s: float) -> bool:
+async def _alive(actor: str) -> bool:
+    """Whether Ray has the actor running (not dead, not restarting); the GCS's actor table, as a local Ray has
+    no state API."""
+    try:
+        state = ray._private.state.actors(actor).get("State")  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - a GCS that cannot say: the holder keeps the gate until its lease ends
+        return True
+    return state == "ALIVE"
+
+
+def wait_turn(gate, key: str, actor: str, timeout_s: float) -> bool:
     """Wait for this engine's turn on its GPU; after `timeout_s` (an engine before it that never finished its
-    start) go ahead anyway."""
+    start, and is neither dead nor past its lease) go ahead anyway."""
     if gate is None:
         return False
     try:
-        ray.get(gate.enter.remote(key), timeout=timeout_s)
-    except GetTimeoutError:
+        entered = ray.get(gate.enter.remote(key, actor, timeout_s), timeout=timeout_s + REPLY_MARGIN_S)
+    except (GetTimeoutError, RayError):
+        entered = False
+    if not entered:
         log.warning("engine_start_not_gated", device=key, waited_s=timeout_s)
-        return False
-    return True
+    return entered

@@ -148,8 +148,10 @@ def test_eager_by_default_on_cpu_only_and_the_compile_cache_that_loads(minilm_pa
     assert engine_kwargs(cpu.engine)["enforce_eager"] is True and any("enforce_eager on" in n for n in cpu.notes)
     assert engine_kwargs(gpu.engine)["enforce_eager"] is False and not any("enforce_eager" in n for n in gpu.notes)
     assert engine_kwargs(compiled.engine)["enforce_eager"] is False
-    assert engine_environment(compiled.engine)["VLLM_USE_AOT_COMPILE"] == "0"
-    assert "VLLM_USE_AOT_COMPILE" not in engine_environment(gpu.engine)
+    for env in (engine_environment(compiled.engine), engine_environment(gpu.engine)):  # the same load path
+        assert env["VLLM_USE_AOT_COMPILE"] == "0" and env["VLLM_NO_USAGE_STATS"] == "1"
+    # Inductor's compile workers: the engine's share of the node's 8 CPUs
+    assert engine_environment(gpu.engine)["TORCHINDUCTOR_COMPILE_THREADS"] == str(8 // gpu.actors)
 
 
 def test_chunk_room_counts_the_tokenizers_special_tokens(minilm_path):
@@ -172,7 +174,7 @@ def test_engines_share_a_gpu_as_the_memory_planner_fits_them(minilm_path):
     fit = engines_that_fit(
         lengths.model.config,
         PlanRequest(max_model_len=lengths.max_model_len, gpu_memory_utilization=0.5, device_memory_bytes=8 * 2**30),
-        lengths.model.path,
+        lengths.model.checkpoint,
     )
     gpu = {"gpu_name": "NVIDIA H100 80GB HBM3"}  # MiniLM's forward pass is ~0.4 ms there: one engine idles it
     plan = place_engines(settings, lengths, Cluster.one_node(1, 8, gpu_memory_bytes=8 * 2**30, **gpu))

@@ -250,3 +250,36 @@ def test_min_engines_above_the_planned_engines_is_refused(tiny_model_path):
     settings = Settings(model={"path": str(tiny_model_path), "device": "cpu"}, run={"actors": 2, "min_engines": 3})
     with pytest.raises(ConfigError, match=r"run.min_engines=3 is more than the 2 engines"):
         place_engines(settings, plan_lengths(settings), nodes(0, 0, cpus=4))
+
+
+def test_gpu_nodes_with_a_driver_too_old_for_the_images_cuda_are_refused_by_name(tiny_model_path):
+    settings = Settings(model={"path": str(tiny_model_path), "device": "cuda"})
+    old = Node("n1", "10.0.0.9", 8, 1, driver_version="550.54.15", **H100)
+    new = Node("n0", "10.0.0.8", 8, 1, driver_version="580.65.06", **H100)
+    with pytest.raises(ConfigError, match=r"older than 580\.0.*: 10\.0\.0\.9 driver 550\.54\.15; upgrade") as refused:
+        place_engines(settings, plan_lengths(settings), Cluster((new, old)))
+    assert "10.0.0.8" not in str(refused.value)
+    place_engines(settings, plan_lengths(settings), Cluster((new,)))  # unread drivers are not refused either
+    place_engines(settings, plan_lengths(settings), Cluster((Node("n2", "10.0.0.7", 8, 1, **H100),)))
+
+
+def test_chunk_actors_keep_the_engines_fed_as_far_as_the_cpus_beside_them_allow(tmp_path):
+    """A 4B model on 64 GPUs embeds millions of tokens a second (FLOP rule): it wants chunk actors by the ratio of
+    the engines' expected rate to one chunk actor's, and gets what the nodes' spare CPUs hold; the plan says so."""
+    from pipeline.plan.chunk_actors import CHUNK_TOKENS_PER_S, chunk_actors_for, engines_tokens_per_s
+
+    phi3v = model_dir(tmp_path, PHI3V, "vlm2vec")
+    settings = gpu_settings(phi3v)
+    lengths = plan_lengths(settings)
+    rate = engines_tokens_per_s(lengths.model.shape, lengths.chunk.max_tokens, 64, 989.0)
+    wanted = chunk_actors_for(rate)
+    assert rate > 2e6 and wanted == -(-rate // CHUNK_TOKENS_PER_S) > 5
+    eight = (8,) * 8
+    roomy = place_engines(settings, lengths, nodes(*eight, cpus=64, **H100))  # 56 spare CPUs a node
+    assert roomy.actors == 64 and roomy.chunk_actors == wanted
+    assert any(n.startswith(f"chunk_actors {wanted}: the engines' expected") for n in roomy.notes)
+    tight = place_engines(settings, lengths, nodes(*eight, cpus=8.5, **H100))  # half a CPU spare a node
+    assert tight.chunk_actors == 7 < wanted and any("the CPUs beside the engines hold 7" in n for n in tight.notes)
+    assert place_engines(gpu_settings(phi3v, run={"chunk_actors": 2}), lengths, nodes(8, **H100)).chunk_actors == 2
+    on_cpu = Settings(model={"path": str(phi3v), "device": "cpu"})
+    assert place_engines(on_cpu, lengths, nodes(0, cpus=4)).chunk_actors == 1

@@ -73,6 +73,8 @@ def ingest(cluster, corpus: Path, db: Path, model: Path, *extra: str, timeout: f
         "--no-index.after-run",
         "--run.batch-rows",
         "4",
+        "--run.chunk-actors",  # the FLOP rule would feed an H100 with more than this 2-core machine runs
+        "1",
         *extra,
         config="conf/gpu.toml",
     )

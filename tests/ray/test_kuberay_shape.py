@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,18 @@ def test_a_driver_on_a_head_without_the_model_stores_every_document(submitted):
     chunks = db.open_table("chunks").to_arrow()
     assert len(set(chunks.column("doc_id").to_pylist())) == DOCS
     assert len(set(chunks.column("chunk_id").to_pylist())) == chunks.num_rows == run["chunks"]
+
+
+def test_the_jobs_log_holds_the_runs_own_lines_and_no_repeated_warning(submitted):
+    """What `ray job logs` shows: the run's own lines, not the engines' or Ray Data's workers' output (kept in the
+    nodes' session logs, and the log says where), and no warning twice."""
+    log, _ = submitted
+    lines = [line for line in log.splitlines() if line.strip()]
+    forwarded = [line for line in lines if re.match(r"^\(\w[^)]* pid=\d+", line)]  # Ray's prefix on worker output
+    assert forwarded == [], forwarded[:5]
+    assert "worker_logs" in log
+    warned = [line for line in lines if "warning" in line.lower() and '"timestamp"' not in line]
+    assert len(warned) == len(set(warned)), [w for w in warned if warned.count(w) > 1][:3]
 
 
 def test_the_plans_shuffle_tasks_ask_what_the_plan_says(submitted, cluster):

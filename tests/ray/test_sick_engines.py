@@ -52,7 +52,7 @@ def ingest(cluster, corpus: Path, db: Path, model: Path, engine: str) -> subproc
         *("jobs.ingest", "--model-path", str(model), "--model.name", "tiny"),
         *("--model.embedder", f"tests.fakes:{engine}"),
         *("--inputs", str(corpus), "--db", str(db), "--no-index.after-run", "--run.batch-rows", "4"),
-        *("--run.commit-rows", "8", "--run.actors", "2"),
+        *("--run.commit-rows", "8", "--run.actors", "2", "--run.chunk-actors", "1"),
         config="conf/gpu.toml",
     )
     env = cluster.job_env(PATH=f"{BIN}:{os.environ['PATH']}")

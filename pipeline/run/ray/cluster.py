@@ -40,6 +40,12 @@ _LOCAL_NODES: list = []
 """The node processes `ray.init` started for a local Ray (none when the run joined a cluster)."""
 
 
+WORKER_LOGS = (
+    "each node's Ray session logs (/tmp/ray/session_latest/logs: worker-*.out/err per process); `ray logs cluster` "
+    "lists them, `ray logs actor --id <id>` shows an engine's"
+)
+
+
 def joins_cluster() -> bool:
     return bool(os.environ.get("RAY_ADDRESS")) and not ray.is_initialized()
 
@@ -56,9 +62,12 @@ def start_ray(run: RunSettings) -> None:
     # A local Ray enables token authentication by itself and says so at every start.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):
+        # The job's log (`ray job logs`, a RayJob's submitter pod) holds the run's own lines: the engines' and the
+        # libraries' output (vLLM's warnings, each engine's start) stays in each node's session logs.
         faults = forwarded_env()
-        ray.init(log_to_driver=True, **({"runtime_env": {"env_vars": faults}} if faults else {}))
+        ray.init(log_to_driver=False, **({"runtime_env": {"env_vars": faults}} if faults else {}))
         quiet_console()
+        log.info("worker_logs", where=WORKER_LOGS)
         return
     total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     store_mb = run.object_store_mb or min(2048, max(256, total_mb // 10))

@@ -63,9 +63,13 @@ def read_model_on_cluster(
             ray.cancel(ref)
         log.info("model_read_on_node", node=node.address, model=found.model_id, reason="not on the driver's node")
         strategy = NodeAffinitySchedulingStrategy(node.node_id, soft=False)
-        loading = _tokenizer.options(scheduling_strategy=strategy).remote(model.path, model.trust_remote_code)
-        tokenizer = ray.get(loading)
-        return found, tokenizer
+        loading = _tokenizer.options(scheduling_strategy=strategy).remote(str(found.path), model.trust_remote_code)
+        try:
+            return found, ray.get(loading)
+        except ray.exceptions.RayTaskError as exc:  # the tokenizer's own message, not Ray's traceback around it
+            if isinstance(exc.cause, ConfigError):
+                raise ConfigError(str(exc.cause)) from None
+            raise
     asked = "; ".join(f"{address}: {answer}" for address, answer in answers.items()) or "no other node to ask"
     which = "GPU nodes" if device == "cuda" else "nodes"
     msg = (

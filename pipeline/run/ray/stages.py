@@ -181,7 +181,7 @@ def build_dataset(
 ) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors) ->
     embed (one engine per actor) -> write fragments (tasks). The driver gets one small record per group."""
-    _tell_ray_data(plan, settings.run)
+    _tell_ray_data(plan, settings.run, ray.cluster_resources())
     chunks = chunk_documents(settings, plan, inputs, tokenizer, store.keys, board, priority)
     # An actor takes a whole block per call: cut the chunk stage's blocks to one engine batch each, so every
     # engine gets work however few documents a run has.
@@ -212,18 +212,27 @@ def build_dataset(
     )
 
 
-def _tell_ray_data(plan: RunPlan, run: RunSettings) -> None:
-    """What Ray Data's scheduler must know of this run: the engines' bundles are not its to hand out (it would
-    otherwise budget the stages with CPUs the engines hold), and how long a run may go without progress before it
-    ends (a start may take run.engine_start_timeout_s, a hung engine's call its bound: past both, something is
-    stuck)."""
+def _tell_ray_data(plan: RunPlan, run: RunSettings, cluster: dict[str, float]) -> None:
+    """What Ray Data's scheduler must know of this run: the engines' bundles are not its to hand out (its limits are
+    the `cluster`'s resources less what the engines hold, kept in step by the engine reserve as nodes come and go;
+    it would otherwise budget the stages with CPUs the engines hold), and how long a run may go without progress
+    before it ends (a start may take run.engine_start_timeout_s, a hung engine's call its bound: past both,
+    something is stuck)."""
     context = DataContext.get_current()
     bundle = plan.placement.bundle
-    context.execution_options.exclude_resources = ExecutionResources(
-        cpu=bundle["CPU"] * plan.actors, gpu=bundle.get("GPU", 0) * plan.actors
-    )
+    held = {"CPU": bundle["CPU"] * plan.actors, "GPU": bundle.get("GPU", 0) * plan.actors}
+    context.execution_options.resource_limits = stage_limits(cluster, held)
     context.execution_no_progress_timeout_s = no_progress_timeout_s(run)
     ask_shuffle_cpus(STAGE_CPUS.shuffle)
+
+
+def stage_limits(cluster: dict[str, float], held: dict[str, float]) -> ExecutionResources:
+    """Ray Data's limits: the cluster's CPUs and GPUs less what the engines' bundles hold. (Ray 2.60 deprecates
+    ExecutionOptions.exclude_resources, which said the same from the other side.)"""
+    return ExecutionResources.for_limits(
+        cpu=max(0.0, cluster.get("CPU", 0.0) - held.get("CPU", 0.0)),
+        gpu=max(0.0, cluster.get("GPU", 0.0) - held.get("GPU", 0.0)),
+    )
 
 
 def no_progress_timeout_s(run: RunSettings) -> float:

@@ -22,17 +22,21 @@ REPLY_MARGIN_S = 30.0
 @dataclass
 class Holder:
     actor: str
+    restarts: int
+    """The actor's restarts when it entered: one more since means the process that entered died."""
     since: float
 
 
 class DeviceGates:
     """One gate per device: held by one engine actor (by id) while it starts. The gate opens when its holder
-    leaves, when Ray says the holder is dead or restarting (a start that died gives its device back), or when the
-    holder has held it longer than `lease_s` (a start that hangs). A restarted holder re-enters the gate it holds;
-    a waiter gives up after its own timeout, inside the gate, so that no stale waiter takes the gate later."""
+    leaves, when the process that entered is gone (Ray restarted the actor since, or gave up on it: a start that
+    died gives its device back), or when the holder has held it longer than `lease_s` (a start that hangs). A
+    restarted holder re-enters the gate it holds; a waiter gives up after its own timeout, inside the gate, so that
+    no stale waiter takes the gate later. `restarts(actor)`: how often Ray restarted the actor, None once it is
+    dead (an actor in its constructor is not yet "alive" to Ray: its restarts tell its processes apart)."""
 
-    def __init__(self, lease_s: float, alive: Callable[[str], Awaitable[bool]], check_s: float = CHECK_S):
-        self.lease_s, self.alive, self.check_s = lease_s, alive, check_s
+    def __init__(self, lease_s: float, restarts: Callable[[str], Awaitable[int | None]], check_s: float = CHECK_S):
+        self.lease_s, self.restarts, self.check_s = lease_s, restarts, check_s
         self.holders: dict[str, Holder] = {}
         self.changed = asyncio.Condition()
 
@@ -44,7 +48,7 @@ class DeviceGates:
             while True:
                 holder = self.holders.get(key)
                 if holder is None or holder.actor == actor or await self._gone(key, holder):
-                    self.holders[key] = Holder(actor, time.monotonic())
+                    self.holders[key] = Holder(actor, await self.restarts(actor) or 0, time.monotonic())
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -66,8 +70,9 @@ class DeviceGates:
         if held_s > self.lease_s:
             log.warning("start_gate_lease_over", device=key, holder=holder.actor, held_s=round(held_s))
             return True
-        if not await self.alive(holder.actor):
-            log.warning("start_gate_holder_gone", device=key, holder=holder.actor)
+        now = await self.restarts(holder.actor)
+        if now is None or now > holder.restarts:
+            log.warning("start_gate_holder_gone", device=key, holder=holder.actor, restarted=now is not None)
             return True
         return False
 
@@ -83,7 +88,7 @@ class StartGate:
     gpu_memory_utilization with an estimate no GPU has checked yet, and the profile runs would still overlap."""
 
     def __init__(self, lease_s: float):
-        self.gates = DeviceGates(lease_s, _alive)
+        self.gates = DeviceGates(lease_s, _restarts)
 
     async def enter(self, key: str, actor: str, timeout_s: float) -> bool:
         return await self.gates.enter(key, actor, timeout_s)
@@ -92,14 +97,14 @@ class StartGate:
         await self.gates.leave(key, actor)
 
 
-async def _alive(actor: str) -> bool:
-    """Whether Ray has the actor running (not dead, not restarting); the GCS's actor table, as a local Ray has
-    no state API."""
+async def _restarts(actor: str) -> int | None:
+    """How often Ray restarted the actor (None once it is dead): the GCS's actor table, as a local Ray has no
+    state API."""
     try:
-        state = ray._private.state.actors(actor).get("State")  # noqa: SLF001
+        info = ray._private.state.actors(actor)  # noqa: SLF001
     except Exception:  # noqa: BLE001 - a GCS that cannot say: the holder keeps the gate until its lease ends
-        return True
-    return state == "ALIVE"
+        return 0
+    return None if info.get("State") == "DEAD" else int(info.get("NumRestarts", 0))
 
 
 def wait_turn(gate, key: str, actor: str, timeout_s: float) -> bool:

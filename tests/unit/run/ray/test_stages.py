@@ -3,6 +3,8 @@ told of the run. The wiring itself runs in tests/ray/."""
 
 from __future__ import annotations
 
+import warnings
+
 import pyarrow as pa
 import pytest
 
@@ -29,15 +31,18 @@ def test_ray_data_is_told_the_engines_reserve_the_stall_bound_and_the_shuffles_c
     from ray.data import DataContext
     from ray.data._internal.execution.operators.shuffle_operators.shuffle_map_operator import ShuffleMapOp
     from ray.data._internal.execution.operators.shuffle_operators.shuffle_reduce_operator import ShuffleReduceOp
+    from ray.util.annotations import RayDeprecationWarning
 
     from pipeline.plan.placement import STAGE_CPUS
     from pipeline.run.ray.stages import _tell_ray_data, no_progress_timeout_s
     from pipeline.settings import RunSettings
 
     plan_settings = RunSettings()
-    _tell_ray_data(plan, plan_settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RayDeprecationWarning)  # Ray 2.60 deprecates exclude_resources
+        _tell_ray_data(plan, plan_settings, {"CPU": 8.0, "GPU": 0.0})
     context = DataContext.get_current()
-    assert context.execution_options.exclude_resources.cpu == plan.placement.bundle["CPU"] * plan.actors
+    assert context.execution_options.resource_limits.cpu == 8.0 - plan.placement.bundle["CPU"] * plan.actors
     assert context.execution_no_progress_timeout_s == no_progress_timeout_s(plan_settings)
     # private defaults of Ray Data 2.60 (the tasks' asks, as Ray schedules them, are read in tests/ray/
     # test_kuberay_shape.py): a renamed one fails the run's start, not silently

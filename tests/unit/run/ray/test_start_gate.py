@@ -13,11 +13,14 @@ from pipeline.run.ray.start_gate import DeviceGates
 pytestmark = pytest.mark.unit
 
 
-def gates(dead: set[str] | None = None, lease_s: float = 60.0) -> DeviceGates:
-    async def alive(actor: str) -> bool:
-        return actor not in (dead if dead is not None else set())
+def gates(restarts: dict[str, int | None] | None = None, lease_s: float = 60.0) -> DeviceGates:
+    """Gates whose actors' restarts are `restarts` (None: dead; absent: never restarted)."""
+    known = restarts if restarts is not None else {}
 
-    return DeviceGates(lease_s, alive, check_s=0.01)
+    async def count(actor: str) -> int | None:
+        return known.get(actor, 0)
+
+    return DeviceGates(lease_s, count, check_s=0.01)
 
 
 def run(coro):
@@ -38,19 +41,26 @@ def test_one_holder_at_a_time_and_the_next_enters_when_it_leaves():
     run(scenario())
 
 
-def test_a_dead_holder_gives_the_gate_back_and_a_restarted_holder_re_enters():
+def test_a_holder_whose_process_died_gives_the_gate_back_and_a_restarted_holder_re_enters():
     async def scenario():
-        dead: set[str] = set()
-        g = gates(dead)
+        restarts: dict[str, int | None] = {}
+        g = gates(restarts)
         assert await g.enter("gpu0", "a", 1.0)
-        assert await g.enter("gpu0", "a", 0.1)  # a restarted a (same actor id) re-enters its own gate
         waiting = asyncio.create_task(g.enter("gpu0", "b", 5.0))
         await asyncio.sleep(0.05)
-        assert not waiting.done()
-        dead.add("a")  # a's process died mid-start
+        assert not waiting.done()  # a is starting (to Ray not yet alive, but not restarted either)
+        restarts["a"] = 1  # a's process died mid-start and Ray restarts it
         assert await asyncio.wait_for(waiting, 1.0) and g.holders["gpu0"].actor == "b"
         await g.leave("gpu0", "a")  # a late leave from the dead holder does not open b's gate
         assert g.holders["gpu0"].actor == "b"
+        second = gates({"c": 0})
+        assert await second.enter("gpu0", "c", 1.0)
+        assert await second.enter("gpu0", "c", 0.1)  # c restarted before anyone took its gate: it re-enters
+        late = asyncio.create_task(second.enter("gpu0", "d", 5.0))
+        await asyncio.sleep(0.05)
+        assert not late.done()
+        second.restarts = gates({"c": None}).restarts  # Ray gave up on c
+        assert await asyncio.wait_for(late, 1.0) and second.holders["gpu0"].actor == "d"
 
     run(scenario())
 

@@ -53,9 +53,17 @@ def fault_point(name: str) -> None:
     raise InjectedFault(f"fault injected at {name} (reach {nth})")
 
 
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor in the driver of a `ray job submit`: that job's runtime environment is the
+submitter's, and a driver's own would replace it (its working_dir with it)."""
+
+
 def forwarded_env() -> dict[str, str]:
-    """The fault variables of this process, for the runtime environment of a job joining a cluster: its workers
-    start from their nodes' environment, not the driver's (empty unless a test set them)."""
+    """The fault variables of this process, for the runtime environment of a driver joining a cluster by
+    RAY_ADDRESS: its workers start from their nodes' environment, not the driver's (empty unless a test set them,
+    and for a submitted job, whose runtime environment carries them)."""
+    if os.environ.get(SUBMITTED_JOB_ENV):
+        return {}
     return {k: os.environ[k] for k in (FAULTS_ENV, FAULTS_DIR_ENV) if os.environ.get(k)}
 
 

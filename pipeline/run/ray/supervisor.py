@@ -49,6 +49,8 @@ class EngineSupervisor:
         self.failures: list[tuple[int, str]] = []
         """Each failure an engine reported before exiting (engine index, what its engine raised), in order."""
         self.dead: set[int] = set()
+        self.down: set[int] = set()
+        """Engines that failed and have not started since (Ray is restarting them)."""
 
     async def attach(self, engines: list, nodes: list[str]) -> None:
         self.engines, self.nodes = engines, nodes
@@ -61,12 +63,14 @@ class EngineSupervisor:
 
     async def started(self, index: int) -> None:
         self.since[index] = ("ready", time.time())
+        self.down.discard(index)
 
     async def failed(self, index: int, reason: str) -> None:
         """Engine `index`'s engine raised `reason` (at its start or on a call); its process exits next and Ray
         restarts it, up to its restarts."""
         self.failures.append((index, reason))
         self.since[index] = ("failed", time.time())
+        self.down.add(index)
 
     async def lost(self, index: int) -> bool:
         """Whether engine `index` is gone for good: its node is gone, or Ray gave up restarting its actor."""
@@ -140,12 +144,20 @@ class EngineSupervisor:
         except (asyncio.TimeoutError, RayError):
             return None
 
+    async def _unsettled(self, index: int) -> bool:
+        """An engine the run's end waits for: one that does not answer, or whose last word was a failure (Ray is
+        restarting it, and it is lost if that never succeeds), unless it is lost already."""
+        if await self.lost(index):
+            return False
+        return index in self.down or await self.state(index) == "unavailable"
+
     async def report(self) -> dict:
-        """Restarts, hangs and lost engines. An engine that does not answer at the end is waited for until Ray
-        says whether its node is gone (Ray takes some 30 s to declare a node dead), at most NODE_VERDICT_S."""
+        """Restarts, hangs, failures and lost engines. An engine that does not answer at the end, or is being
+        restarted after a failure, is waited for until Ray says whether its node is gone (Ray takes some 30 s to
+        declare a node dead) or whether its restarts are spent, at most NODE_VERDICT_S."""
         deadline = time.monotonic() + NODE_VERDICT_S
         for index in range(len(self.engines)):
-            while await self.state(index) == "unavailable" and time.monotonic() < deadline:
+            while await self._unsettled(index) and time.monotonic() < deadline:
                 await asyncio.sleep(2.0)
         lost = [i for i in range(len(self.engines)) if await self.lost(i)]
         return {

@@ -183,10 +183,25 @@ def on_driver_node() -> dict:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
+def alive_nodes() -> set[str]:
+    """The ids of the cluster's nodes Ray counts alive."""
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+
+
 def lost_nodes(cluster: Cluster) -> list[str]:
     """The nodes of `cluster` (as the plan saw it) that are no longer alive."""
-    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    alive = alive_nodes()
     return [n.address for n in cluster.nodes if n.node_id not in alive]
+
+
+def actor_restarts(actor_id: str) -> int | None:
+    """How often Ray restarted the actor: None once Ray gave up on it (dead), 0 where the GCS cannot say. The GCS's
+    actor table: the state API needs a dashboard, which a local Ray does not start."""
+    try:
+        info = ray._private.state.actors(actor_id)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - a GCS that cannot say leaves the actor as it was
+        return 0
+    return None if info.get("State") == "DEAD" else int(info.get("NumRestarts", 0))
 
 
 def cluster_cpus() -> int:

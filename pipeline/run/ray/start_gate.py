@@ -12,6 +12,8 @@ import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayError
 
+from pipeline.run.ray.cluster import actor_restarts
+
 log = structlog.get_logger(__name__)
 CHECK_S = 2.0
 """How often a waiter looks again at a holder that has not left: is it still alive, is its lease over."""
@@ -98,13 +100,7 @@ class StartGate:
 
 
 async def _restarts(actor: str) -> int | None:
-    """How often Ray restarted the actor (None once it is dead): the GCS's actor table, as a local Ray has no
-    state API."""
-    try:
-        info = ray._private.state.actors(actor)  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - a GCS that cannot say: the holder keeps the gate until its lease ends
-        return 0
-    return None if info.get("State") == "DEAD" else int(info.get("NumRestarts", 0))
+    return actor_restarts(actor)  # a GCS that cannot say (0): the holder keeps the gate until its lease ends
 
 
 def wait_turn(gate, key: str, actor: str, timeout_s: float) -> bool:

@@ -11,6 +11,8 @@ import ray
 import structlog
 from ray.exceptions import RayError
 
+from pipeline.run.ray.cluster import actor_restarts, alive_nodes
+
 log = structlog.get_logger(__name__)
 
 ENGINE_ENV = "EMBEDPIPE_ENGINE_INDEX"
@@ -74,20 +76,27 @@ class EngineSupervisor:
 
     async def lost(self, index: int) -> bool:
         """Whether engine `index` is gone for good: its node is gone, or Ray gave up restarting its actor."""
+        return self._gone(index, alive_nodes())
+
+    def _gone(self, index: int, alive: set[str]) -> bool:
         if index in self.dead:
             return True
-        if self.nodes[index] not in {n["NodeID"] for n in ray.nodes() if n.get("Alive")}:
+        if self.nodes[index] not in alive:
             return True
-        if _actor_dead(self.engines[index]):
+        if actor_restarts(self.engines[index]._actor_id.hex()) is None:  # noqa: SLF001
             self.dead.add(index)
             log.warning("engine_lost", engine=index, failures=sum(i == index for i, _ in self.failures))
             return True
         return False
 
+    def _all_lost(self) -> list[int]:
+        alive = alive_nodes()
+        return [i for i in range(len(self.engines)) if self._gone(i, alive)]
+
     async def verdict(self, min_engines: int) -> str | None:
         """Why the run must end, when fewer than `min_engines` engines are left: the first failure's message, and
         what was lost. None while enough are left."""
-        lost = [i for i in range(len(self.engines)) if await self.lost(i)]
+        lost = self._all_lost()
         left = len(self.engines) - len(lost)
         if left >= min_engines:
             return None
@@ -159,7 +168,7 @@ class EngineSupervisor:
         for index in range(len(self.engines)):
             while await self._unsettled(index) and time.monotonic() < deadline:
                 await asyncio.sleep(2.0)
-        lost = [i for i in range(len(self.engines)) if await self.lost(i)]
+        lost = self._all_lost()
         return {
             "engines_lost": len(lost),
             "engine_restarts": sum(self.restarts.values()),
@@ -167,15 +176,6 @@ class EngineSupervisor:
             "restarted_on": sorted(set(self.restart_nodes)),
             "engine_failures": dict(Counter(reason for _, reason in self.failures)),
         }
-
-
-def _actor_dead(actor) -> bool:
-    """Whether Ray gave up on `actor` (its restarts spent). The GCS's actor table: the state API needs a
-    dashboard, which a local Ray does not start."""
-    try:
-        return ray._private.state.actors(actor._actor_id.hex()).get("State") == "DEAD"  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - a GCS that cannot say leaves the engine as it was
-        return False
 
 
 def _counted(failures: list[tuple[int, str]]) -> str:

@@ -23,6 +23,7 @@ from pipeline.plan.placement import (
     check_drivers,
     check_stage_room,
     choose_engines_per_device,
+    chunk_actor_room,
     lay_out,
 )
 from pipeline.settings import Settings
@@ -194,13 +195,7 @@ def _planned_chunk_actors(
     gpus = placement.actors * m.tensor_parallel_size / per_device
     rate = engines_tokens_per_s(lengths.model.shape, lengths.chunk.max_tokens, gpus, peak)
     wanted = chunk_actors_for(rate)
-    fitting = wanted
-    while fitting > 1:
-        try:
-            check_stage_room(cluster, placement, device, fitting)
-            break
-        except ConfigError:
-            fitting -= 1
+    fitting = max(1, min(wanted, chunk_actor_room(cluster, placement, device)))
     notes.append(
         f"chunk_actors {fitting}: the engines' expected {rate:,.0f} tokens/s ({gpus:g} GPUs at "
         f"{EXPECTED_MFU:.0%} of {peak:g} TFLOP/s) over {CHUNK_TOKENS_PER_S:,.0f} tokens/s per chunk actor"

@@ -328,14 +328,11 @@ def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_
     STAGE_CPUS.largest_task free on one node. So some node must keep that beside its engines even after the chunk
     actors take theirs wherever Ray puts them: the chunk actors must be too few to take every node's spare CPU. Each
     node counts as it is (a head with 0 CPUs takes no stage). ConfigError with every node's numbers if not."""
+    if chunk_actors <= chunk_actor_room(cluster, placement, device):
+        return
     placed = engines_per_node(cluster, placement, device)
     free = {n.node_id: n.cpus - placed[n.node_id] * placement.bundle["CPU"] for n in cluster.nodes}
-    s = STAGE_CPUS
-    need = s.largest_task
-    # Chunk actors needed to leave a node without room for the largest task: enough to bring it below that.
-    knockout = sum(math.floor((f - need) / s.chunk_actor) + 1 for f in free.values() if f >= need)
-    if knockout > chunk_actors:
-        return
+    s, need = STAGE_CPUS, STAGE_CPUS.largest_task
     nodes = "; ".join(
         f"{n.address}: {n.cpus:g} CPUs, {placed[n.node_id]} engines ({placed[n.node_id] * placement.bundle['CPU']:g} "
         f"CPUs), {free[n.node_id]:g} free"
@@ -348,6 +345,15 @@ def check_stage_room(cluster: Cluster, placement: Placement, device: str, chunk_
         f"run.actors or run.chunk_actors, or give the nodes more CPUs"
     )
     raise ConfigError(msg)
+
+
+def chunk_actor_room(cluster: Cluster, placement: Placement, device: str) -> int:
+    """The most chunk actors that, wherever Ray puts them, still leave some node the largest task's CPUs beside its
+    engines (check_stage_room): one fewer than it takes to bring every node below that."""
+    placed = engines_per_node(cluster, placement, device)
+    s, need = STAGE_CPUS, STAGE_CPUS.largest_task
+    free = [n.cpus - placed[n.node_id] * placement.bundle["CPU"] for n in cluster.nodes]
+    return sum(math.floor((f - need) / s.chunk_actor) + 1 for f in free if f >= need) - 1
 
 
 def held_by_engines(bundle: dict[str, float], engine_nodes: list[str], alive: set[str]) -> dict[str, float]:

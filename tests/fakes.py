@@ -143,6 +143,18 @@ echo "NVIDIA H100 80GB HBM3, 81559, 580.65.06"
 H100_MIB = 81559
 
 
+def gpu_node_path(folder) -> str:
+    """A PATH whose first directory, `folder`, holds the stand-in nvidia-smi: what a node of logical GPUs is started
+    with so that the planner's probe reads an H100 there."""
+    import os
+    from pathlib import Path
+
+    smi = Path(folder) / "nvidia-smi"
+    smi.write_text(NVIDIA_SMI)
+    smi.chmod(0o755)
+    return f"{folder}:{os.environ['PATH']}"
+
+
 RECORDS_ENV = "EMBEDPIPE_TEST_ENGINE_RECORDS"
 """Directory where RecordingEngine writes one JSON file per engine start (set on the cluster's nodes)."""
 

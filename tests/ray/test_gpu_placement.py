@@ -21,7 +21,7 @@ import lancedb
 import pytest
 
 from pipeline.runtime.faults import FAULTS_DIR_ENV, FAULTS_ENV
-from tests.fakes import H100_MIB, NVIDIA_SMI, RECORDS_ENV
+from tests.fakes import H100_MIB, RECORDS_ENV, gpu_node_path
 from tests.job_process import REPO, job_command
 from tests.local_cluster import BIN, LocalCluster
 
@@ -30,11 +30,8 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    fake_bin = tmp_path_factory.mktemp("fake-bin")
-    (fake_bin / "nvidia-smi").write_text(NVIDIA_SMI)
-    (fake_bin / "nvidia-smi").chmod(0o755)
     records = tmp_path_factory.mktemp("engine-records")
-    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}", RECORDS_ENV: str(records)}
+    env = {"PATH": gpu_node_path(tmp_path_factory.mktemp("fake-bin")), RECORDS_ENV: str(records)}
     nodes = LocalCluster("gpu", env)
     try:
         nodes.add_node(cpus=6, gpus=1)

@@ -16,7 +16,7 @@ import lancedb
 import pytest
 
 from pipeline.run.ray.engines import ENGINE_RESTARTS
-from tests.fakes import NVIDIA_SMI, SICK_RESOURCE, BrokenEngine, RestartFailsEngine, SickGpuEngine
+from tests.fakes import SICK_RESOURCE, BrokenEngine, RestartFailsEngine, SickGpuEngine, gpu_node_path
 from tests.job_process import REPO, job_command
 from tests.local_cluster import BIN, LocalCluster
 
@@ -26,10 +26,7 @@ DOCS = 24
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    fake_bin = tmp_path_factory.mktemp("fake-bin")
-    (fake_bin / "nvidia-smi").write_text(NVIDIA_SMI)
-    (fake_bin / "nvidia-smi").chmod(0o755)
-    nodes = LocalCluster("sick", {"PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    nodes = LocalCluster("sick", {"PATH": gpu_node_path(tmp_path_factory.mktemp("fake-bin"))})
     try:
         nodes.add_node(cpus=3, gpus=1)
         nodes.add_node(cpus=3, gpus=1, resources=json.dumps({SICK_RESOURCE: 1}))

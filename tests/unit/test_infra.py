@@ -15,30 +15,14 @@ from packaging.specifiers import SpecifierSet
 
 from pipeline import __version__
 from pipeline.settings import load_settings
+from tests.support.manifests import INFRA, MANIFESTS, cluster_specs, docs
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "infra"
 PYPROJECT = (REPO / "pyproject.toml").read_text()
 RAY_PIN = re.search(r'"ray\[[\w,]+\]==([\d.]+)"', PYPROJECT).group(1)
 REQUIRES_PYTHON = SpecifierSet(re.search(r'requires-python = "([^"]+)"', PYPROJECT).group(1))
-MANIFESTS = sorted(INFRA.glob("**/*.yaml"))
-
-
-def docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def cluster_specs() -> list[tuple[str, dict]]:
-    out = []
-    for path in MANIFESTS:
-        for doc in docs(path):
-            if doc.get("kind") == "RayCluster":
-                out.append((path.name, doc["spec"]))
-            elif doc.get("kind") == "RayJob":
-                out.append((path.name, doc["spec"]["rayClusterSpec"]))
-    return out
 
 
 def entrypoints() -> list[tuple[str, str]]:

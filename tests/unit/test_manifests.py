@@ -18,20 +18,15 @@ import pytest
 import yaml
 
 from pipeline.settings import load_settings
+from tests.support.manifests import cluster_spec, cluster_specs, kubernetes_documents
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-KUBERAY = REPO / "infra/kuberay"
 SCHEMAS = REPO / "tests/schemas"
 KUBERNETES = "1.33"
-MANIFESTS = sorted([*KUBERAY.glob("*.yaml"), REPO / "infra/monitoring/prometheusrule.yaml"])
 IMAGE_APP = "/app"
 """Where the images put the project (their WORKDIR), and the RayJob's working_dir."""
-
-
-def documents() -> list[tuple[str, dict]]:
-    return [(f"{p.name}:{i}", d) for p in MANIFESTS for i, d in enumerate(yaml.safe_load_all(p.read_text())) if d]
 
 
 def _strict(schema):
@@ -61,7 +56,7 @@ def crd_schemas() -> dict[str, dict]:
 CRDS = crd_schemas()
 
 
-@pytest.mark.parametrize(("where", "doc"), documents(), ids=[w for w, _ in documents()])
+@pytest.mark.parametrize(("where", "doc"), kubernetes_documents(), ids=[w for w, _ in kubernetes_documents()])
 def test_every_manifest_passes_its_schema(where, doc):
     key = f"{doc['apiVersion']}:{doc['kind']}"
     if key in CRDS:
@@ -75,7 +70,7 @@ def test_every_manifest_passes_its_schema(where, doc):
 
 
 def test_the_validator_catches_a_misspelled_field():
-    [(_, job)] = [(w, d) for w, d in documents() if d["kind"] == "RayJob"]
+    [(_, job)] = [(w, d) for w, d in kubernetes_documents() if d["kind"] == "RayJob"]
     job = {**job, "spec": {**job["spec"], "activeDeadlineSecond": 60}}
     assert list(jsonschema.Draft7Validator(CRDS["ray.io/v1:RayJob"]).iter_errors(job))
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -92,8 +87,8 @@ def test_the_validator_catches_a_misspelled_field():
 
 
 def test_every_claim_a_pod_mounts_is_defined():
-    defined = {d["metadata"]["name"]: d for _, d in documents() if d["kind"] == "PersistentVolumeClaim"}
-    for where, doc in documents():
+    defined = {d["metadata"]["name"]: d for _, d in kubernetes_documents() if d["kind"] == "PersistentVolumeClaim"}
+    for where, doc in kubernetes_documents():
         for template in _pod_templates(doc):
             for volume in template["spec"].get("volumes", []):
                 claim = volume.get("persistentVolumeClaim", {}).get("claimName")
@@ -108,7 +103,7 @@ def test_the_pod_that_runs_the_driver_has_what_the_driver_reads():
     the store through the object-store secret, and the model's small files from a read-only mount of the models
     claim at model.path (or, without one, on a GPU worker: tests/ray/test_kuberay_shape.py)."""
     settings = load_settings(REPO / "conf/cluster.toml")
-    for where, spec in _cluster_specs():
+    for where, spec in cluster_specs():
         head = spec["headGroupSpec"]
         assert head["rayStartParams"].get("num-cpus") == "0", where
         [container] = head["template"]["spec"]["containers"]
@@ -126,7 +121,7 @@ def test_the_pod_that_runs_the_driver_has_what_the_driver_reads():
 
 def test_the_entrypoints_module_and_config_are_in_the_image():
     copied = _image_paths(REPO / "infra/docker/Dockerfile.gpu")
-    for where, doc in documents():
+    for where, doc in kubernetes_documents():
         if doc["kind"] != "RayJob":
             continue
         args = shlex.split(doc["spec"]["entrypoint"])
@@ -144,7 +139,7 @@ def test_the_images_and_the_gpu_pods_set_what_the_engines_expect():
         env = dict(re.findall(r"(\w+)=(\S+)", " ".join(re.findall(r"^ENV (.+)$", text, re.M))))
         assert env.get("VLLM_NO_USAGE_STATS") == "1" and env.get("HF_HUB_OFFLINE") == "1", dockerfile
         assert re.search(rf"^WORKDIR {IMAGE_APP}$", text, re.M), dockerfile
-    for where, spec in _cluster_specs():
+    for where, spec in cluster_specs():
         for group in spec["workerGroupSpecs"]:
             pod = group["template"]["spec"]
             [worker] = pod["containers"]
@@ -158,7 +153,7 @@ def test_the_images_and_the_gpu_pods_set_what_the_engines_expect():
 
 
 def test_a_rayjob_cannot_hold_a_head_forever_and_a_scaling_cluster_has_an_autoscaler():
-    for where, doc in documents():
+    for where, doc in kubernetes_documents():
         if doc["kind"] == "RayJob":
             assert 0 < doc["spec"]["activeDeadlineSeconds"] <= 7 * 24 * 3600 and doc["spec"]["backoffLimit"] >= 0
         if doc["kind"] == "RayCluster" and any(g.get("minReplicas", 1) == 0 for g in doc["spec"]["workerGroupSpecs"]):
@@ -167,7 +162,7 @@ def test_a_rayjob_cannot_hold_a_head_forever_and_a_scaling_cluster_has_an_autosc
 
 def test_a_run_scaling_from_zero_asks_for_what_the_worker_group_can_give():
     settings = load_settings(REPO / "conf/cluster.toml")
-    [(where, cluster)] = [(w, d["spec"]) for w, d in documents() if d["kind"] == "RayCluster"]
+    [(where, cluster)] = [(w, d["spec"]) for w, d in kubernetes_documents() if d["kind"] == "RayCluster"]
     most = sum(
         g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
         for g in cluster["workerGroupSpecs"]
@@ -175,22 +170,9 @@ def test_a_run_scaling_from_zero_asks_for_what_the_worker_group_can_give():
     assert settings.run.gpus == most, f"conf/cluster.toml run.gpus vs {where}'s worker groups"
 
 
-def _cluster_specs() -> list[tuple[str, dict]]:
-    out = []
-    for where, doc in documents():
-        if doc["kind"] == "RayCluster":
-            out.append((where, doc["spec"]))
-        elif doc["kind"] == "RayJob":
-            out.append((where, doc["spec"]["rayClusterSpec"]))
-    return out
-
-
 def _pod_templates(doc: dict) -> list[dict]:
-    if doc["kind"] == "RayCluster":
-        spec = doc["spec"]
-    elif doc["kind"] == "RayJob":
-        spec = doc["spec"]["rayClusterSpec"]
-    else:
+    spec = cluster_spec(doc)
+    if spec is None:
         return []
     return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
 

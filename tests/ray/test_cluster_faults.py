@@ -184,9 +184,12 @@ def test_an_engine_that_stops_answering_is_restarted_and_the_run_finishes(corpus
     job = local_job({HANGS_ENV: "1"}, corpus, tmp_path / "db", records)
     assert job.end() == 0, job.said()
     [run] = runs(tmp_path / "db")
-    assert (run["status"], run["engine_restarts"], run["engines_hung"]) == ("succeeded", 1, 1)
-    assert set(chunk_ids(tmp_path / "db")) == clean_ids
-    assert len(list((records / "hangs").iterdir())) == 1 and len(list(records.glob("*.json"))) == 2  # two starts
+    assert run["status"] == "succeeded" and set(chunk_ids(tmp_path / "db")) == clean_ids
+    assert len(list((records / "hangs").iterdir())) == 1  # one incarnation stopped answering
+    # on a loaded machine a restarted engine's call can outlive the test's 5 s bound too, and is counted as a hang
+    # like any other: each hang counted is one restart, and each restart one more start
+    assert run["engine_restarts"] == run["engines_hung"] >= 1, run
+    assert len(list(records.glob("*.json"))) == run["engine_restarts"] + 1
 
 
 def test_an_engine_that_keeps_hanging_ends_the_run_with_its_last_words(corpus, tmp_path):

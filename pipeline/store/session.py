@@ -4,12 +4,15 @@ from (None for a new table), the chunk writer, and the stored vectors' width. No
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from pipeline.store.chunk_writer import ChunkWriter
-from pipeline.store.lance_store import LanceStore
 from pipeline.store.stored_keys import StoredKeys
+
+if TYPE_CHECKING:  # the store is opened on the driver; the workers that import this module never load lancedb
+    from pipeline.store.lance_store import LanceStore
 
 log = structlog.get_logger(__name__)
 

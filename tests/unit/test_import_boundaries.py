@@ -60,3 +60,12 @@ def test_only_the_store_package_opens_tables():
         if "open_table(" in text or "lancedb.connect(" in text or "create_table(" in text:
             offenders.append(name)
     assert offenders == []
+
+
+def test_the_modules_ray_workers_import_leave_the_lancedb_client_to_the_driver():
+    """Every task and actor of a run imports its stage's module in a fresh worker process, tens per run: the lancedb
+    client (about a second of imports on 2 cores) is the driver's, and workers read and write through pylance."""
+    worker_side = [m for m in modules() if at_an_edge(m) and m.startswith(RAY_SIDE + ".")]
+    code = f"import sys; import {', '.join(worker_side)}; print('lancedb' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False", worker_side

@@ -184,7 +184,8 @@ class RunSettings(Section):
     """Remove the chunks of documents that are no longer in the inputs (skipped when a shard is unreadable). The
     plan then reads every stored document id (one column, in workers), so the run's cost grows with the store."""
     plan_partitions: int | None = Field(default=None, ge=1)
-    """Partitions of the plan's shuffle on document id. Unset: the cluster's CPUs, at most 64."""
+    """Partitions of the plan's shuffle on document id. Unset: one per read piece (and per stored fragment when
+    run.delete_missing), at most the cluster's CPUs and 64."""
     num_cpus: int | None = Field(default=None, ge=1)
     """CPUs for a local Ray started by the job (ignored when RAY_ADDRESS points at a cluster)."""
     object_store_mb: int | None = Field(default=None, ge=64)

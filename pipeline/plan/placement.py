@@ -291,6 +291,17 @@ class StageCpus:
 
 
 STAGE_CPUS = StageCpus()
+MAX_PLAN_PARTITIONS = 64
+
+
+def plan_partitions(setting: int | None, cpus: float, blocks: int) -> int:
+    """Partitions of the plan's shuffle on document id: run.plan_partitions when set, else as many as the blocks that
+    go in (a read piece or a stored fragment each), at most the cluster's CPUs and MAX_PLAN_PARTITIONS. Every
+    partition is a reduce task, and a task that takes a CPU no worker process holds yet starts one (about a second of
+    imports): partitions beyond the blocks cost a small run processes and hold no data."""
+    if setting:
+        return setting
+    return max(1, min(blocks, int(cpus), MAX_PLAN_PARTITIONS))
 
 
 def assign_nodes(cluster: Cluster, placement: Placement, device: str) -> list[str]:

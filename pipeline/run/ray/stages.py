@@ -15,7 +15,7 @@ from pipeline import schema as s
 from pipeline.log import configure_logging
 from pipeline.plan.chunk_plan import ChunkPlan
 from pipeline.plan.job import RunPlan
-from pipeline.plan.placement import STAGE_CPUS
+from pipeline.plan.placement import STAGE_CPUS, plan_partitions
 from pipeline.run.progress import chunked_counts, planned_counts
 from pipeline.run.ray.cluster import cluster_cpus
 from pipeline.run.ray.cpu_priority import HelperPriority
@@ -112,7 +112,15 @@ def read_documents(
 ) -> Dataset:
     """Documents (READ_SCHEMA) of every shard, or of the `sampled` pieces only, each piece read by its own task,
     as a stream."""
-    pieces = sampled if sampled is not None else split_pieces(shards, fs, source.piece_bytes, priority)
+    return read_pieces(
+        source,
+        fs,
+        sampled if sampled is not None else split_pieces(shards, fs, source.piece_bytes, priority),
+        priority,
+    )
+
+
+def read_pieces(source: InputSettings, fs: pafs.FileSystem, pieces: list[Piece], priority: HelperPriority) -> Dataset:
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
@@ -135,8 +143,10 @@ def chunk_documents(
 ) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors): the
     chunk stage's rows (CHUNK_SCHEMA), of the `sampled` pieces only when given."""
-    cpus = cluster_cpus()
-    docs = read_documents(settings.input, inputs.fs, inputs.shards, priority, sampled)
+    pieces = sampled
+    if pieces is None:
+        pieces = split_pieces(inputs.shards, inputs.fs, settings.input.piece_bytes, priority)
+    docs = read_pieces(settings.input, inputs.fs, pieces, priority)
     # a sample cannot tell a document gone from the inputs from one left out of the sample
     removals = keys is not None and settings.run.delete_missing and sampled is None
     fragment_ids = keys.fragment_ids() if removals else []
@@ -147,7 +157,7 @@ def chunk_documents(
         )
     # Every row of a plan key lands in one partition, and a hash shuffle emits each partition as one block:
     # decide_all sees all copies of an id at once. (map_groups would call Python once per document.)
-    partitions = settings.run.plan_partitions or min(cpus, 64)
+    partitions = plan_partitions(settings.run.plan_partitions, cluster_cpus(), len(pieces) + len(fragment_ids))
     planned = docs.repartition(partitions, keys=[s.PLAN_KEY]).map_batches(
         _decide, fn_kwargs={"priority": priority}, batch_size=None, batch_format="pyarrow", num_cpus=0.25
     )

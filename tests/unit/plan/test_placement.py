@@ -24,6 +24,7 @@ from pipeline.plan.placement import (
     engine_bundle,
     engines_per_node,
     lay_out,
+    plan_partitions,
 )
 from pipeline.settings import Settings
 
@@ -283,3 +284,13 @@ def test_chunk_actors_keep_the_engines_fed_as_far_as_the_cpus_beside_them_allow(
     assert place_engines(gpu_settings(phi3v, run={"chunk_actors": 2}), lengths, nodes(8, **H100)).chunk_actors == 2
     on_cpu = Settings(model={"path": str(phi3v), "device": "cpu"})
     assert place_engines(on_cpu, lengths, nodes(0, cpus=4)).chunk_actors == 1
+
+
+def test_the_plans_shuffle_has_a_partition_per_block_at_most_the_cpus_and_64():
+    assert plan_partitions(None, cpus=18, blocks=1) == 1  # one small file: one reduce task, not 18
+    assert plan_partitions(None, cpus=18, blocks=5) == 5
+    assert plan_partitions(None, cpus=18, blocks=4000) == 18
+    assert plan_partitions(None, cpus=1024, blocks=4000) == 64
+    assert plan_partitions(None, cpus=0, blocks=3) == 1  # a head of 0 CPUs before its workers joined
+    assert plan_partitions(None, cpus=8, blocks=0) == 1  # nothing to read
+    assert plan_partitions(7, cpus=2, blocks=1) == 7  # run.plan_partitions decides when set

@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 from tokenizers import Tokenizer as HFTokenizer
 
 from pipeline.errors import ConfigError
+from pipeline.stages.tokenizer_cache import cache_key, cached_backend, keep_backend
 
 
 @runtime_checkable
@@ -98,8 +99,22 @@ def _segments(text: str, size: int) -> list[tuple[int, int]]:
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> FastTokenizer:
-    """Load the tokenizer the way vLLM and transformers do (tokenizer_config.json applied), offline."""
-    from transformers import AutoTokenizer  # heavy import, only where a tokenizer is needed
+    """Load the tokenizer the way vLLM and transformers do (tokenizer_config.json applied), offline; from the
+    tokenizer cache when these files were loaded before."""
+    key = cache_key(Path(model_dir), trust_remote_code) if Path(model_dir).is_dir() else None
+    backend = cached_backend(key) if key else None
+    if backend is None:
+        backend = _transformers_backend(model_dir, trust_remote_code)
+        if key:
+            keep_backend(key, backend)
+    backend.no_truncation()
+    backend.no_padding()
+    prefix, suffix = _special_affixes(backend)
+    return FastTokenizer(backend, prefix, suffix)
+
+
+def _transformers_backend(model_dir: str | Path, trust_remote_code: bool) -> HFTokenizer:
+    from transformers import AutoTokenizer  # heavy import (torch comes with it), only on a cache miss
 
     try:
         hf = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust_remote_code)
@@ -115,11 +130,7 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False) -> Fa
     if backend is None:
         msg = f"the tokenizer in {model_dir} has no fast (tokenizers) backend; add a tokenizer.json to the directory"
         raise ConfigError(msg)
-    backend = HFTokenizer.from_str(backend.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    prefix, suffix = _special_affixes(backend)
-    return FastTokenizer(backend, prefix, suffix)
+    return HFTokenizer.from_str(backend.to_str())
 
 
 def _special_affixes(backend: HFTokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:

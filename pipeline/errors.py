@@ -38,6 +38,11 @@ class StoreBusyError(StoreError, Refusal):
     """Another run holds the store's lock; nothing was started."""
 
 
+class ForeignTable(StoreError, Refusal):
+    """The chunks table is not one this pipeline wrote (another writer replaced it or its columns): nothing was
+    started, nothing appended."""
+
+
 class NoIngestionRun(StoreError, Refusal):
     """The store holds no ingestion run for a job that reads one (verify, query): nothing was checked."""
 

@@ -59,6 +59,8 @@ class GroupRecord:
     fragments: list[str] = field(default_factory=list)
     """Lance fragment metadata, JSON, of the rows written (none for a group without chunks)."""
     dim: int | None = None
+    unit_length: bool | None = None
+    """Whether every vector written is of unit length (None: no vectors)."""
 
     def count(self, fate: Fate) -> int:
         return self.docs.get(fate.value, 0)

@@ -176,8 +176,45 @@ def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> 
         pa.field(RUN_ID, pa.string()),
         pa.field(INGESTED_AT, TIMESTAMP),
     ]
-    meta = {"embedpipe": json.dumps(metadata, sort_keys=True)} if metadata else None
+    meta = {META_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
     return pa.schema(fields, metadata=meta)
+
+
+META_KEY = "embedpipe"
+"""The key of the chunks table's schema metadata under which a run records how its vectors were made (JSON)."""
+
+
+def table_meta(schema: pa.Schema) -> dict:
+    """What the chunks table's schema metadata records of how its vectors were made ({} when it records nothing)."""
+    return json.loads((schema.metadata or {}).get(META_KEY.encode(), b"{}"))
+
+
+def foreign_changes(schema: pa.Schema) -> list[str]:
+    """How a chunks table differs from the tables this pipeline writes: no metadata of ours, columns missing or of
+    another type, columns our rows cannot fill. Empty for a table of ours. (Another writer replaced it: LangChain's
+    LanceDB store, for one, overwrites a table of the same name by default.)"""
+    changes = []
+    if META_KEY.encode() not in (schema.metadata or {}):
+        changes.append("its schema has no embedpipe metadata (the model and settings its vectors were made with)")
+    vector = schema.field(VECTOR).type if VECTOR in schema.names else None
+    dim = vector.list_size if vector is not None and pa.types.is_fixed_size_list(vector) else None
+    ours = chunks_table_schema(dim or 1)
+    missing = [f.name for f in ours if f.name not in schema.names]
+    if missing:
+        changes.append(f"columns {missing} are missing")
+    changed = [
+        f"{f.name} is {schema.field(f.name).type}, not {f.type}"
+        for f in ours
+        if f.name in schema.names and f.name != VECTOR and schema.field(f.name).type != f.type
+    ]
+    if vector is not None and (dim is None or vector != vector_type(dim)):
+        changed.insert(0, f"{VECTOR} is {vector}, not a fixed-size list of float32")
+    if changed:
+        changes.append("; ".join(changed))
+    unfillable = [f.name for f in schema if f.name not in ours.names and not f.nullable]
+    if unfillable:
+        changes.append(f"columns {unfillable} are not ours and may not be null")
+    return changes
 
 
 REJECTS_SCHEMA = pa.schema(

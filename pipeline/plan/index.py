@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+import pyarrow as pa
+
 from pipeline import schema as s
 from pipeline.settings import IndexSettings
 
@@ -38,6 +41,18 @@ class ExistingAnn:
     metric: str
     trained_rows: int | None
     """Rows the index was last trained on, from the runs table's maintenance records; None if unknown."""
+
+
+NORM_TOLERANCE = 1e-3
+
+
+def unit_length(vectors: pa.FixedSizeListArray | pa.ChunkedArray) -> bool | None:
+    """Whether every vector is of unit length (within NORM_TOLERANCE); None for no vectors."""
+    if not len(vectors):
+        return None
+    flat = vectors.combine_chunks() if isinstance(vectors, pa.ChunkedArray) else vectors
+    matrix = np.asarray(flat.flatten(), dtype=np.float64).reshape(len(flat), -1)
+    return bool(np.all(np.abs(np.linalg.norm(matrix, axis=1) - 1.0) < NORM_TOLERANCE))
 
 
 def vector_metric(normalized: bool, similarity: str | None) -> str:

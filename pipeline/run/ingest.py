@@ -218,12 +218,19 @@ def maintain(store: LanceStore, settings: Settings, similarity: str | None, excl
 
 
 def table_metadata(plan: RunPlan) -> dict:
-    """What the chunks table's schema metadata records of how its vectors were made."""
+    """What the chunks table's schema metadata records of how its vectors were made; the table adds, when it is
+    created, their width, dtype, whether they are of unit length and the distance to search them with
+    (GroupCommitter.created_with)."""
+    model = plan.model
     return {
         "model": plan.model_id,
-        "model_fingerprint": plan.model.fingerprint,
+        "model_fingerprint": model.fingerprint,
+        "pooling": model.pooling.mode,
+        "similarity": model.similarity,
         "max_model_len": plan.engine.max_model_len,
         "chunk_tokens": plan.chunk.max_tokens,
         "overlap_tokens": plan.chunk.overlap_tokens,
+        "boundary_window": plan.chunk.boundary_window,
+        "chunking": plan.chunk.fingerprint,
         "pipeline_version": __version__,
     }

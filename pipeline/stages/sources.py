@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import pyarrow.fs as pafs
@@ -36,6 +36,7 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
         raise ConfigError(msg)
     filesystem: pafs.FileSystem | None = None
     shards: dict[str, Shard] = {}
+    roots: set[str] = set()
     for spec in cfg.paths:
         fs, path, scheme = _filesystem(spec, revealed(cfg.storage_options))
         if filesystem is not None and fs.type_name != filesystem.type_name:
@@ -55,10 +56,22 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
             relative = PurePosixPath(file_path).relative_to(root).as_posix() if root else PurePosixPath(file_path).name
             source = f"{scheme}://{file_path}" if scheme else file_path
             shards.setdefault(file_path, Shard(file_path, source, fmt, relative))
+            if not scheme:
+                roots.add(root or str(PurePosixPath(file_path).parent))
     if not shards:
         msg = f"input.paths {cfg.paths} matched no readable files (extensions: jsonl, parquet, {cfg.text_extensions})"
         raise ConfigError(msg)
-    return filesystem, [shards[k] for k in sorted(shards)]
+    return filesystem, [_as_given(shards[k], roots) for k in sorted(shards)]
+
+
+def _as_given(shard: Shard, local_roots: set[str]) -> Shard:
+    """The shard with its `source` as readers should see it: an object store's URI as it is, a local file's path
+    relative to the input root (the roots' common directory when several are named), never this machine's
+    absolute path, which means nothing to a reader elsewhere and ends up in citations."""
+    if "://" in shard.source or not local_roots:
+        return shard
+    common = os.path.commonpath(local_roots)
+    return replace(shard, source=PurePosixPath(shard.path).relative_to(common).as_posix())
 
 
 def _filesystem(spec: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str, str | None]:

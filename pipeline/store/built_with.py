@@ -4,7 +4,6 @@ vllm imports."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from pipeline import schema as s
@@ -36,7 +35,7 @@ def read_built_with(store: LanceStore) -> BuiltWith:
         msg = f"no table {store.names.chunks!r} in {store.uri}; run python -m jobs.ingest first"
         raise StoreError(msg)
     table = store.open_chunks()
-    meta = json.loads((table.schema.metadata or {}).get(b"embedpipe", b"{}"))
+    meta = s.table_meta(table.schema)
     run = RunLog(store).latest()
     if run is None or not run.settings:
         msg = f"{store.uri} has no successful ingestion run to read the model and engine settings from"

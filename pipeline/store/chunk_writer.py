@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schema as s
+from pipeline.plan.index import unit_length
 from pipeline.records import BatchPayload, GroupRecord
 from pipeline.runtime.faults import fault_point
 from pipeline.stats import ShardStats
@@ -78,7 +79,9 @@ class ChunkWriter:
         )
         stages = {**stages, "write_s": stages.get("write_s", 0.0) + time.perf_counter() - started}
         fault_point("write.after_fragments")
-        return replace(record, fragments=[json.dumps(f.to_json()) for f in fragments], dim=dim, stages=stages)
+        fragments_json = [json.dumps(f.to_json()) for f in fragments]
+        unit = unit_length(rows.column(s.VECTOR))
+        return replace(record, fragments=fragments_json, dim=dim, unit_length=unit, stages=stages)
 
 
 def group_id(batch: pa.Table) -> str:

@@ -22,6 +22,7 @@ import structlog
 
 from pipeline import schema as s
 from pipeline.errors import StoreError
+from pipeline.plan.index import vector_metric
 from pipeline.records import GroupRecord
 from pipeline.stats import RunTotals
 from pipeline.store.lance_store import LanceStore
@@ -117,7 +118,7 @@ class GroupCommitter:
         new = [FragmentMetadata.from_json(f) for f in record.fragments]
         dataset = self.store.chunks_dataset()
         if dataset is None:
-            schema = s.chunks_table_schema(record.dim, self.metadata)
+            schema = s.chunks_table_schema(record.dim, self.created_with(record))
             self._commit(None, LanceOperation.Overwrite(schema, new), record.group)
             return
         self.store.check_chunks_table(self.metadata["model"], record.dim, dataset.schema)
@@ -128,6 +129,19 @@ class GroupCommitter:
         else:
             op = LanceOperation.Append(new)
         self._commit(dataset, op, record.group)
+
+    def created_with(self, record: GroupRecord) -> dict:
+        """The new chunks table's metadata: the run's, and what its first vectors show (their width, whether they
+        are of unit length, so the distance to search them with)."""
+        normalized = bool(record.unit_length)
+        metric = vector_metric(normalized, self.metadata.get("similarity"))
+        return {
+            **self.metadata,
+            "dim": record.dim,
+            "vector_dtype": "float32",
+            "normalized": normalized,
+            "metric": metric,
+        }
 
     def _commit(self, dataset, operation, group: str) -> None:
         """One transaction; if its outcome is unknown (the call failed), look for it before trying again."""

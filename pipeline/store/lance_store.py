@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import pyarrow as pa
 import structlog
 
 from pipeline import schema as s
-from pipeline.errors import StoreError
+from pipeline.errors import ForeignTable, StoreError
 from pipeline.settings import StoreSettings, revealed
 from pipeline.store.chunk_writer import ChunkWriter
 from pipeline.store.stored_keys import StoredKeys
@@ -138,8 +137,18 @@ class LanceStore:
             if not self.exists(self.names.chunks):
                 return None
             schema = self._db.open_table(self.names.chunks).schema
+        changes = s.foreign_changes(schema)
+        if changes:
+            msg = (
+                f"table {self.names.chunks!r} in {self.uri} is not one this pipeline wrote: {'; '.join(changes)}. "
+                f"Another writer replaced it (LangChain's LanceDB store overwrites a table of the same name unless "
+                f"told mode='append'); this run appends nothing to it. Restore the table's last version written by "
+                f"embedpipe (LanceDB: table.list_versions(), then table.restore(version)), or use another "
+                f"store.table_prefix or store.uri"
+            )
+            raise ForeignTable(msg)
         field = schema.field(s.VECTOR)
-        existing = json.loads((schema.metadata or {}).get(b"embedpipe", b"{}"))
+        existing = s.table_meta(schema)
         if existing.get("model") != model or (dim is not None and field.type != s.vector_type(dim)):
             shown = f" (dimension {dim})" if dim is not None else ""
             msg = (

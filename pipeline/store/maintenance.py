@@ -8,19 +8,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import numpy as np
 import structlog
 from lancedb.index import FTS, BTree, IvfHnswSq, IvfPq
 
 from pipeline import schema as s
-from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, vector_metric
+from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, unit_length, vector_metric
 from pipeline.settings import IndexSettings, MaintenanceSettings
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
 
 log = structlog.get_logger(__name__)
 NORM_SAMPLE = 1000
-NORM_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -66,11 +64,7 @@ class MaintenanceReport:
 
 def vector_facts(table, similarity: str | None) -> tuple[str, bool | None]:
     """(metric, normalized): normalization measured on stored vectors, and the similarity the model states."""
-    sample = table.search().select([s.VECTOR]).limit(NORM_SAMPLE).to_arrow().column(s.VECTOR)
-    normalized = None
-    if len(sample):
-        vectors = np.asarray(sample.combine_chunks().flatten()).reshape(len(sample), -1)
-        normalized = bool(np.all(np.abs(np.linalg.norm(vectors, axis=1) - 1.0) < NORM_TOLERANCE))
+    normalized = unit_length(table.search().select([s.VECTOR]).limit(NORM_SAMPLE).to_arrow().column(s.VECTOR))
     return vector_metric(bool(normalized), similarity), normalized
 
 
@@ -79,11 +73,12 @@ def indexes_by_column(table) -> dict[str, object]:
 
 
 def search_metric(table, similarity: str | None) -> str:
-    """The distance queries must use: the vector index's, else the one an index would be built with."""
+    """The distance queries must use: the vector index's, else the one the table's metadata records, else (a table
+    of an older version) the one an index would be built with."""
     index = indexes_by_column(table).get(s.VECTOR)
     if index is not None:
         return table.index_stats(index.name).distance_type
-    return vector_facts(table, similarity)[0]
+    return s.table_meta(table.schema).get("metric") or vector_facts(table, similarity)[0]
 
 
 def maintain_store(

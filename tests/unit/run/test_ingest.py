@@ -15,13 +15,15 @@ import lancedb
 import pytest
 
 from pipeline import schema as s
-from pipeline.errors import ConfigError, EngineError, RunInterrupted
+from pipeline.errors import ConfigError, EngineError, ForeignTable, RunInterrupted
+from pipeline.plan.index import unit_length
 from pipeline.run.executor import FleetReport
 from pipeline.run.in_process import InProcessExecutor
 from pipeline.run.ingest import run_ingest, with_losses
 from pipeline.schema import RunStatus
 from pipeline.settings import Settings
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.maintenance import search_metric
 from pipeline.store.runs import RunLog
 from tests.fakes import FakeEmbedder
 
@@ -101,6 +103,14 @@ def test_a_run_records_its_row_says_its_summary_and_a_rerun_embeds_nothing(
     assert row.cost == pytest.approx(row.device_hours * 2.0) and row.maintenance is not None
     assert json.loads(row.lost_nodes) == [] and (row.engines_lost, row.engine_restarts) == (0, 0)
     assert row.estimate_s is None  # no run before it to take a rate from
+    table = lancedb.connect(str(db)).open_table("chunks")
+    made = s.table_meta(table.schema)
+    stored = table.to_arrow().column(s.VECTOR)
+    assert (made["model"], made["dim"], made["vector_dtype"], made["pooling"]) == ("minilm", 16, "float32", "mean")
+    assert made["normalized"] == unit_length(stored) and made["metric"] == ("dot" if made["normalized"] else "cosine")
+    assert made["model_fingerprint"] == json.loads(row.settings)["resolved"]["model_fingerprint"]
+    assert made["chunking"] == table.to_arrow().column(s.CHUNKING)[0].as_py()
+    assert search_metric(table, similarity=None) == made["metric"]  # what jobs.query searches with
     live = executor.registry
     assert live.get_sample_value("embedpipe_chunks_total", {"store": str(db)}) == row.chunks
     assert live.get_sample_value("embedpipe_tokens_embedded_total", {"store": str(db)}) == row.tokens
@@ -170,6 +180,23 @@ def test_a_refused_run_records_nothing_and_never_calls_its_engine(corpus, tmp_pa
     with pytest.raises(ConfigError, match=r"model\.device = cuda but this machine has no GPU"):
         run_ingest(settings_for(corpus, db, minilm_path, model={"device": "cuda"}), InProcessExecutor(engine))
     assert runs(db) == []
+
+
+def test_a_chunks_table_another_writer_replaced_is_refused_and_nothing_is_appended(corpus, tmp_path, minilm_path):
+    db, engine = tmp_path / "db", FakeEmbedder(dim=16)
+    run_ingest(settings_for(corpus, db, minilm_path), InProcessExecutor(engine))
+    # what LangChain's LanceDB store does on add_texts with its default mode="overwrite", table_name="chunks"
+    langchain_rows = [{"vector": [0.25] * 16, "id": "lc-1", "text": "hello", "metadata": {"source": "notes.txt"}}]
+    lancedb.connect(str(db)).create_table("chunks", data=langchain_rows, mode="overwrite")
+    before, processed = runs(db), engine.tokens_processed
+    with pytest.raises(ForeignTable) as refused:
+        run_ingest(settings_for(corpus, db, minilm_path), InProcessExecutor(engine))
+    said = str(refused.value)
+    assert "table 'chunks'" in said and "is not one this pipeline wrote" in said and "no embedpipe metadata" in said
+    assert "'chunk_id'" in said and "'doc_hash'" in said and "appends nothing" in said and "restore" in said
+    assert engine.tokens_processed == processed and runs(db) == before  # nothing started, nothing recorded
+    table = lancedb.connect(str(db)).open_table("chunks")
+    assert table.count_rows() == 1 and set(table.schema.names) == {"vector", "id", "text", "metadata"}
 
 
 def test_a_failure_after_the_row_starts_leaves_it_failed_with_the_error(corpus, tmp_path, minilm_path):

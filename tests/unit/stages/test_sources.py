@@ -61,3 +61,17 @@ def test_directory_without_readable_files(tmp_path):
     (tmp_path / "x.png").write_bytes(b"x")
     with pytest.raises(ConfigError, match="matched no readable files"):
         list_shards(InputSettings(paths=[str(tmp_path)]))
+
+
+def test_a_local_source_is_relative_to_the_input_root_never_this_machines_absolute_path(tree, monkeypatch):
+    _, shards = list_shards(InputSettings(paths=[str(tree / "a")]))
+    assert [sh.source for sh in shards] == ["one.jsonl", "sub/note.md", "two.parquet"]
+    _, shards = list_shards(InputSettings(paths=[str(tree / "a" / "sub" / "note.md")]))
+    assert [sh.source for sh in shards] == ["note.md"]
+    (tree / "b").mkdir()
+    (tree / "b" / "one.jsonl").write_text("{}\n")
+    _, shards = list_shards(InputSettings(paths=[str(tree / "a" / "*.jsonl"), str(tree / "b")]))
+    assert [sh.source for sh in shards] == ["a/one.jsonl", "b/one.jsonl"]  # two roots: from their common directory
+    monkeypatch.chdir(tree)
+    _, shards = list_shards(InputSettings(paths=["a/sub"]))
+    assert [(sh.source, sh.path) for sh in shards] == [("note.md", str(tree / "a" / "sub" / "note.md"))]

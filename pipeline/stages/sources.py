@@ -61,17 +61,17 @@ def list_shards(cfg: InputSettings) -> tuple[pafs.FileSystem, list[Shard]]:
     if not shards:
         msg = f"input.paths {cfg.paths} matched no readable files (extensions: jsonl, parquet, {cfg.text_extensions})"
         raise ConfigError(msg)
-    return filesystem, [_as_given(shards[k], roots) for k in sorted(shards)]
+    common = os.path.commonpath(roots) if roots else None
+    return filesystem, [_as_given(shards[k], common) for k in sorted(shards)]
 
 
-def _as_given(shard: Shard, local_roots: set[str]) -> Shard:
+def _as_given(shard: Shard, local_root: str | None) -> Shard:
     """The shard with its `source` as readers should see it: an object store's URI as it is, a local file's path
     relative to the input root (the roots' common directory when several are named), never this machine's
     absolute path, which means nothing to a reader elsewhere and ends up in citations."""
-    if "://" in shard.source or not local_roots:
+    if local_root is None or "://" in shard.source:
         return shard
-    common = os.path.commonpath(local_roots)
-    return replace(shard, source=PurePosixPath(shard.path).relative_to(common).as_posix())
+    return replace(shard, source=PurePosixPath(shard.path).relative_to(local_root).as_posix())
 
 
 def _filesystem(spec: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str, str | None]:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 
 def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:
     """Every document read, with the id of the task that read it; and the number of distinct read tasks."""
-    from pipeline.run.ray.stages import read_documents
+    from pipeline.run.ray.stages import read_documents, split_pieces
 
     settings = Settings(input=InputSettings(paths=[str(folder)], piece_mb=piece_mb), model={"path": "unused"})
     fs, shards = list_shards(settings.input)
@@ -28,7 +28,8 @@ def read(ray, folder, piece_mb: float) -> tuple[pa.Table, int]:
         task = ray.get_runtime_context().get_task_id()
         return batch.select([s.DOC_ID, s.LINE, s.REJECT_REASON]).append_column("task", pa.array([task] * len(batch)))
 
-    refs = read_documents(settings.input, fs, shards).map_batches(tag, batch_format="pyarrow").to_arrow_refs()
+    pieces = split_pieces(shards, fs, settings.input.piece_bytes)
+    refs = read_documents(settings.input, fs, pieces).map_batches(tag, batch_format="pyarrow").to_arrow_refs()
     table = pa.concat_tables(ray.get(refs))
     return table, len(set(table.column("task").to_pylist()))
 

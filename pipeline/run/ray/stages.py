@@ -104,23 +104,9 @@ def _write(batch: pa.Table, writer: ChunkWriter, priority: HelperPriority) -> pa
 
 
 def read_documents(
-    source: InputSettings,
-    fs: pafs.FileSystem,
-    shards: list[Shard],
-    priority: HelperPriority = NO_DEMOTION,
-    sampled: list[Piece] | None = None,
+    source: InputSettings, fs: pafs.FileSystem, pieces: list[Piece], priority: HelperPriority = NO_DEMOTION
 ) -> Dataset:
-    """Documents (READ_SCHEMA) of every shard, or of the `sampled` pieces only, each piece read by its own task,
-    as a stream."""
-    return read_pieces(
-        source,
-        fs,
-        sampled if sampled is not None else split_pieces(shards, fs, source.piece_bytes, priority),
-        priority,
-    )
-
-
-def read_pieces(source: InputSettings, fs: pafs.FileSystem, pieces: list[Piece], priority: HelperPriority) -> Dataset:
+    """Documents (READ_SCHEMA) of the pieces (split_pieces), each piece read by its own task, as a stream."""
     rows = [p.to_row() for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=min(len(rows), MAX_READ_BLOCKS)).map_batches(
         _read,
@@ -143,10 +129,12 @@ def chunk_documents(
 ) -> Dataset:
     """shards -> pieces -> read (tasks) -> plan (shuffle on doc id, key lookups) -> chunk (CPU actors): the
     chunk stage's rows (CHUNK_SCHEMA), of the `sampled` pieces only when given."""
-    pieces = sampled
-    if pieces is None:
-        pieces = split_pieces(inputs.shards, inputs.fs, settings.input.piece_bytes, priority)
-    docs = read_pieces(settings.input, inputs.fs, pieces, priority)
+    pieces = (
+        sampled
+        if sampled is not None
+        else split_pieces(inputs.shards, inputs.fs, settings.input.piece_bytes, priority)
+    )
+    docs = read_documents(settings.input, inputs.fs, pieces, priority)
     # a sample cannot tell a document gone from the inputs from one left out of the sample
     removals = keys is not None and settings.run.delete_missing and sampled is None
     fragment_ids = keys.fragment_ids() if removals else []

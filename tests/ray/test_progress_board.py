@@ -15,6 +15,8 @@ def test_the_progress_board_counts_while_the_run_lives_and_is_gone_after_it(ray_
     from pipeline.run.ray.progress_board import board_reader, progress_board
 
     with progress_board() as board:
+        # The reader's 2 s bound is for a board that is up; on a loaded machine the actor's own start can take longer.
+        ray_local.get(board.snapshot.remote(), timeout=120)
         board.add.remote({"docs_chunked": 3})
         board.add.remote({"docs_chunked": 2, "chunks_made": 7})
         seen = board_reader(board)()

@@ -117,46 +117,43 @@ def test_the_run_reports_live_metrics_that_prometheus_scrapes_from_rays_metrics_
     assert [float(r["value"][1]) for r in last] == [0.0]  # over: no longer running
 
 
-def test_a_second_scheduled_submission_embeds_only_new_files(first_run, cluster, s3_server, sample_texts, tmp_path):
+def test_a_second_scheduled_submission_embeds_only_new_files_and_one_sent_meanwhile_is_refused(
+    first_run, cluster, s3_server, sample_texts, tmp_path
+):
+    """New files arrive and the next scheduled job is sent. It is held right after its first commit (a fault
+    injected through its runtime environment), so a submission sent meanwhile meets the store's lease for certain;
+    then the scheduled job finishes, having embedded only the new files, and leaves no lease behind."""
     put_docs(s3_server, ["part-4"], sample_texts[24:30])
-    out = submit(cluster, tmp_path)
-    assert "succeeded" in out.lower(), out[-3000:]
-    runs = sorted(store(s3_server).open_table("runs").to_arrow().to_pylist(), key=lambda r: r["started_at"])
-    second = runs[-1]
-    assert (second["added"], second["skipped"], second["replaced"], second["docs"]) == (6, 24, 0, 6)
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
-    assert not any(k.endswith("embedpipe.lock") for k in keys)  # the lease went with the run
-
-
-def test_a_submission_is_refused_while_another_holds_the_store(first_run, cluster, s3_server, sample_texts, tmp_path):
-    """The first job is held right after its first commit (a fault injected through its runtime environment), so
-    the second meets the store's lease for certain; then the first finishes."""
-    put_docs(s3_server, ["part-5"], sample_texts[30:36])
     held = tmp_path / "faults"
     faults = {FAULTS_ENV: "commit.after_group=wait@1", FAULTS_DIR_ENV: str(held)}
-    first_env = runtime_env_file(cluster, tmp_path / "first", **faults)
-    started = ray_cli(*submit_args(cluster, first_env, "--no-wait"), env=cluster["env"]).stdout
+    scheduled_env = runtime_env_file(cluster, tmp_path / "scheduled", **faults)
+    started = ray_cli(*submit_args(cluster, scheduled_env, "--no-wait"), env=cluster["env"]).stdout
     job_id = re.search(r"Job '(raysubmit_\w+)' submitted successfully", started).group(1)
     deadline = time.monotonic() + 300
     while not (held / "commit.after_group.1").exists():
-        assert time.monotonic() < deadline, "the first job never committed"
+        assert time.monotonic() < deadline, "the scheduled job never committed"
         time.sleep(0.2)
-    second = subprocess.run(
-        [str(BIN / "ray"), *submit_args(cluster, runtime_env_file(cluster, tmp_path / "second"))],
+    meanwhile = subprocess.run(
+        [str(BIN / "ray"), *submit_args(cluster, runtime_env_file(cluster, tmp_path / "meanwhile"))],
         cwd=REPO,
         env=cluster["env"],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    said = second.stdout + second.stderr
+    said = meanwhile.stdout + meanwhile.stderr
+    assert meanwhile.returncode != 0, said[-2000:]
     assert "holds the store lock" in said and "error: another ingestion run" in said, said[-2000:]
     (held / "commit.after_group.go").touch()
     logs = ray_cli("job", "logs", "--address", cluster["address"], "--follow", job_id, env=cluster["env"], timeout=600)
     assert "Ingestion took" in logs.stdout, logs.stdout[-2000:]
     db = store(s3_server)
-    runs = db.open_table("runs").to_arrow().to_pylist()
-    assert sum(r["added"] == 6 and r["status"] == "succeeded" for r in runs) == 2  # part-4 earlier, part-5 now
+    runs = sorted(db.open_table("runs").to_arrow().to_pylist(), key=lambda r: r["started_at"])
+    second = [r for r in runs if r["status"] == "succeeded"][-1]
+    assert (second["added"], second["skipped"], second["replaced"], second["docs"]) == (6, 24, 0, 6)
+    assert sum(r["status"] == "succeeded" for r in runs) == 2  # the refused submission stored nothing
     chunks = db.open_table("chunks").to_arrow()
     assert len(set(chunks.column("chunk_id").to_pylist())) == chunks.num_rows
-    assert len(set(chunks.column("doc_id").to_pylist())) == 36
+    assert len(set(chunks.column("doc_id").to_pylist())) == 30
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert not any(k.endswith("embedpipe.lock") for k in keys)  # the lease went with the run

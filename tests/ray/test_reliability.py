@@ -85,23 +85,47 @@ def assert_same_as_clean(db: Path, clean: pa.Table) -> None:
     assert max(max(abs(a - b) for a, b in zip(got[k], want[k], strict=True)) for k in want) < 1e-6
 
 
-def test_a_driver_killed_before_its_first_commit_and_after_its_third_then_rerun_equals_one_clean_run(
+def test_drivers_killed_then_one_held_refusing_a_second_and_ended_by_sigterm_then_a_rerun_equals_one_clean_run(
     tiny_model_path, corpus, clean, tmp_path
 ):
+    """One store through every way a driver stops early, then one rerun:
+    - SIGKILL before its first commit, then SIGKILL after its third: each leaves its row running, until the next run
+      marks it interrupted;
+    - the next run is held right after its third commit; a second job on its store is refused; then SIGTERM, as a
+      spot instance's notice or Kubernetes deleting the pod sends it: it stops within the grace period (30 s,
+      Kubernetes' default), records why and what stayed committed, and releases the store's lock;
+    - the rerun starts at once, embeds only what no run committed whole, and the store equals one clean run."""
     db = tmp_path / "db"
     for n, fault in enumerate(("store.read=kill@1", "commit.after_group=kill@3")):
         stand_in_job(tiny_model_path, corpus, db, faults=fault, faults_dir=tmp_path / f"f{n}").died()
+    assert chunks(db).num_rows > 0, "the last kill came after three commits"
+    job = stand_in_job(tiny_model_path, corpus, db, faults="commit.after_group=wait@3", faults_dir=tmp_path / "f2")
+    job.held_at("commit.after_group", 3)
+    second = stand_in_job(tiny_model_path, corpus, db)
+    assert second.ended(timeout_s=120) == 2
+    assert "another ingestion run" in "".join(second.stderr)
+    signalled = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    assert job.ended(timeout_s=60) == 1
+    stopped_s = time.monotonic() - signalled
+    assert stopped_s < 30, (stopped_s, "".join(job.stderr[-20:]))
+    assert "interrupted by SIGTERM" in job.stderr[-1] and "a rerun resumes from there" in job.stderr[-1]
     stored = chunks(db)
-    assert stored.num_rows > 0, "the last kill came after three commits"
-    # Documents whose every chunk landed before the crash; a group may also hold only part of a document.
+    *_, termed = runs(db)
+    assert termed["status"] == "interrupted" and termed["error"].startswith("interrupted by SIGTERM")
+    its_rows = stored.column(s.RUN_ID).to_pylist().count(termed["run_id"])
+    assert termed["groups"] == 3 and termed["chunks"] == its_rows  # the row counts what stayed committed
+    # Documents whose every chunk landed before the rerun; a group may also hold only part of a document.
     whole_before = len(complete_documents(stored.select(KEY_COLUMNS), stored.column(s.CHUNKING)[0].as_py()))
-    out = stand_in_job(tiny_model_path, corpus, db).finish()
+    started = time.monotonic()
+    rerun = stand_in_job(tiny_model_path, corpus, db)
+    assert rerun.wait_for("run_planned", timeout_s=120) and time.monotonic() - started < 120  # no lock to wait out
+    out = rerun.finish()
     assert_same_as_clean(db, clean)
     history = runs(db)
-    # both killed runs had recorded their rows, left running until the next run marked them interrupted
-    assert [r["status"] for r in history] == ["interrupted", "interrupted", "succeeded"]
+    assert [r["status"] for r in history] == ["interrupted", "interrupted", "interrupted", "succeeded"]
     last = history[-1]
-    assert last["skipped"] == whole_before, "documents committed before the crash were embedded again"
+    assert last["skipped"] == whole_before, "documents committed before the rerun were embedded again"
     assert last["docs_in"] == last["docs"] + last["skipped"] + last["rejected"] == DOCS
     assert "unchanged" in out
 
@@ -133,32 +157,3 @@ def test_an_engine_that_cannot_start_fails_the_job_with_what_the_engine_said(tin
     assert "1 of 1 engines lost, 0 left, run.min_engines=1" in said  # after Ray's restarts, each a fresh start
     [run] = runs(db)
     assert run["status"] == "failed" and "EngineError" in run["error"] and BrokenEngine.MESSAGE in run["error"]
-
-
-def test_a_second_job_is_refused_while_the_first_runs_and_sigterm_ends_the_first_interrupted(
-    tiny_model_path, corpus, clean, tmp_path
-):
-    """The first job is held right after its third commit. A second job on its store is refused. Then SIGTERM, as a
-    spot instance's notice or Kubernetes deleting the pod sends it: the first stops within the grace period (30 s,
-    Kubernetes' default), records why, releases the store's lock, and the next run starts at once and completes it."""
-    db = tmp_path / "db"
-    job = stand_in_job(tiny_model_path, corpus, db, faults="commit.after_group=wait@3", faults_dir=tmp_path / "f")
-    job.held_at("commit.after_group", 3)
-    second = stand_in_job(tiny_model_path, corpus, db)
-    assert second.ended(timeout_s=120) == 2
-    assert "another ingestion run" in "".join(second.stderr)
-    signalled = time.monotonic()
-    job.proc.send_signal(signal.SIGTERM)
-    assert job.ended(timeout_s=60) == 1
-    stopped_s = time.monotonic() - signalled
-    assert stopped_s < 30, (stopped_s, "".join(job.stderr[-20:]))
-    assert "interrupted by SIGTERM" in job.stderr[-1] and "a rerun resumes from there" in job.stderr[-1]
-    [run] = runs(db)
-    assert run["status"] == "interrupted" and run["error"].startswith("interrupted by SIGTERM")
-    assert run["groups"] == 3 and run["chunks"] == chunks(db).num_rows  # the row counts what stayed committed
-    started = time.monotonic()
-    rerun = stand_in_job(tiny_model_path, corpus, db)
-    assert rerun.wait_for("run_planned", timeout_s=120) and time.monotonic() - started < 120  # no lock to wait out
-    rerun.finish()
-    assert_same_as_clean(db, clean)
-    assert [r["status"] for r in runs(db)] == ["interrupted", "succeeded"]

@@ -85,6 +85,8 @@ def test_job_spans_both_nodes_and_writes_to_the_bucket(first_run, s3_server):
     db = store(s3_server)
     [run] = db.open_table("runs").to_arrow().to_pylist()
     assert (run["status"], run["docs"], run["added"], run["rejected"]) == ("succeeded", 24, 24, 0)
+    # two nodes of 2 CPUs, an engine on each, no fault: the run once stalled on this shape (issue 26)
+    assert (run["engines_lost"], run["engine_restarts"], json.loads(run["lost_nodes"])) == (0, 0, [])
     batches = db.open_table("batches").to_arrow()
     nodes = {actor.split(":")[0] for actor in batches.column("actor").to_pylist()}
     assert len(nodes) == 2, f"engines ran on {nodes}"

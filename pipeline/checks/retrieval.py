@@ -1,8 +1,9 @@
 """Retrieval check: sample chunks, query the table with each chunk's own text, and count how often that chunk
 comes back first and in the top k, by exact search and through the ANN index. A broken embedding, pooling or
-normalization shows up as a low number. Span queries ask what a user would: one sentence from inside a document
-must find a chunk of that document; they show what the chunk size does to retrieval. No ray or vllm imports; the
-caller brings the query embedder."""
+normalization shows up as a low number. Where there is an ANN index, its top k is also held to the exact top k
+(with the configured re-ranking and without), which is the index's own recall whatever the embedder. Span queries
+ask what a user would: one sentence from inside a document must find a chunk of that document; they show what the
+chunk size does to retrieval. No ray or vllm imports; the caller brings the query embedder."""
 
 from __future__ import annotations
 
@@ -40,6 +41,19 @@ class Recall:
     ms_per_query: float
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How much of the exact top k an ANN search returns: the mean over queries of |ANN top k & exact top k| / k."""
+
+    search: str
+    recall_at_k: float
+
+
+def overlap_at_k(truth: Sequence[str], got: Sequence[str]) -> float:
+    """The share of `truth` (one query's exact top k ids) that `got` holds: recall@k of `got` against `truth`."""
+    return len(set(truth) & set(got)) / len(truth) if truth else 1.0
+
+
 @dataclass
 class RecallReport:
     rows: int
@@ -60,6 +74,9 @@ class RecallReport:
     """Documents sampled for span queries (each gives one sentence; documents with no sentence of SPAN_WORDS
     words give none)."""
     span_checked: int = 0
+    ann_vs_exact: list[Agreement] = field(default_factory=list)
+    """The ANN index's top k against the exact top k, as searched (re-ranked when index.refine_factor is set) and
+    without re-ranking."""
 
     def lines(self) -> list[str]:
         out = [
@@ -73,6 +90,8 @@ class RecallReport:
             )
         if self.ann and not any(r.search.startswith("ANN") for r in self.results):
             out.append(f"  ANN: {self.ann}")
+        for a in self.ann_vs_exact:
+            out.append(f"  {a.search:<40} recall@{self.k} {a.recall_at_k:.3f} against the exact top {self.k}")
         if self.spans is not None:
             out.append(
                 f"span queries: {self.span_checked} sentences of {SPAN_WORDS[0]}-{SPAN_WORDS[1]} words from inside "
@@ -131,19 +150,34 @@ def check_retrieval(  # noqa: PLR0913 - the check's inputs, each named by its ca
     searches = [("exact (every vector compared)", True)]
     if search_ann:
         searches.append((f"ANN {ann}", False))
+    exact_ids: list[list[str]] = []
     for label, exact in searches:
         opts = SearchOptions(k=k, exact=exact, nprobes=options.nprobes, refine_factor=options.refine_factor)
         at_1 = at_k = 0
+        agree = 0.0
         started = time.perf_counter()
-        for row, vector in zip(queries, vectors, strict=True):
+        for i, (row, vector) in enumerate(zip(queries, vectors, strict=True)):
             hits = search(table, metric, vector, None, opts, has_fts=False)
             at_1 += found(hits[:1], row)
             at_k += found(hits, row)
             if exact:  # identical text means an identical vector, so a twin is among the exact top k
                 report.shared_text += any(h.text == row[s.TEXT] and h.chunk_id != row[s.CHUNK_ID] for h in hits)
+                exact_ids.append([h.chunk_id for h in hits])
+            else:
+                agree += overlap_at_k(exact_ids[i], [h.chunk_id for h in hits])
         seconds = time.perf_counter() - started
         n = max(1, len(queries))
         report.results.append(Recall(label, at_1 / n, at_k / n, 1000 * seconds / n))
+        if not exact:
+            refine = f"re-ranked {options.refine_factor} x k" if options.refine_factor else "not re-ranked"
+            report.ann_vs_exact.append(Agreement(f"ANN as searched ({refine})", agree / n))
+    if search_ann and options.refine_factor:
+        plain = SearchOptions(k=k, nprobes=options.nprobes, refine_factor=None)
+        agree = sum(
+            overlap_at_k(truth, [h.chunk_id for h in search(table, metric, vector, None, plain, has_fts=False)])
+            for truth, vector in zip(exact_ids, vectors, strict=True)
+        )
+        report.ann_vs_exact.append(Agreement("ANN not re-ranked", agree / max(1, len(queries))))
     return report
 
 

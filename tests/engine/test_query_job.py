@@ -152,6 +152,9 @@ def test_retrieval_check_finds_each_chunk_by_its_own_text(store):
     assert report["checked"] == 120 and report["metric"] == "dot"
     assert by_search["exact"]["at_1"] >= 0.95 and by_search["exact"]["at_k"] >= by_search["exact"]["at_1"]
     assert 0 < by_search["ANN"]["at_1"] <= by_search["ANN"]["at_k"] <= 1
+    # the ANN index's recall against exact search, on a store past index.ann_min_rows
+    agreement = {a["search"].split(" (")[0]: a["recall_at_k"] for a in report["ann_vs_exact"]}
+    assert 0 < agreement["ANN not re-ranked"] <= agreement["ANN as searched"] <= 1
     # a sentence from inside a document finds its document: a random embedder would give about k / documents
     spans = report["spans"]
     assert report["span_checked"] >= 20 and spans["at_k"] >= 0.5 and spans["at_1"] <= spans["at_k"]

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import schema as s
-from pipeline.checks.retrieval import check_retrieval
+from pipeline.checks.retrieval import check_retrieval, overlap_at_k
 from pipeline.engine.query import query_token_ids
 from pipeline.errors import ConfigError
 from pipeline.plan.chunk_plan import ChunkPlan
@@ -216,8 +216,18 @@ def test_retrieval_check_scores_a_working_and_a_broken_embedder(store, tokenizer
     exact, ann = good.recall("exact"), good.recall("ANN")
     assert good.checked == 60 and exact.at_1 == 1.0 and exact.at_k == 1.0
     assert 0.0 <= ann.at_1 <= ann.at_k <= 1.0
+    # the index held to exact search: re-ranking 10 x k candidates keeps every true neighbour the plain ANN found
+    as_searched, plain = good.ann_vs_exact
+    assert as_searched.search == "ANN as searched (re-ranked 10 x k)" and plain.search == "ANN not re-ranked"
+    assert 0.0 < plain.recall_at_k <= as_searched.recall_at_k <= 1.0
+    assert any(line.endswith("against the exact top 10") for line in good.lines())
     broken = check_retrieval(table, "dot", FakeQueries(tokenizer, drop_special_tokens=True), sample=60, k=10)
-    assert broken.recall("exact").at_1 < 0.2 and broken.recall("ANN") is None
+    assert broken.recall("exact").at_1 < 0.2 and broken.recall("ANN") is None and broken.ann_vs_exact == []
     assert any("recall@1 1.000" in line for line in good.lines())
     assert good.span_docs > 0 and 0 < good.span_checked <= good.span_docs
     assert 0.0 <= good.spans.at_1 <= good.spans.at_k <= 1.0 and any("span queries" in x for x in good.lines())
+
+
+def test_overlap_at_k_is_the_share_of_the_true_top_k_returned():
+    assert overlap_at_k(["a", "b", "c", "d"], ["d", "x", "a", "y"]) == 0.5
+    assert overlap_at_k(["a", "b"], ["b", "a"]) == 1.0 and overlap_at_k(["a"], []) == 0.0

@@ -1,6 +1,6 @@
 # make demo: set up .venv and ingest the sample corpus into ./lancedb on the CPU engine
 # make test: set up .venv and run the tests of the unit, Ray and real-engine tiers (TEST_WORKERS at a time)
-# make test-all: every tier, the slow one too (the benchmark job, the compile cache): what CI runs
+# make test-all: every tier, the readers and the slow one too (the benchmark job, the compile cache): what CI runs
 # make query Q="...", make retrieval-check: search ./lancedb after make demo
 # make bench: set up .venv, write the benchmark corpus and run the benchmark job (report in bench_out/)
 # make bench-scale: per-run costs as the store and the corpus grow (report in bench_out/scale/)
@@ -50,6 +50,7 @@ test: setup
 
 test-all: setup
 	bash scripts/system_deps.sh
+	bash scripts/readers_env.sh
 	$(PYTEST)
 
 test-unit: setup

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.model_builders import build_bpe_tokenizer, build_tiny_bert, minilm_dir
 
-TIERS = {"unit": 120, "ray": 600, "engine": 900, "slow": 1800}
+TIERS = {"unit": 120, "readers": 300, "ray": 600, "engine": 900, "slow": 1800}
 """Each tier, cheapest first, and its tests' timeout in seconds (setup included: a module's fixtures run with its
 first test); a test may ask for more with @pytest.mark.timeout."""
 

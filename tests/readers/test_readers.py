@@ -66,7 +66,8 @@ def ours(store_dir: Path, vectors: list[list[float]], exact: bool) -> tuple[str,
     return target.metric, [[(h.chunk_id, h.score) for h in hits] for hits in found]
 
 
-def same_top_k(theirs: list[list[tuple[str, float]]], metric: str, want: list[list[tuple[str, float]]]) -> None:
+def same_top_k(theirs: list[list], metric: str, want: list[list[tuple[str, float]]]) -> None:
+    """`theirs`: a reader's [chunk id, LanceDB distance] pairs per query; `want`: ours, (chunk id, score)."""
     for got, expected in zip(theirs, want, strict=True):
         assert [c for c, _ in got] == [c for c, _ in expected]
         scores = [similarity_score(metric, d) for _, d in got]
@@ -80,40 +81,26 @@ def test_the_store_has_an_ann_index_to_read_through(store):
     }
 
 
+def answer_of(command: list[str], vectors: list[list[float]]) -> dict:
+    """What a reader's program prints (JSON), given the query vectors on stdin."""
+    proc = subprocess.run(command, cwd=HERE, input=json.dumps(vectors), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
 def test_lancedbs_node_client_returns_our_top_k_with_the_tables_own_metric(store):
     vectors = queries(lancedb.connect(str(store)).open_table("chunks"))
     for mode, exact in (("exact", True), ("ann", False)):
         metric, want = ours(store, vectors, exact)
-        got = []
-        for vector in vectors:
-            proc = subprocess.run(
-                ["node", "search.mjs", str(store), str(K), mode],
-                cwd=HERE,
-                input=json.dumps(vector),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            answer = json.loads(proc.stdout)
-            assert answer["metric"] == metric and answer["model"] == "all-MiniLM-L6-v2"
-            got.append([(h["chunk_id"], h["distance"]) for h in answer["hits"]])
-        same_top_k(got, metric, want)
+        answer = answer_of(["node", "search.mjs", str(store), str(K), mode], vectors)
+        assert answer["metric"] == metric and answer["model"] == "all-MiniLM-L6-v2"
+        same_top_k(answer["hits"], metric, want)
 
 
 def test_python_readers_at_their_own_versions_count_search_and_add_up_as_we_do(store):
     table = lancedb.connect(str(store)).open_table("chunks")
     vectors = queries(table)
-    proc = subprocess.run(
-        [str(READERS_PY), "python_readers.py", str(store), str(K)],
-        cwd=HERE,
-        input=json.dumps(vectors),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    answer = json.loads(proc.stdout)
+    answer = answer_of([str(READERS_PY), "python_readers.py", str(store), str(K)], vectors)
     ours_table = table.to_arrow()
     assert answer["rows"] == ours_table.num_rows
     assert answer["docs"] == len(pc.unique(ours_table.column(s.DOC_ID)))
@@ -124,5 +111,5 @@ def test_python_readers_at_their_own_versions_count_search_and_add_up_as_we_do(s
     for mode, exact in (("exact", True), ("ann", False)):
         metric, want = ours(store, vectors, exact)
         assert answer["metric"] == metric
-        same_top_k([[tuple(h) for h in hits] for hits in answer[mode]], metric, want)
+        same_top_k(answer[mode], metric, want)
     print(answer["versions"], "Lance storage version", answer["storage_version"])

@@ -2,7 +2,7 @@
 named points of the run (deterministic faults: pipeline/runtime/faults.py), a write task and an engine actor
 killed at their Nth call, a second job on a store another holds, SIGTERM to the driver, and an engine that cannot
 start; each store checked against a clean run. The same kill and resume with the real engine:
-tests/engine/test_kill_and_resume.py."""
+tests/slow/test_kill_and_resume.py."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pipeline.plan.model_dir import ModelDir
 from pipeline.stages.tokenizer import load_tokenizer
 from tests.job_process import REPO, job_command, job_env
 
-pytestmark = pytest.mark.engine
+pytestmark = pytest.mark.slow
 
 
 def ingest(corpus: Path, db: Path, *extra: str) -> lancedb.DBConnection:

@@ -21,7 +21,7 @@ from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
 from tests.job_process import IngestProcess
 
-pytestmark = pytest.mark.engine
+pytestmark = pytest.mark.slow
 DOCS = 24
 
 

@@ -21,7 +21,7 @@ from pipeline.stages.chunking import Chunker
 from pipeline.stages.tokenizer import load_tokenizer
 from tests.support.plans import plan_on_one_node
 
-pytestmark = pytest.mark.engine
+pytestmark = pytest.mark.slow
 
 
 def children(pid: int) -> set[int]:

@@ -161,6 +161,13 @@ STORED_CHUNK_COLUMNS = [
 
 SCALAR_INDEXABLE = [c for c in STORED_CHUNK_COLUMNS if c not in (TEXT, VECTOR)] + [MODEL, RUN_ID]
 
+# What the frameworks' LanceDB stores read as is: LlamaIndex's an `id` column and both a `metadata` column (its
+# filters query `metadata.<key>`), LangChain's the `metadata` column. Copies of columns above, kept by the writer.
+ID = "id"
+METADATA = "metadata"
+METADATA_FIELDS = [DOC_ID, SOURCE, CHUNK_INDEX, DOC_CHUNKS, CHAR_START, CHAR_END, N_TOKENS]
+READER_COLUMNS = [ID, METADATA]
+
 
 def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> pa.Schema:
     """The `chunks` table; metadata records the model and limits the vectors were made with."""
@@ -175,9 +182,29 @@ def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> 
         pa.field(CHUNKING, pa.string()),
         pa.field(RUN_ID, pa.string()),
         pa.field(INGESTED_AT, TIMESTAMP),
+        pa.field(ID, pa.string()),
+        pa.field(METADATA, metadata_type()),
     ]
     meta = {META_KEY: json.dumps(metadata, sort_keys=True)} if metadata else None
     return pa.schema(fields, metadata=meta)
+
+
+def metadata_type() -> pa.StructType:
+    chunk_fields = {f.name: f for f in _CHUNK_FIELDS}
+    return pa.struct([chunk_fields[name] for name in METADATA_FIELDS])
+
+
+def reader_columns(table: pa.Table) -> list[pa.Array]:
+    """The `id` and `metadata` columns of stored chunk rows, from the columns they copy."""
+    fields = metadata_type()
+    parts = [table.column(f.name).combine_chunks().cast(f.type) for f in fields]
+    return [table.column(CHUNK_ID).combine_chunks(), pa.StructArray.from_arrays(parts, fields=list(fields))]
+
+
+def reader_column_sql() -> dict[str, str]:
+    """The same two columns as SQL over a table's own columns: how a table written before they existed gets them."""
+    members = ", ".join(f"'{name}', {name}" for name in METADATA_FIELDS)
+    return {ID: CHUNK_ID, METADATA: f"named_struct({members})"}
 
 
 META_KEY = "embedpipe"
@@ -199,7 +226,8 @@ def foreign_changes(schema: pa.Schema) -> list[str]:
     vector = schema.field(VECTOR).type if VECTOR in schema.names else None
     dim = vector.list_size if vector is not None and pa.types.is_fixed_size_list(vector) else None
     ours = chunks_table_schema(dim or 1)
-    missing = [f.name for f in ours if f.name not in schema.names]
+    ours_before = META_KEY.encode() in (schema.metadata or {}) and all(c not in schema.names for c in READER_COLUMNS)
+    missing = [f.name for f in ours if f.name not in schema.names and not (ours_before and f.name in READER_COLUMNS)]
     if missing:
         changes.append(f"columns {missing} are missing")
     changed = [

@@ -132,4 +132,6 @@ def stored_chunk_rows(
     table = table.append_column(s.CHUNKING, pa.array([chunking] * n, pa.string()))
     table = table.append_column(s.RUN_ID, pa.array([run_id] * n, pa.string()))
     table = table.append_column(s.INGESTED_AT, pa.array([now] * n, s.TIMESTAMP))
+    for name, column in zip(s.READER_COLUMNS, s.reader_columns(table), strict=True):
+        table = table.append_column(name, column)
     return table.cast(s.chunks_table_schema(dim, metadata))

@@ -158,6 +158,17 @@ class LanceStore:
             raise StoreError(msg)
         return field.type.list_size
 
+    def add_reader_columns(self) -> bool:
+        """Give a chunks table written before the frameworks' columns existed its `id` and `metadata` columns, from
+        its own columns (new column files; vectors and text are not rewritten). True when it did."""
+        if not self.exists(self.names.chunks):
+            return False
+        table = self._db.open_table(self.names.chunks)
+        if any(name in table.schema.names for name in s.READER_COLUMNS) or s.foreign_changes(table.schema):
+            return False
+        table.add_columns(s.reader_column_sql())
+        return True
+
     def stored_keys(self) -> StoredKeys | None:
         """The chunks table as the run found it, for the plan's lookups; None when there is no table yet."""
         dataset = self.chunks_dataset()

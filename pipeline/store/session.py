@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from pipeline import schema as s
 from pipeline.store.chunk_writer import ChunkWriter
 from pipeline.store.stored_keys import StoredKeys
 
@@ -27,6 +28,8 @@ class StoreSession:
 
 def open_session(store: LanceStore, run_id: str, chunking: str, metadata: dict, dim: int | None) -> StoreSession:
     store.ensure_side_tables()
+    if store.add_reader_columns():
+        log.info("store_upgraded", added=s.READER_COLUMNS, reason="the frameworks' LanceDB stores read them")
     keys = store.stored_keys()
     if keys is not None and not keys.has_key_index():
         log.warning(

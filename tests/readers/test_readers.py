@@ -1,6 +1,6 @@
 """The store as other readers open it, each in an environment of its own with nothing of this project installed
-(`scripts/readers_env.sh`, which `make test-all` runs): LanceDB's Node client, and DuckDB, Polars and LanceDB's
-Python client at their own versions. Each reads the metric from the chunks table's own metadata and returns the top
+(`scripts/readers_env.sh`, which `make test-all` runs): LanceDB's Node client, and DuckDB, Polars, LanceDB's
+Python client, LangChain's and LlamaIndex's LanceDB stores at their own versions. Each reads the metric from the chunks table's own metadata and returns the top
 k this project's search returns (exact, and through the ANN index re-ranked), with the same scores; DuckDB and
 Polars count what the store holds and the runs' tokens add up. The store is made by the run itself, in this
 process, with a fake engine at the packaged model's width, pushed past a small index.ann_min_rows."""
@@ -8,6 +8,8 @@ process, with a fake engine at the packaged model's width, pushed past a small i
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -113,3 +115,53 @@ def test_python_readers_at_their_own_versions_count_search_and_add_up_as_we_do(s
         assert answer["metric"] == metric
         same_top_k(answer[mode], metric, want)
     print(answer["versions"], "Lance storage version", answer["storage_version"])
+
+
+def hits_of(store_dir: Path, vectors: list[list[float]], **options) -> list[list[tuple[str, int, float]]]:
+    target = SearchTarget.open(LanceStore(str(store_dir)), None)
+    options = SearchOptions(k=K, **options)
+    found = [search(target.table, target.metric, np.array(v), None, options, has_fts=False) for v in vectors]
+    return [[(h.doc_id, h.chunk_index, h.score) for h in hits] for hits in found]
+
+
+def without_ann_index(store: Path, to: Path) -> Path:
+    """A copy of the store as one below index.ann_min_rows is: no vector index, every search exact."""
+    shutil.copytree(store, to)
+    table = lancedb.connect(str(to)).open_table("chunks")
+    for index in table.list_indices():
+        if index.columns == [s.VECTOR]:
+            table.drop_index(index.name)
+    return to
+
+
+def test_langchain_and_llamaindex_open_the_table_as_their_docs_show_and_return_our_hits_and_metadata(store, tmp_path):
+    """LangChain's and LlamaIndex's LanceDB stores, given the table's name (LangChain the table's metric, LlamaIndex
+    a refine_factor), return jobs.query's top k with its scores (LlamaIndex's exp(-distance)), our metadata, and
+    filter on it. LangChain cannot re-rank: through an ANN index it returns the index's own top k."""
+    table = lancedb.connect(str(store)).open_table("chunks")
+    vectors = queries(table)
+    rows = {(r[s.DOC_ID], r[s.CHUNK_INDEX]): r for r in table.to_arrow().drop_columns([s.VECTOR]).to_pylist()}
+    doc = "d3"
+    for db, indexed in ((store, True), (without_ann_index(store, tmp_path / "exact"), False)):
+        answer = answer_of([str(READERS_PY), "framework_readers.py", str(db), str(K), doc], vectors)
+        query_hits = hits_of(db, vectors)  # jobs.query's: re-ranked through an index, exact without one
+        index_hits = hits_of(db, vectors, refine_factor=None) if indexed else query_hits
+        # LlamaIndex names no metric: LanceDB uses the index's (dot, distance 1 - score), else l2 (2 - 2 score here)
+        llama_distance = 1 if indexed else 2
+        for name, want, score_of in (
+            ("llamaindex", query_hits, lambda score, n=llama_distance: math.exp(-n * (1 - score))),
+            ("langchain", index_hits, lambda score: score),
+        ):
+            for got, expected in zip(answer[name], want, strict=True):
+                assert [(d, c) for d, c, *_ in got] == [(d, c) for d, c, _ in expected], (name, indexed)
+                assert [g[2] for g in got] == pytest.approx([score_of(e[2]) for e in expected], abs=1e-5)
+                for doc_id, chunk_index, _, metadata in got:
+                    row = rows[(doc_id, chunk_index)]
+                    assert {k: row[k] for k in s.METADATA_FIELDS if k in metadata} == {
+                        k: v for k, v in metadata.items() if k in s.METADATA_FIELDS
+                    }
+                    assert set(metadata) >= set(s.METADATA_FIELDS) - {s.DOC_ID}  # LlamaIndex keeps doc_id as ref
+                    assert metadata.get("id", row[s.CHUNK_ID]) == row[s.CHUNK_ID]
+        in_doc = sum(1 for d, _ in rows if d == doc)
+        for name in ("langchain_filtered", "llamaindex_filtered"):
+            assert {d for d, *_ in answer[name]} == {doc} and len(answer[name]) == min(K, in_doc), name

@@ -190,3 +190,20 @@ def test_second_writer_on_a_locked_store_is_refused(tmp_path):
         pass  # released when the first run ended
     with store_lock(str(tmp_path / "db"), "other_", "run-d"), store_lock(str(tmp_path / "db"), "", "run-e"):
         pass  # another table prefix is another lock
+
+
+def test_a_table_from_before_the_reader_columns_gains_them_from_its_own_and_the_next_run_appends(
+    tokenizer, tmp_path, sample_texts
+):
+    inputs, db = tmp_path / "in.jsonl", tmp_path / "db"
+    write_docs(inputs, {"a": sample_texts[0], "b": sample_texts[1]})
+    run_once(tokenizer, inputs, db, "r1")
+    lancedb.connect(str(db)).open_table("chunks").drop_columns(s.READER_COLUMNS)  # as a store of before them
+    assert LanceStore(str(db)).check_chunks_table("fake") == 8  # still ours, not a foreign table
+    write_docs(inputs, {"a": sample_texts[0], "b": sample_texts[1], "c": sample_texts[2]})
+    run_once(tokenizer, inputs, db, "r2")
+    table = chunk_table(db)
+    assert table.column(s.ID).to_pylist() == table.column(s.CHUNK_ID).to_pylist()
+    metadata = table.column(s.METADATA).to_pylist()
+    assert metadata == table.select(s.METADATA_FIELDS).to_pylist()
+    assert {m[s.DOC_ID] for m in metadata} == {"a", "b", "c"}

@@ -1,10 +1,10 @@
 """The store as other readers open it, each in an environment of its own with nothing of this project installed
 (`scripts/readers_env.sh`, which `make test-all` runs): LanceDB's Node client, and DuckDB, Polars, LanceDB's Python
 client, LangChain's and LlamaIndex's LanceDB stores at their own versions. Each reads the metric from the chunks
-table's own metadata and returns the top k this project's search returns (exact, and through the ANN index re-
-ranked), with the same scores; DuckDB and Polars count what the store holds and the runs' tokens add up. The store
-is made by the run itself, in this process, with a fake engine at the packaged model's width, pushed past a small
-index.ann_min_rows."""
+table's own metadata and returns the top k this project's search returns (exact, and through the ANN index
+re-ranked), with the same scores; DuckDB and Polars count what the store holds and the runs' tokens add up. The
+store is made by the run itself, in this process, with a fake engine at the packaged model's width, pushed past a
+small index.ann_min_rows."""
 
 from __future__ import annotations
 

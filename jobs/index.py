@@ -40,12 +40,21 @@ def _index(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         )
         with RunLog(store).recorded(record) as row:
             report = maintain_store(
-                store, settings.index, settings.maintenance, built.similarity, exclusive, args.force_ann
+                store,
+                settings.index,
+                settings.maintenance,
+                built.similarity,
+                exclusive,
+                args.force_ann,
+                settings.store,
             )
             row.status = RunStatus.SUCCEEDED
             row.finishing.append(lambda r: replace(r, maintenance=report.to_json(), maintenance_s=report.seconds))
     print("\n".join(report.lines()))
     print(f"Indexing and maintenance took {report.seconds:.2f} s (run {run_id})")
+    if report.refused:
+        print(f"error: {report.refused}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -57,6 +57,10 @@ def _ingest(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     for line in result.maintenance.lines() if result.maintenance else []:
         print(line)
     print(result.summary_line())
+    refused = result.maintenance.refused if result.maintenance else None
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -141,8 +141,19 @@ def embedded_schema(dim: int) -> pa.Schema:
     return pa.schema([*_CHUNK_FIELDS, pa.field(VECTOR, vector_type(dim)), pa.field(BATCH_STATS, pa.string())])
 
 
-def vector_type(dim: int) -> pa.DataType:
-    return pa.list_(pa.float32(), dim)
+VECTOR_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+"""What the chunks table may store vectors as (store.vector_dtype); engines return float32, the writer casts."""
+
+
+def vector_type(dim: int, dtype: str = "float32") -> pa.DataType:
+    return pa.list_(VECTOR_DTYPES[dtype], dim)
+
+
+def vector_dtype(field_type: pa.DataType) -> str | None:
+    """The store.vector_dtype a stored vector column is of, None for a type this pipeline does not write."""
+    if not pa.types.is_fixed_size_list(field_type):
+        return None
+    return next((name for name, t in VECTOR_DTYPES.items() if field_type.value_type == t), None)
 
 
 STORED_CHUNK_COLUMNS = [
@@ -169,11 +180,12 @@ METADATA_FIELDS = [DOC_ID, SOURCE, CHUNK_INDEX, DOC_CHUNKS, CHAR_START, CHAR_END
 READER_COLUMNS = [ID, METADATA]
 
 
-def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None) -> pa.Schema:
+def chunks_table_schema(dim: int, metadata: dict[str, object] | None = None, dtype: str = "float32") -> pa.Schema:
     """The `chunks` table; metadata records the model and limits the vectors were made with."""
     chunk_fields = {f.name: f for f in _CHUNK_FIELDS}
     stored = [
-        pa.field(VECTOR, vector_type(dim)) if name == VECTOR else chunk_fields[name] for name in STORED_CHUNK_COLUMNS
+        pa.field(VECTOR, vector_type(dim, dtype)) if name == VECTOR else chunk_fields[name]
+        for name in STORED_CHUNK_COLUMNS
     ]
     stored = [f.with_nullable(False) if f.name in (CHUNK_ID, DOC_ID) else f for f in stored]
     fields = [
@@ -235,8 +247,8 @@ def foreign_changes(schema: pa.Schema) -> list[str]:
         for f in ours
         if f.name in schema.names and f.name != VECTOR and schema.field(f.name).type != f.type
     ]
-    if vector is not None and (dim is None or vector != vector_type(dim)):
-        changed.insert(0, f"{VECTOR} is {vector}, not a fixed-size list of float32")
+    if vector is not None and (dim is None or vector_dtype(vector) is None):
+        changed.insert(0, f"{VECTOR} is {vector}, not a fixed-size list of {' or '.join(VECTOR_DTYPES)}")
     if changed:
         changes.append("; ".join(changed))
     unfillable = [f.name for f in schema if f.name not in ours.names and not f.nullable]

@@ -214,6 +214,16 @@ class StoreSettings(Section):
     storage_options: dict[str, SecretStr] = Field(default_factory=dict)
     """Object-store options for LanceDB (endpoint, region, keys); kept secret in logs and the runs table.
     Usually left empty: the standard AWS_* / GOOGLE_* / AZURE_* environment variables are read as well."""
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    """How the chunks table stores vectors. float16 halves their bytes, once the recall gate passes on the table's
+    own vectors (at the end of a run, under the store's lock); a store that fails it stays float32 and the run
+    exits 2 with the figures."""
+    min_recall: float = Field(default=0.99, gt=0, le=1)
+    """The gate: the reduced vectors' top 10 must hold this share of the full-precision top 10, averaged over
+    gate_queries of the store's own chunks as queries."""
+    gate_queries: int = Field(default=200, ge=10)
+    """How many of the store's chunks the gate searches with: one pass over the stored vectors, each scored
+    against every query at full and at reduced precision, once per store."""
 
     @property
     def label(self) -> str:

@@ -208,7 +208,9 @@ def maintain(store: LanceStore, settings: Settings, similarity: str | None, excl
     """Indexes and upkeep after the run's last commit. A failure here leaves the data committed and searchable
     (exactly, without the missing indexes), so it is recorded and logged rather than failing the run."""
     try:
-        report = maintain_store(store, settings.index, settings.maintenance, similarity, exclusive)
+        report = maintain_store(
+            store, settings.index, settings.maintenance, similarity, exclusive, vectors=settings.store
+        )
     except Exception as exc:  # noqa: BLE001 - recorded in the runs row; the next run or jobs.index retries
         log.error("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
         report = MaintenanceReport(skipped=f"failed: {type(exc).__name__}: {exc}"[:2000])

@@ -30,6 +30,7 @@ class ChunkWriter:
     chunking: str
     metadata: dict
     storage_options: dict[str, str] | None = field(default=None, repr=False)
+    vector_dtype: str = "float32"
     max_rows_per_file: int = 1 << 20
 
     def write(self, batch: pa.Table, node: str = "") -> GroupRecord:
@@ -68,7 +69,9 @@ class ChunkWriter:
         if not len(chunks):
             return record
         dim = chunks.schema.field(s.VECTOR).type.list_size
-        rows = stored_chunk_rows(chunks, self.model_id, self.chunking, self.run_id, dim, self.metadata)
+        rows = stored_chunk_rows(
+            chunks, self.model_id, self.chunking, self.run_id, dim, self.metadata, self.vector_dtype
+        )
         started = time.perf_counter()
         fragments = write_fragments(
             rows,
@@ -123,7 +126,13 @@ def _rejects(batch: pa.Table, run_id: str) -> list[dict]:
 
 
 def stored_chunk_rows(
-    chunks: pa.Table, model_id: str, chunking: str, run_id: str, dim: int, metadata: dict | None = None
+    chunks: pa.Table,
+    model_id: str,
+    chunking: str,
+    run_id: str,
+    dim: int,
+    metadata: dict | None = None,
+    vector_dtype: str = "float32",
 ) -> pa.Table:
     n = len(chunks)
     now = datetime.now(timezone.utc)
@@ -134,4 +143,4 @@ def stored_chunk_rows(
     table = table.append_column(s.INGESTED_AT, pa.array([now] * n, s.TIMESTAMP))
     for name, column in zip(s.READER_COLUMNS, s.reader_columns(table), strict=True):
         table = table.append_column(name, column)
-    return table.cast(s.chunks_table_schema(dim, metadata))
+    return table.cast(s.chunks_table_schema(dim, metadata, vector_dtype))

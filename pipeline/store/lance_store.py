@@ -149,7 +149,7 @@ class LanceStore:
             raise ForeignTable(msg)
         field = schema.field(s.VECTOR)
         existing = s.table_meta(schema)
-        if existing.get("model") != model or (dim is not None and field.type != s.vector_type(dim)):
+        if existing.get("model") != model or (dim is not None and field.type.list_size != dim):
             shown = f" (dimension {dim})" if dim is not None else ""
             msg = (
                 f"table {self.names.chunks!r} holds vectors of model {existing.get('model')!r} ({field.type}); this "
@@ -177,4 +177,9 @@ class LanceStore:
         return StoredKeys(self.chunks_uri, dataset.version, self.storage_options)
 
     def chunk_writer(self, run_id: str, model_id: str, chunking: str, metadata: dict) -> ChunkWriter:
-        return ChunkWriter(self.chunks_uri, run_id, model_id, chunking, metadata, self.storage_options)
+        """Rows go in as the table stores its vectors: float32 in a new table (store.vector_dtype applies once the
+        recall gate has the table's own vectors to check, at the run's end)."""
+        dtype = "float32"
+        if self.exists(self.names.chunks):
+            dtype = s.vector_dtype(self._db.open_table(self.names.chunks).schema.field(s.VECTOR).type) or dtype
+        return ChunkWriter(self.chunks_uri, run_id, model_id, chunking, metadata, self.storage_options, dtype)

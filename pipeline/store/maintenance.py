@@ -8,13 +8,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import pyarrow as pa
 import structlog
 from lancedb.index import FTS, BTree, IvfHnswSq, IvfPq
 
 from pipeline import schema as s
 from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, unit_length, vector_metric
-from pipeline.settings import IndexSettings, MaintenanceSettings
+from pipeline.settings import IndexSettings, MaintenanceSettings, StoreSettings
 from pipeline.store.lance_store import LanceStore
+from pipeline.store.precision import SCAN_ROWS, GateResult, gate
 from pipeline.store.runs import RunLog
 
 log = structlog.get_logger(__name__)
@@ -29,7 +31,22 @@ class MaintenanceReport:
     metric: str | None = None
     normalized: bool | None = None
     skipped: str | None = None
+    precision: GateResult | None = None
+    """The recall gate's verdict when store.vector_dtype asked for fewer bytes than the table stores."""
     seconds: float = 0.0
+
+    @property
+    def refused(self) -> str | None:
+        """Why the run must exit 2 though its rows are committed: the store refused store.vector_dtype."""
+        if self.precision is None or self.precision.passed:
+            return None
+        p = self.precision
+        return (
+            f"store.vector_dtype = {p.dtype!r} refused: recall@{p.k} {p.recall_at_k:.4f} < store.min_recall "
+            f"{p.min_recall} ({p.queries} of the store's own chunks as queries over {p.rows:,} rows); the store keeps "
+            f"float32 vectors and this run's rows are committed. Set store.vector_dtype = 'float32', or lower "
+            f"store.min_recall if that recall is enough for its readers"
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -39,6 +56,7 @@ class MaintenanceReport:
                 "metric": self.metric,
                 "normalized": self.normalized,
                 "skipped": self.skipped,
+                "precision": self.precision.to_json_dict() if self.precision else None,
             },
             sort_keys=True,
         )
@@ -53,6 +71,8 @@ class MaintenanceReport:
                 f"{t['versions'][0]} -> {t['versions'][1]}, {t['bytes'][0]:,} -> {t['bytes'][1]:,} bytes, rows "
                 f"outside the indexes {t['unindexed_rows'][0]} -> {t['unindexed_rows'][1]}"
             )
+        if self.precision:
+            out.append(self.precision.line())
         if self.metric:
             shape = {True: "unit length", False: "not unit length", None: "none stored"}[self.normalized]
             out.append(f"vectors {shape}: distance {self.metric}")
@@ -88,6 +108,7 @@ def maintain_store(
     similarity: str | None,
     exclusive: bool,
     force_ann: bool = False,
+    vectors: StoreSettings | None = None,
 ) -> MaintenanceReport:
     """Fold new rows in and tidy every table (only when `exclusive`: no other writer can run), then create the
     indexes the chunks table lacks and retrain a stale ANN index."""
@@ -97,12 +118,15 @@ def maintain_store(
         report.skipped = "no chunks table yet"
         return report
     chunks = store.open(store.names.chunks)
+    report.metric, report.normalized = vector_facts(chunks, similarity)
     if not maintenance.enabled:
         report.skipped = "maintenance.enabled is false: new rows stay outside the indexes (searched exactly)"
     elif not exclusive:
         report.skipped = f"store {store.uri} has no lock, so another writer may be running"
     else:
         before = {name: _table_state(store, name) for name in _tables(store)}
+        if vectors is not None:
+            report.precision = reduce_vectors(store, vectors, report.metric)
         for name in before:
             store.open(name).optimize(
                 cleanup_older_than=timedelta(hours=maintenance.keep_versions_h),
@@ -112,7 +136,6 @@ def maintain_store(
         report.tables = {name: _before_after(state, _table_state(store, name)) for name, state in before.items()}
     rows = chunks.count_rows()
     dim = chunks.schema.field(s.VECTOR).type.list_size
-    report.metric, report.normalized = vector_facts(chunks, similarity)
     existing = indexes_by_column(chunks)
     ann = _existing_ann(chunks, existing.get(s.VECTOR), RunLog(store).last_ann_training())
     actions = [plan_ann(rows, dim, report.metric, index, ann, force_ann), *plan_other_indexes(rows, existing, index)]
@@ -122,6 +145,57 @@ def maintain_store(
         log.debug("index", column=action.column, kind=action.kind, action=action.action, reason=action.reason)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> GateResult | None:
+    """Store the chunks table's vectors as store.vector_dtype when they are float32 and the recall gate passes on
+    them: the vector column is rewritten (nothing else), its ANN index dropped for the index step to rebuild, and
+    the table's metadata records the dtype and the gate's figures. None when there is nothing to reduce."""
+    table = store.open(store.names.chunks)
+    field = table.schema.field(s.VECTOR)
+    have = s.vector_dtype(field.type)
+    if want.vector_dtype == have:
+        return None
+    if have != "float32":
+        log.warning(
+            "vector_dtype_kept",
+            stored=have,
+            wanted=want.vector_dtype,
+            reason="stored vectors are never widened: the precision they lost cannot come back; re-embed into a new "
+            "store.uri or store.table_prefix",
+        )
+        return None
+    result = gate(store.chunks_dataset(), want.vector_dtype, metric, want.min_recall, want.gate_queries)
+    log.info("precision_gate", **result.to_json_dict())
+    if not result.passed:
+        return result
+    rewrite_vectors(
+        store, want.vector_dtype, {"vector_dtype": want.vector_dtype, "precision_gate": result.to_json_dict()}
+    )
+    return result
+
+
+def rewrite_vectors(store: LanceStore, dtype: str, made: dict) -> None:
+    """The chunks table written again, streamed, with its vectors as `dtype` and `made` added to its metadata: a
+    new version that readers see whole, or not at all (a column cast in place would leave the old vectors' bytes in
+    every data file). Its indexes go with the old version; the index step builds them again."""
+    import lance
+
+    dataset = store.chunks_dataset()
+    old = dataset.schema
+    meta = {**(old.metadata or {}), s.META_KEY.encode(): json.dumps({**s.table_meta(old), **made}, sort_keys=True)}
+    vector = old.field(s.VECTOR)
+    schema = old.set(old.get_field_index(s.VECTOR), vector.with_type(s.vector_type(vector.type.list_size, dtype)))
+    schema = schema.with_metadata(meta)
+    batches = (batch.cast(schema) for batch in dataset.to_batches(batch_size=SCAN_ROWS))
+    lance.write_dataset(
+        pa.RecordBatchReader.from_batches(schema, batches),
+        store.chunks_uri,
+        schema=schema,
+        mode="overwrite",
+        data_storage_version=dataset.data_storage_version,
+        storage_options=store.storage_options or None,
+    )
 
 
 def _apply(table, action: IndexAction) -> float:

@@ -27,6 +27,6 @@ def test_each_change_another_writer_makes_is_named():
     retyped = OURS.set(OURS.get_field_index(s.N_TOKENS), pa.field(s.N_TOKENS, pa.string()))
     assert s.foreign_changes(retyped) == [f"{s.N_TOKENS} is string, not {OURS.field(s.N_TOKENS).type}"]
     variable = OURS.set(OURS.get_field_index(s.VECTOR), pa.field(s.VECTOR, pa.list_(pa.float32())))
-    assert s.foreign_changes(variable) == ["vector is list<item: float>, not a fixed-size list of float32"]
+    assert s.foreign_changes(variable) == ["vector is list<item: float>, not a fixed-size list of float32 or float16"]
     strict = OURS.append(pa.field("tenant", pa.string(), nullable=False))
     assert s.foreign_changes(strict) == ["columns ['tenant'] are not ours and may not be null"]

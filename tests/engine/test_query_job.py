@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,28 @@ def test_the_index_job_updates_the_indexes_and_records_a_run_of_its_own(store):
     index_run = latest_run(db, kind="index")
     assert index_run["status"] == "succeeded" and json.loads(index_run["maintenance"])["tables"]["chunks"]
     assert RunLog(LanceStore(str(db))).latest().run_id == latest_run(db)["run_id"]  # index runs are not ingestion
+
+
+def test_the_models_vectors_pass_the_float16_gate_and_the_halved_store_answers_as_the_full_one(store, tmp_path):
+    """jobs.index with store.vector_dtype = "float16" on a copy of the store: the recall gate passes on MiniLM's own
+    vectors, the table is written again with 768-byte vectors (was 1,536) and queries return the same hits."""
+    _, db, _ = store
+    half = tmp_path / "half"
+    shutil.copytree(db, half)
+    proc = job("jobs.index", "--store.vector-dtype", "float16", "--index.ann-min-rows", "256", db=half)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [said] = [line for line in proc.stdout.splitlines() if line.startswith("vectors as float16")]
+    recall = float(re.search(r"recall@10 ([0-9.]+)", said).group(1))
+    assert recall >= 0.99 and said.endswith("1536 -> 768 bytes a vector: applied")
+    table = lancedb.connect(str(half)).open_table("chunks")
+    assert str(table.schema.field("vector").type) == "fixed_size_list<item: halffloat>[384]"
+    assert table.index_stats("vector_idx").num_unindexed_rows == 0
+    chunks = json.loads(latest_run(half, kind="index")["maintenance"])["tables"]["chunks"]
+    assert chunks["bytes"][0] - chunks["bytes"][1] >= 768 * table.count_rows()
+    asked = ("how do I parse command-line options", "compress data with gzip", "--json")
+    answers = [job("jobs.query", *asked, db=where) for where in (db, half)]
+    hits = [[[h["chunk_id"] for h in json.loads(line)["hits"]] for line in a.stdout.splitlines()] for a in answers]
+    assert hits[0] == hits[1]
 
 
 def test_a_query_longer_than_the_engine_takes_is_refused(store):

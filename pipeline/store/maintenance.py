@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import pyarrow as pa
@@ -16,7 +16,7 @@ from pipeline import schema as s
 from pipeline.plan.index import ExistingAnn, IndexAction, plan_ann, plan_other_indexes, unit_length, vector_metric
 from pipeline.settings import IndexSettings, MaintenanceSettings, StoreSettings
 from pipeline.store.lance_store import LanceStore
-from pipeline.store.precision import SCAN_ROWS, GateResult, gate
+from pipeline.store.precision import SCAN_ROWS, GateResult, Probe, ann_recall, gate
 from pipeline.store.runs import RunLog
 
 log = structlog.get_logger(__name__)
@@ -114,6 +114,7 @@ def maintain_store(
     indexes the chunks table lacks and retrain a stale ANN index."""
     started = time.perf_counter()
     report = MaintenanceReport()
+    probe = None
     if not store.exists(store.names.chunks):
         report.skipped = "no chunks table yet"
         return report
@@ -126,7 +127,7 @@ def maintain_store(
     else:
         before = {name: _table_state(store, name) for name in _tables(store)}
         if vectors is not None:
-            report.precision = reduce_vectors(store, vectors, report.metric)
+            report.precision, probe = reduce_vectors(store, vectors, report.metric)
         for name in before:
             store.open(name).optimize(
                 cleanup_older_than=timedelta(hours=maintenance.keep_versions_h),
@@ -143,11 +144,14 @@ def maintain_store(
         seconds = _apply(chunks, action) if action.action in ("create", "retrain") else None
         report.indexes.append({**action.to_json_dict(), "seconds": seconds})
         log.debug("index", column=action.column, kind=action.kind, action=action.action, reason=action.reason)
+    if report.precision is not None and report.precision.passed and s.VECTOR in indexes_by_column(chunks):
+        measured = ann_recall(chunks, probe, report.metric, index.nprobes, index.refine_factor)
+        report.precision = replace(report.precision, ann_recall=measured)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> GateResult | None:
+def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> tuple[GateResult | None, Probe | None]:
     """Store the chunks table's vectors as store.vector_dtype when they are float32 and the recall gate passes on
     them: the vector column is rewritten (nothing else), its ANN index dropped for the index step to rebuild, and
     the table's metadata records the dtype and the gate's figures. None when there is nothing to reduce."""
@@ -155,7 +159,7 @@ def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> GateR
     field = table.schema.field(s.VECTOR)
     have = s.vector_dtype(field.type)
     if want.vector_dtype == have:
-        return None
+        return None, None
     if have != "float32":
         log.warning(
             "vector_dtype_kept",
@@ -164,15 +168,15 @@ def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> GateR
             reason="stored vectors are never widened: the precision they lost cannot come back; re-embed into a new "
             "store.uri or store.table_prefix",
         )
-        return None
-    result = gate(store.chunks_dataset(), want.vector_dtype, metric, want.min_recall, want.gate_queries)
+        return None, None
+    result, probe = gate(store.chunks_dataset(), want.vector_dtype, metric, want.min_recall, want.gate_queries)
     log.info("precision_gate", **result.to_json_dict())
     if not result.passed:
-        return result
+        return result, probe
     rewrite_vectors(
         store, want.vector_dtype, {"vector_dtype": want.vector_dtype, "precision_gate": result.to_json_dict()}
     )
-    return result
+    return result, probe
 
 
 def rewrite_vectors(store: LanceStore, dtype: str, made: dict) -> None:

@@ -37,6 +37,9 @@ class GateResult:
     bytes_per_vector: tuple[int, int]
     """Full precision, then reduced."""
     seconds: float
+    ann_recall: float | None = None
+    """The rebuilt ANN index's recall@k on the same queries, searched as jobs.query searches (nprobes and
+    refine_factor of the index settings), against the exact top k among the reduced vectors."""
 
     @property
     def passed(self) -> bool:
@@ -48,9 +51,11 @@ class GateResult:
     def line(self) -> str:
         verdict = "applied" if self.passed else f"refused (below store.min_recall {self.min_recall})"
         full, reduced = self.bytes_per_vector
+        ann = f"; the ANN index's recall@{self.k} {self.ann_recall:.4f}" if self.ann_recall is not None else ""
         return (
             f"vectors as {self.dtype}: recall@{self.k} {self.recall_at_k:.4f} against full precision, {self.queries} "
-            f"of the store's chunks as queries over {self.rows:,} rows; {full} -> {reduced} bytes a vector: {verdict}"
+            f"of the store's chunks as queries over {self.rows:,} rows{ann}; {full} -> {reduced} bytes a vector: "
+            f"{verdict}"
         )
 
 
@@ -87,10 +92,10 @@ def reduced_recall(
     quantize: Quantizer,
     metric: str,
     k: int = K,
-) -> tuple[float, int]:
-    """(recall@k, rows scanned): the stored vectors, in batches in table order, searched with `queries` (the
-    vectors of rows `query_rows`, each left out of its own search); the top k among the quantized vectors against
-    the top k among the full ones."""
+) -> tuple[float, int, np.ndarray]:
+    """(recall@k, rows scanned, each query's top k rows among the reduced vectors): the stored vectors, in
+    batches in table order, searched with `queries` (the vectors of rows `query_rows`, each left out of its own
+    search); the top k among the quantized vectors against the top k among the full ones."""
     full, reduced = TopK(len(queries), k), TopK(len(queries), k)
     reduced_queries = quantize(queries)
     first = 0
@@ -102,7 +107,7 @@ def reduced_recall(
             top.add(batch_scores, first)
         first += len(batch)
     hits = [len(set(a) & set(b)) / k for a, b in zip(full.rows.tolist(), reduced.rows.tolist(), strict=True)]
-    return float(np.mean(hits)), first
+    return float(np.mean(hits)), first, reduced.rows
 
 
 def as_matrix(column: pa.Array) -> np.ndarray:
@@ -120,17 +125,48 @@ def vector_batches(dataset, rows: int = SCAN_ROWS) -> Iterable[np.ndarray]:
 
 def gate(
     dataset, dtype: str, metric: str, min_recall: float, queries: int, seed: int = 0, quantize: Quantizer | None = None
-) -> GateResult:
-    """The recall gate on the chunks table's own vectors (full precision, as stored)."""
+) -> tuple[GateResult, Probe]:
+    """The recall gate on the chunks table's own vectors (full precision, as stored), and its probe of the index."""
     started = time.perf_counter()
     total = dataset.count_rows()
     rng = np.random.default_rng(seed)
     query_rows = np.sort(rng.choice(total, size=min(queries, total), replace=False))
     vectors = as_matrix(dataset.take(query_rows, columns=[s.VECTOR]).column(s.VECTOR))
     quantizer = quantize or QUANTIZERS[dtype]
-    recall, scanned = reduced_recall(vector_batches(dataset), vectors, query_rows, quantizer, metric)
+    recall, scanned, nearest = reduced_recall(vector_batches(dataset), vectors, query_rows, quantizer, metric)
     dim = dataset.schema.field(s.VECTOR).type.list_size
     reduced_bytes = dim * pa.from_numpy_dtype(np.dtype(dtype)).bit_width // 8
-    return GateResult(
+    ids = chunk_ids(dataset, np.concatenate([query_rows, nearest.ravel()]))
+    probe = Probe(vectors, ids[: len(query_rows)], ids[len(query_rows) :].reshape(nearest.shape))
+    result = GateResult(
         dtype, recall, min_recall, len(query_rows), scanned, K, (dim * 4, reduced_bytes), time.perf_counter() - started
     )
+    return result, probe
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The gate's queries, their chunks' ids and the ids of their exact top k among the reduced vectors: what the
+    rebuilt ANN index is held to."""
+
+    vectors: np.ndarray
+    own: list[str]
+    nearest: list[list[str]]
+
+
+def chunk_ids(dataset, rows: np.ndarray) -> np.ndarray:
+    unique, back = np.unique(rows, return_inverse=True)
+    ids = np.array(dataset.take(unique, columns=[s.CHUNK_ID]).column(s.CHUNK_ID).to_pylist(), dtype=object)
+    return ids[back]
+
+
+def ann_recall(table, probe: Probe, metric: str, nprobes: int, refine_factor: int | None, k: int = K) -> float:
+    """The ANN index's recall@k on the gate's queries (each query's own chunk left out, as in the gate)."""
+    found = []
+    for vector, own, exact in zip(probe.vectors, probe.own, probe.nearest, strict=True):
+        query = table.search(vector).distance_type(metric).nprobes(nprobes).limit(k + 1).select([s.CHUNK_ID])
+        if refine_factor:
+            query = query.refine_factor(refine_factor)
+        hits = [row[s.CHUNK_ID] for row in query.to_list() if row[s.CHUNK_ID] != own][:k]
+        found.append(len(set(hits) & set(exact)) / k)
+    return float(np.mean(found))

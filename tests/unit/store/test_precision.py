@@ -37,7 +37,7 @@ def no_scale_int8(v: np.ndarray) -> np.ndarray:
 def recall(vectors: np.ndarray, quantize, batch: int = 97, queries: int = 50) -> float:
     rows = np.sort(np.random.default_rng(1).choice(len(vectors), queries, replace=False))
     batches = (vectors[i : i + batch] for i in range(0, len(vectors), batch))
-    found, scanned = precision.reduced_recall(batches, vectors[rows], rows, quantize, "dot")
+    found, scanned, _ = precision.reduced_recall(batches, vectors[rows], rows, quantize, "dot")
     assert scanned == len(vectors)
     return found
 
@@ -58,7 +58,8 @@ def test_the_scan_ranks_as_one_search_over_all_rows_and_leaves_each_query_out_of
     top.add(np.array([[0.7, 0.2]]), 3)
     assert top.rows.tolist() == [[1, 3, 2]]
     rows = np.array([0])
-    assert precision.reduced_recall([vectors[:2]], vectors[:1], rows, lambda v: v, "dot", k=1) == (1.0, 2)
+    found, scanned, nearest = precision.reduced_recall([vectors[:2]], vectors[:1], rows, lambda v: v, "dot", k=1)
+    assert (found, scanned, nearest.tolist()) == (1.0, 2, [[1]])  # row 0 is the query: its nearest other is row 1
 
 
 def run(corpus: Path, db: Path, *flags: str):
@@ -90,6 +91,7 @@ def test_a_float16_store_halves_its_vectors_keeps_its_top_10_and_takes_the_next_
     made = s.table_meta(table.schema)
     assert made["vector_dtype"] == "float16" and made["precision_gate"]["recall_at_k"] >= 0.99
     assert made["precision_gate"]["bytes_per_vector"] == [256, 128]
+    assert "ANN index" not in result.maintenance.precision.line()  # below index.ann_min_rows: no index to probe
     [chunks] = [t for name, t in result.maintenance.tables.items() if name == "chunks"]
     assert chunks["bytes"][1] < chunks["bytes"][0] - table.count_rows() * 120  # 128 bytes a vector less
     full_target, half_target = (SearchTarget.open(LanceStore(str(db)), None) for db in (full, half))

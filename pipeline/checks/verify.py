@@ -14,7 +14,7 @@ from pipeline.plan.model_dir import ModelDir
 from pipeline.stages.tokenizer import load_tokenizer
 from pipeline.store.lance_store import LanceStore
 from pipeline.store.runs import RunLog
-from pipeline.store.search import SearchOptions
+from pipeline.store.search import SearchOptions, vector_options
 from pipeline.store.sql import sql_list, sql_str
 
 
@@ -121,10 +121,7 @@ def _ranks_first(table, row: dict, tie_eps: float = 1e-6) -> bool:
     """The chunk's own vector finds it at rank 1, or tied at rank 1 with chunks of identical vectors, searched as
     jobs.query searches: through an ANN index, its candidates re-ranked with exact distances (unranked, compressed
     distances can put another chunk first)."""
-    search = SearchOptions()
-    query = table.search(row[s.VECTOR]).limit(20).nprobes(search.nprobes)
-    if search.refine_factor:
-        query = query.refine_factor(search.refine_factor)
+    query = vector_options(table.search(row[s.VECTOR]), SearchOptions()).limit(20)
     hits = query.select([s.CHUNK_ID, "_distance"]).to_list()
     if not hits:
         return False

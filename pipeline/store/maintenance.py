@@ -153,8 +153,9 @@ def maintain_store(
 
 def reduce_vectors(store: LanceStore, want: StoreSettings, metric: str) -> tuple[GateResult | None, Probe | None]:
     """Store the chunks table's vectors as store.vector_dtype when they are float32 and the recall gate passes on
-    them: the vector column is rewritten (nothing else), its ANN index dropped for the index step to rebuild, and
-    the table's metadata records the dtype and the gate's figures. None when there is nothing to reduce."""
+    them: the table is written again (rewrite_vectors; its indexes are rebuilt by the index step) and its metadata
+    records the dtype and the gate's figures. The gate's result and probe; (None, None) when there is nothing to
+    reduce."""
     table = store.open(store.names.chunks)
     field = table.schema.field(s.VECTOR)
     have = s.vector_dtype(field.type)

@@ -150,8 +150,10 @@ class Probe:
     rebuilt ANN index is held to."""
 
     vectors: np.ndarray
-    own: list[str]
-    nearest: list[list[str]]
+    own: np.ndarray
+    """(queries,) chunk ids."""
+    nearest: np.ndarray
+    """(queries, k) chunk ids."""
 
 
 def chunk_ids(dataset, rows: np.ndarray) -> np.ndarray:
@@ -161,7 +163,9 @@ def chunk_ids(dataset, rows: np.ndarray) -> np.ndarray:
 
 
 def ann_recall(table, probe: Probe, metric: str, nprobes: int, refine_factor: int | None, k: int = K) -> float:
-    """The ANN index's recall@k on the gate's queries (each query's own chunk left out, as in the gate)."""
+    """The ANN index's recall@k on the gate's queries, each query's own chunk left out. The query is the one
+    pipeline.store.search.vector_options builds; that module imports maintenance, this module's caller, so it is
+    spelled here."""
     found = []
     for vector, own, exact in zip(probe.vectors, probe.own, probe.nearest, strict=True):
         query = table.search(vector).distance_type(metric).nprobes(nprobes).limit(k + 1).select([s.CHUNK_ID])

@@ -90,9 +90,9 @@ def search(
         query = table.search(text, query_type="fts")
     elif options.mode == "hybrid":
         query = table.search(query_type="hybrid", vector_column_name=s.VECTOR).vector(vector).text(text)
-        query = _vector_options(query.distance_type(metric), options)
+        query = vector_options(query.distance_type(metric), options)
     else:
-        query = _vector_options(table.search(vector, vector_column_name=s.VECTOR).distance_type(metric), options)
+        query = vector_options(table.search(vector, vector_column_name=s.VECTOR).distance_type(metric), options)
     where = filter_sql(options.doc_ids, options.source)
     if where:
         query = query.where(where, prefilter=True)
@@ -101,7 +101,9 @@ def search(
     return [_hit(i + 1, row, metric, options.mode, text) for i, row in enumerate(rows)]
 
 
-def _vector_options(query, options: SearchOptions):
+def vector_options(query, options: SearchOptions):
+    """A LanceDB vector query searched as `options` say: exact, or through the ANN index with its nprobes and its
+    candidates re-ranked by refine_factor."""
     if options.exact:
         return query.bypass_vector_index()
     query = query.nprobes(options.nprobes)
